@@ -1,0 +1,18 @@
+//! Domain rules of RedisGate that do no I/O.
+//!
+//! # Layout
+//! - [`command`]: one Redis command as raw byte arguments, and the errors of building one.
+//! - [`request`]: the Upstash REST request forms (JSON body, URL path, `/pipeline`,
+//!   `/multi-exec`, the SSE endpoints) parsed into a [`request::Request`].
+//! - [`policy`]: which commands a token may run through a shared, multiplexed connection.
+//! - [`compat`]: the places where Upstash answers differently from plain Redis, emulated.
+//! - [`codec`]: Redis replies written as Upstash JSON (plain or base64) or as raw RESP2.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod command;
+pub mod compat;
+pub mod policy;
+pub mod request;
+
+pub use redis::Value;

@@ -1,0 +1,285 @@
+//! The Upstash REST request forms, parsed (PROTOCOL.md §1, §3, §5, §6, §9).
+//!
+//! ```text
+//! POST /                 ["SET","k","v"]           -> Single
+//! GET  /set/k/v?EX=100                             -> Single  SET k v EX 100
+//! POST /set/k            <raw body>                -> Single  SET k <raw body>
+//! POST /pipeline         [["SET","k","v"],["GET","k"]] -> Pipeline
+//! POST /multi-exec       [["INCR","n"],["GET","n"]]    -> Transaction
+//! POST /subscribe/a/b    (body ignored)            -> Subscribe [a, b]
+//! POST /psubscribe/p*    (body ignored)            -> PSubscribe [p*]
+//! POST /monitor          (body ignored)            -> Monitor
+//! ```
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use crate::command::Command;
+
+/// What a data-plane request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Single(Command),
+    Pipeline(Vec<Command>),
+    Transaction(Vec<Command>),
+    Subscribe(Vec<Vec<u8>>),
+    PSubscribe(Vec<Vec<u8>>),
+    Monitor,
+}
+
+impl Request {
+    /// Every command the request would run, for policy checks.
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Request::Single(c) => std::slice::from_ref(c),
+            Request::Pipeline(cs) | Request::Transaction(cs) => cs,
+            _ => &[],
+        }
+    }
+}
+
+/// Why a request could not be parsed. Each message starts with `ERR`, as Redis' own do,
+/// because SDKs show it to users next to Redis errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("ERR failed to parse command: the body must be a JSON array such as [\"SET\",\"key\",\"value\"]")]
+    NotAnArray,
+    #[error("ERR empty command")]
+    EmptyCommand,
+    #[error(
+        "ERR failed to parse command: argument {index} is {kind}; only strings, numbers and booleans are allowed"
+    )]
+    BadArgument { index: usize, kind: &'static str },
+    #[error(
+        "ERR failed to parse {what}: the body must be a JSON array of command arrays such as [[\"SET\",\"k\",\"v\"],[\"GET\",\"k\"]]"
+    )]
+    NotAnArrayOfArrays { what: &'static str },
+    #[error("ERR failed to parse {what}: command {index} is empty")]
+    EmptyInBatch { what: &'static str, index: usize },
+    #[error(
+        "ERR failed to parse {what}: command {index}, argument {arg} is {kind}; only strings, numbers and booleans are allowed"
+    )]
+    BadArgumentInBatch { what: &'static str, index: usize, arg: usize, kind: &'static str },
+    #[error("ERR {what} allows at most {max} commands, got {got}")]
+    TooManyCommands { what: &'static str, max: usize, got: usize },
+    #[error("ERR {endpoint} takes no path arguments")]
+    UnexpectedPathArgs { endpoint: &'static str },
+    #[error("ERR {endpoint} needs at least one channel or pattern in the path")]
+    NoChannels { endpoint: &'static str },
+}
+
+/// Limits applied while parsing, so that oversized batches are refused before any work.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    pub max_batch_commands: usize,
+}
+
+/// Parses one request. `path` is the raw (still percent-encoded) path below the protocol's
+/// base URL, `query` the raw query string, `body` the raw body.
+///
+/// Empty path segments are skipped, so `//get/k` and `/get/k/` work like `/get/k`.
+pub fn parse(
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    limits: ParseLimits,
+) -> Result<Request, ParseError> {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let Some(head) = segments.next() else {
+        return parse_body_command(body).map(Request::Single);
+    };
+    let reserved = |name: &str| head.eq_ignore_ascii_case(name);
+    if reserved("pipeline") || reserved("multi-exec") {
+        let what = if reserved("pipeline") { "pipeline" } else { "multi-exec" };
+        if segments.next().is_some() {
+            return Err(ParseError::UnexpectedPathArgs { endpoint: what });
+        }
+        let cmds = parse_batch(body, what, limits.max_batch_commands)?;
+        return Ok(if what == "pipeline" { Request::Pipeline(cmds) } else { Request::Transaction(cmds) });
+    }
+    if reserved("monitor") {
+        if segments.next().is_some() {
+            return Err(ParseError::UnexpectedPathArgs { endpoint: "/monitor" });
+        }
+        return Ok(Request::Monitor);
+    }
+    if reserved("subscribe") || reserved("psubscribe") {
+        // The body is ignored on purpose: the JS SDK always sends `[]` (PROTOCOL.md §3.2).
+        let names: Vec<Vec<u8>> = segments.map(percent_decode).collect();
+        let endpoint = if reserved("subscribe") { "/subscribe" } else { "/psubscribe" };
+        if names.is_empty() {
+            return Err(ParseError::NoChannels { endpoint });
+        }
+        return Ok(if endpoint == "/subscribe" {
+            Request::Subscribe(names)
+        } else {
+            Request::PSubscribe(names)
+        });
+    }
+
+    // Path form: segments, then the body as one argument, then the query parameters.
+    let mut args: Vec<Vec<u8>> = std::iter::once(head).chain(segments).map(percent_decode).collect();
+    if !body.is_empty() {
+        args.push(body.to_vec());
+    }
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (pair, None),
+        };
+        if k == "_token" {
+            continue;
+        }
+        args.push(percent_decode(k));
+        if let Some(v) = v {
+            args.push(percent_decode(v));
+        }
+    }
+    Ok(Request::Single(Command::new(args).expect("path form has a head segment")))
+}
+
+/// Percent-decodes one path segment or query component to bytes; `+` stays `+`.
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    percent_encoding::percent_decode(s.as_bytes()).collect()
+}
+
+/// `["SET","k","v"]` -> `SET k v`.
+pub fn parse_body_command(body: &[u8]) -> Result<Command, ParseError> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|_| ParseError::NotAnArray)?;
+    let args = items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| json_arg(raw).map_err(|kind| ParseError::BadArgument { index: i, kind }))
+        .collect::<Result<Vec<_>, _>>()?;
+    Command::new(args).ok_or(ParseError::EmptyCommand)
+}
+
+fn parse_batch(body: &[u8], what: &'static str, max: usize) -> Result<Vec<Command>, ParseError> {
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|_| ParseError::NotAnArrayOfArrays { what })?;
+    if items.len() > max {
+        return Err(ParseError::TooManyCommands { what, max, got: items.len() });
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let parts: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|_| ParseError::NotAnArrayOfArrays { what })?;
+            let args = parts
+                .iter()
+                .enumerate()
+                .map(|(arg, p)| {
+                    json_arg(p).map_err(|kind| ParseError::BadArgumentInBatch { what, index, arg, kind })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Command::new(args).ok_or(ParseError::EmptyInBatch { what, index })
+        })
+        .collect()
+}
+
+/// One JSON element as a Redis argument. Numbers and booleans keep their JSON text exactly as
+/// received (`1e21` stays `1e21`), so nothing is reformatted on the way to Redis.
+fn json_arg(raw: &RawValue) -> Result<Vec<u8>, &'static str> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|_| "an invalid string")?;
+            Ok(s.into_owned().into_bytes())
+        }
+        Some(b'n') => Err("null"),
+        Some(b'[') => Err("an array"),
+        Some(b'{') => Err("an object"),
+        _ => Ok(text.as_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: ParseLimits = ParseLimits { max_batch_commands: 3 };
+
+    fn single(path: &str, query: Option<&str>, body: &[u8]) -> Vec<Vec<u8>> {
+        match parse(path, query, body, L).unwrap() {
+            Request::Single(c) => c.parts().to_vec(),
+            other => panic!("not single: {other:?}"),
+        }
+    }
+
+    fn b(parts: &[&str]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn body_form_keeps_number_literals() {
+        assert_eq!(
+            single("/", None, br#"["set","k",1e21,-0,1.50,true]"#),
+            b(&["set", "k", "1e21", "-0", "1.50", "true"])
+        );
+        assert_eq!(
+            single("", None, br#"["echo","a\"b\u00e9"]"#),
+            vec![b"echo".to_vec(), "a\"bé".as_bytes().to_vec()]
+        );
+    }
+
+    #[test]
+    fn body_form_rejects_bad_shapes() {
+        assert_eq!(parse("/", None, b"{}", L), Err(ParseError::NotAnArray));
+        assert_eq!(parse("/", None, b"", L), Err(ParseError::NotAnArray));
+        assert_eq!(parse("/", None, b"[]", L), Err(ParseError::EmptyCommand));
+        assert_eq!(
+            parse("/", None, br#"["get",null]"#, L),
+            Err(ParseError::BadArgument { index: 1, kind: "null" })
+        );
+        assert_eq!(
+            parse("/", None, br#"["get",["a"]]"#, L),
+            Err(ParseError::BadArgument { index: 1, kind: "an array" })
+        );
+    }
+
+    #[test]
+    fn path_form_appends_body_then_query() {
+        assert_eq!(
+            single("/set/foo", Some("EX=100&NX&_token=secret"), b"va/l"),
+            b(&["set", "foo", "va/l", "EX", "100", "NX"])
+        );
+        assert_eq!(single("//get/a%2Fb%20c+d/", None, b""), b(&["get", "a/b c+d"]));
+        assert_eq!(single("/set/k/%00%FF", None, b""), vec![b"set".to_vec(), b"k".to_vec(), vec![0, 255]]);
+    }
+
+    #[test]
+    fn reserved_heads_are_case_insensitive() {
+        assert!(
+            matches!(parse("/PIPELINE", None, br#"[["get","a"]]"#, L), Ok(Request::Pipeline(c)) if c.len() == 1)
+        );
+        assert!(
+            matches!(parse("/Multi-Exec", None, br#"[]"#, L), Ok(Request::Transaction(c)) if c.is_empty())
+        );
+        assert_eq!(parse("/subscribe/a/b", None, b"[]", L), Ok(Request::Subscribe(b(&["a", "b"]))));
+        assert_eq!(parse("/psubscribe/p*", None, b"", L), Ok(Request::PSubscribe(b(&["p*"]))));
+        assert_eq!(parse("/monitor", None, b"[]", L), Ok(Request::Monitor));
+        assert_eq!(parse("/subscribe", None, b"", L), Err(ParseError::NoChannels { endpoint: "/subscribe" }));
+    }
+
+    #[test]
+    fn batches_are_checked() {
+        assert_eq!(
+            parse("/pipeline", None, br#"["get","a"]"#, L),
+            Err(ParseError::NotAnArrayOfArrays { what: "pipeline" })
+        );
+        assert_eq!(
+            parse("/pipeline", None, br#"[[]]"#, L),
+            Err(ParseError::EmptyInBatch { what: "pipeline", index: 0 })
+        );
+        assert_eq!(
+            parse("/pipeline", None, br#"[["a"],["b"],["c"],["d"]]"#, L),
+            Err(ParseError::TooManyCommands { what: "pipeline", max: 3, got: 4 })
+        );
+        assert_eq!(
+            parse("/multi-exec", None, br#"[["set","a",{}]]"#, L),
+            Err(ParseError::BadArgumentInBatch { what: "multi-exec", index: 0, arg: 2, kind: "an object" })
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed configuration: defaults, then a TOML file, then the environment (env wins).
+//!
+//! Besides `REDISGATE_*` variables (nested keys joined with `__`, e.g.
+//! `REDISGATE_HTTP__MAX_BODY_BYTES`), the SRH variables of serverless-redis-http are accepted
+//! as they are, so RedisGate can replace SRH in a docker-compose file by changing the image only:
+//! `SRH_MODE=env` with `SRH_TOKEN` and `SRH_CONNECTION_STRING`, `SRH_MODE=file` with SRH's
+//! tokens JSON file, and `SRH_PORT`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on. Port 0 picks a free port (tests do this).
+    pub listen: SocketAddr,
+    /// Standalone mode: each token maps straight to one Redis server, served at `/`.
+    pub tokens: Vec<TokenConfig>,
+    /// Shortcut for one token from the environment: `REDISGATE_TOKEN` + `REDISGATE_REDIS_URL`.
+    pub token: Option<SecretString>,
+    pub redis_url: Option<SecretString>,
+    pub http: HttpSettings,
+    pub backend: BackendSettings,
+    pub cors: CorsSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            tokens: Vec::new(),
+            token: None,
+            redis_url: None,
+            http: HttpSettings::default(),
+            backend: BackendSettings::default(),
+            cors: CorsSettings::default(),
+        }
+    }
+}
+
+/// One standalone token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The bearer token clients send. Compared in constant time, never logged.
+    pub token: SecretString,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    pub url: SecretString,
+    /// Only read commands pass (Upstash "read-only token").
+    #[serde(default)]
+    pub read_only: bool,
+    /// A name for logs; defaults to the backend's host and port.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Limits and timeouts of the HTTP side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body accepted; larger ones get 413 (Upstash's free tier limit: 10 MB).
+    pub max_body_bytes: usize,
+    /// Most commands in one `/pipeline` or `/multi-exec`.
+    pub max_pipeline_commands: usize,
+    /// Time a client has to send a request's headers. It also bounds how long an idle
+    /// keep-alive connection is kept, so slow or silent clients cannot hold connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the whole body once the headers are in (408 otherwise).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Interval of `: keepalive` comments on SSE streams; a dead peer shows up at the next one.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_pipeline_commands: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How RedisGate talks to Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendSettings {
+    /// Connection attempts after the first failed one, before requests stop waiting for it.
+    pub connect_retries: u32,
+    /// Pause between connection attempts (also the reconnect cadence while Redis is down).
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Time allowed for one TCP (and TLS) connect plus handshake.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time Redis has to answer a command or batch before the client gets 504. Explicit
+    /// because the redis crate's default (500 ms) breaks legitimately slow commands.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How often the shared connection is pinged to notice a dead Redis without traffic.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// Most concurrent SSE streams per backend, each holding its own Redis connection.
+    pub max_streams: usize,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            connect_retries: 3,
+            retry_delay: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(10),
+            health_check_interval: Duration::from_secs(1),
+            max_streams: 256,
+        }
+    }
+}
+
+/// Cross-origin access for browsers (the JS SDK runs there with read-only tokens).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// `["*"]` allows any origin (never with credentials); an empty list turns CORS off.
+    pub allowed_origins: Vec<String>,
+    /// Allow credentialed requests; only valid with an explicit origin list.
+    pub allow_credentials: bool,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        Self { allowed_origins: vec!["*".into()], allow_credentials: false }
+    }
+}
+
+/// A configuration problem, named by key so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("SRH tokens file {path}: {message}")]
+    SrhFile { path: PathBuf, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// SRH's tokens file: token -> `{srh_id, connection_string, max_connections}`.
+#[derive(Deserialize)]
+struct SrhEntry {
+    srh_id: Option<String>,
+    connection_string: String,
+    // Accepted for compatibility. RedisGate multiplexes commands over one connection per
+    // backend, so an SRH pool size has nothing to size.
+    #[serde(rename = "max_connections")]
+    _max_connections: Option<u64>,
+}
+
+/// `REDISGATE_*` variables read by the binary itself, not part of the settings tree.
+const NOT_SETTINGS: &[&str] = &["REDISGATE_CONFIG", "REDISGATE_LOG", "REDISGATE_LOG_JSON"];
+
+/// Where SRH looks for its tokens file, in the order SRH's release and dev layouts use.
+const SRH_TOKEN_FILES: &[&str] = &["/app/srh-config/tokens.json", "srh-config/tokens.json"];
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the environment `env` (pass
+    /// `std::env::vars()`; tests pass their own map).
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml).required(true));
+        }
+        let ours: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("REDISGATE_") && !NOT_SETTINGS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("REDISGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(ours)),
+        );
+        let mut s: Settings = b.build()?.try_deserialize()?;
+        s.apply_srh_env(env)?;
+        if let (Some(token), Some(url)) = (s.token.take(), s.redis_url.take()) {
+            s.tokens.push(TokenConfig { token, url, read_only: false, name: None });
+        } else if s.token.is_some() || s.redis_url.is_some() {
+            return Err(invalid("token", "REDISGATE_TOKEN and REDISGATE_REDIS_URL must be set together"));
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn apply_srh_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        if let Some(port) = env.get("SRH_PORT") {
+            let port: u16 = port.parse().map_err(|_| invalid("SRH_PORT", "not a port number"))?;
+            // SRH listens on every interface (it runs in a container); so do we in SRH mode.
+            let ipv6 = env.get("SRH_IPV6").is_some_and(|v| v == "true");
+            self.listen = if ipv6 {
+                SocketAddr::from(([0u16; 8], port))
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            };
+        }
+        match env.get("SRH_MODE").map(String::as_str) {
+            None => Ok(()),
+            Some("env") => {
+                let token =
+                    env.get("SRH_TOKEN").ok_or_else(|| invalid("SRH_TOKEN", "required with SRH_MODE=env"))?;
+                let url = env
+                    .get("SRH_CONNECTION_STRING")
+                    .ok_or_else(|| invalid("SRH_CONNECTION_STRING", "required with SRH_MODE=env"))?;
+                self.tokens.push(TokenConfig {
+                    token: token.clone().into(),
+                    url: url.clone().into(),
+                    read_only: false,
+                    name: None,
+                });
+                Ok(())
+            }
+            Some("file") => {
+                let path = match env.get("SRH_TOKENS_FILE") {
+                    Some(p) => PathBuf::from(p),
+                    None => SRH_TOKEN_FILES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
+                        invalid("SRH_MODE", format!("file mode needs a tokens file at one of {SRH_TOKEN_FILES:?} (or SRH_TOKENS_FILE)"))
+                    })?,
+                };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::SrhFile { path: path.clone(), message: e.to_string() })?;
+                let entries: HashMap<String, SrhEntry> = serde_json::from_str(&text)
+                    .map_err(|e| ConfigError::SrhFile { path: path.clone(), message: e.to_string() })?;
+                let mut entries: Vec<_> = entries.into_iter().collect();
+                entries.sort_by(|a, b| a.1.srh_id.cmp(&b.1.srh_id));
+                for (token, e) in entries {
+                    self.tokens.push(TokenConfig {
+                        token: token.into(),
+                        url: e.connection_string.into(),
+                        read_only: false,
+                        name: e.srh_id,
+                    });
+                }
+                Ok(())
+            }
+            Some(other) => Err(invalid("SRH_MODE", format!("`{other}` is not `env` or `file`"))),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.token.expose_secret().len() < 8 {
+                return Err(invalid(&format!("tokens[{i}].token"), "must be at least 8 characters"));
+            }
+            let url = t.url.expose_secret();
+            // The parse error is not shown: it could echo the password in the URL.
+            if redis::Client::open(url).is_err() {
+                return Err(invalid(&format!("tokens[{i}].url"), "not a usable redis:// or rediss:// URL"));
+            }
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
+        }
+        if self.http.max_pipeline_commands == 0 {
+            return Err(invalid("http.max_pipeline_commands", "must be greater than 0"));
+        }
+        if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
+            return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
+        }
+        Ok(())
+    }
+}
+
+/// A commented example configuration (`redisgate config default`).
+pub const EXAMPLE: &str = include_str!("../redisgate.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, EXAMPLE).unwrap();
+        let s = Settings::load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(s.tokens.len(), 2);
+        assert!(s.tokens[1].read_only);
+    }
+
+    #[test]
+    fn env_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1111\"\n[http]\nmax_body_bytes = 5\n").unwrap();
+        let s = Settings::load(
+            Some(&p),
+            &env(&[
+                ("REDISGATE_LISTEN", "127.0.0.1:2222"),
+                ("REDISGATE_HTTP__MAX_BODY_BYTES", "7"),
+                ("REDISGATE_BACKEND__RETRY_DELAY", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 2222);
+        assert_eq!(s.http.max_body_bytes, 7);
+        assert_eq!(s.backend.retry_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn srh_env_mode() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("SRH_MODE", "env"),
+                ("SRH_TOKEN", "example_token"),
+                ("SRH_CONNECTION_STRING", "redis://redis:6379"),
+                ("SRH_PORT", "8079"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8079".parse().unwrap());
+        assert_eq!(s.tokens[0].token.expose_secret(), "example_token");
+    }
+
+    #[test]
+    fn srh_file_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens.json");
+        std::fs::write(&p, r#"{"example_token_1":{"srh_id":"a","connection_string":"redis://localhost:6379","max_connections":3},
+                               "example_token_2":{"srh_id":"b","connection_string":"rediss://u:p@host:6380","max_connections":3}}"#).unwrap();
+        let s = Settings::load(None, &env(&[("SRH_MODE", "file"), ("SRH_TOKENS_FILE", p.to_str().unwrap())]))
+            .unwrap();
+        assert_eq!(s.tokens.len(), 2);
+        assert_eq!(s.tokens[1].name.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Settings::load(
+            None,
+            &env(&[("SRH_MODE", "env"), ("SRH_TOKEN", "short"), ("SRH_CONNECTION_STRING", "redis://x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tokens[0].token"), "{e}");
+        let e = Settings::load(
+            None,
+            &env(&[("REDISGATE_TOKEN", "long-enough"), ("REDISGATE_REDIS_URL", "http://x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tokens[0].url"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_HTTP__MAX_BODY_BYTES", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("max_body_bytes"), "{e}");
+        let e = Settings::load(None, &env(&[("SRH_MODE", "weird")])).unwrap_err();
+        assert!(e.to_string().contains("SRH_MODE"), "{e}");
+    }
+}

@@ -1,0 +1,251 @@
+//! Connections to one Redis server: a supervised, shared, multiplexed connection for
+//! ordinary commands, and dedicated connections for SSE streams.
+//!
+//! States: `Connecting` (requests wait) → `Up` (requests share the connection) → on
+//! disconnect `Down` (requests fail fast with 503) → reconnect every `retry_delay` → `Up`.
+//! Requests wait only while the very first connection cycle (1 attempt + `connect_retries`
+//! retries) is still running, so a start-up race with Redis does not fail requests, but an
+//! outage never makes them hang.
+//!
+//! A command is sent once. If the connection breaks while it is in flight, the client gets a
+//! 503 saying the outcome is unknown: re-sending could apply a write twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::{AsyncConnectionConfig, Client, Value};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BackendSettings;
+
+/// Why a backend could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("ERR Redis is unavailable ({reason}); retry later")]
+    Unavailable { reason: Arc<str>, retry_after: Duration },
+    #[error(
+        "ERR connection to Redis was lost with the request in flight; it may or may not have run and was not re-sent"
+    )]
+    ConnectionLost { retry_after: Duration },
+    #[error("ERR Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("ERR too many concurrent streams on this database; retry later")]
+    TooManyStreams { retry_after: Duration },
+    #[error("ERR unexpected answer from Redis: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone)]
+enum State {
+    Connecting,
+    Up(MultiplexedConnection),
+    Down(Arc<str>),
+}
+
+/// One Redis server as seen by the gateway.
+pub struct Backend {
+    label: String,
+    client: Client,
+    cfg: BackendSettings,
+    state: watch::Sender<State>,
+    check_now: Notify,
+    streams: Arc<Semaphore>,
+}
+
+impl Backend {
+    /// Creates the backend and starts its connection supervisor on `tracker`; the supervisor
+    /// stops when `cancel` fires. `label` names it in logs (never the URL: it may hold a password).
+    pub fn start(
+        label: String,
+        client: Client,
+        cfg: BackendSettings,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let backend = Arc::new(Self {
+            label,
+            client,
+            streams: Arc::new(Semaphore::new(cfg.max_streams)),
+            cfg,
+            state: watch::Sender::new(State::Connecting),
+            check_now: Notify::new(),
+        });
+        tracker.spawn(Arc::clone(&backend).supervise(cancel));
+        backend
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// `true` while the shared connection is up.
+    pub fn is_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Up(_))
+    }
+
+    fn unavailable(&self, reason: Arc<str>) -> BackendError {
+        BackendError::Unavailable { reason, retry_after: self.cfg.retry_delay }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
+        if let State::Up(conn) = &*self.state.borrow() {
+            return Ok(conn.clone());
+        }
+        let mut rx = self.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                State::Up(conn) => return Ok(conn.clone()),
+                State::Down(reason) => return Err(self.unavailable(reason.clone())),
+                State::Connecting => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.unavailable("shutting down".into()));
+            }
+        }
+    }
+
+    fn map_err(&self, e: redis::RedisError) -> BackendError {
+        if e.is_timeout() {
+            BackendError::Timeout(self.cfg.response_timeout)
+        } else if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
+            self.report_broken();
+            BackendError::ConnectionLost { retry_after: self.cfg.retry_delay }
+        } else {
+            BackendError::Protocol(e.to_string())
+        }
+    }
+
+    /// Runs one command. Redis error replies come back as `Ok(Value::ServerError)`.
+    pub async fn run(&self, cmd: &redis::Cmd) -> Result<Value, BackendError> {
+        let mut conn = self.connection().await?;
+        conn.send_packed_command(cmd).await.map_err(|e| self.map_err(e))
+    }
+
+    /// Sends a pipeline as one contiguous write and returns all `count` replies, error replies
+    /// included as values. Because the write is contiguous and Redis serves one connection in
+    /// order, a MULTI … EXEC batch sent this way cannot interleave with other requests on the
+    /// shared connection: that is what keeps `/multi-exec` atomic without a dedicated connection.
+    pub async fn run_batch(&self, pipe: &redis::Pipeline, count: usize) -> Result<Vec<Value>, BackendError> {
+        let mut conn = self.connection().await?;
+        let values = conn.send_packed_commands(pipe, 0, count).await.map_err(|e| self.map_err(e))?;
+        if values.len() != count {
+            return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
+        }
+        Ok(values)
+    }
+
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
+        Arc::clone(&self.streams)
+            .try_acquire_owned()
+            .map_err(|_| BackendError::TooManyStreams { retry_after: self.cfg.retry_delay })
+    }
+
+    async fn connect_dedicated<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.cfg.connect_timeout, fut).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.unavailable(short_reason(&e).into())),
+            Err(_) => Err(self.unavailable("connect timed out".into())),
+        }
+    }
+
+    /// A dedicated pub/sub connection for one SSE stream. The permit bounds concurrent
+    /// streams; hold it as long as the connection.
+    pub async fn pubsub(&self) -> Result<(PubSub, OwnedSemaphorePermit), BackendError> {
+        let permit = self.stream_permit()?;
+        Ok((self.connect_dedicated(self.client.get_async_pubsub()).await?, permit))
+    }
+
+    /// A dedicated connection that has already sent MONITOR.
+    pub async fn monitor(&self) -> Result<(redis::aio::Monitor, OwnedSemaphorePermit), BackendError> {
+        let permit = self.stream_permit()?;
+        Ok((self.connect_dedicated(self.client.get_async_monitor()).await?, permit))
+    }
+
+    /// Asks the supervisor to check the connection now: a request just saw it fail.
+    fn report_broken(&self) {
+        self.check_now.notify_one();
+    }
+
+    async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.cfg.connect_timeout))
+                .set_response_timeout(Some(self.cfg.response_timeout));
+            let attempt = tokio::select! {
+                r = self.client.get_multiplexed_async_connection_with_config(&cfg) => r,
+                () = cancel.cancelled() => return,
+            };
+            match attempt {
+                Ok(conn) => {
+                    tracing::info!(backend = %self.label, "connected to Redis");
+                    failures = 0;
+                    self.state.send_replace(State::Up(conn.clone()));
+                    if !self.watch(conn, &cancel).await {
+                        return;
+                    }
+                    tracing::warn!(backend = %self.label, "connection to Redis lost; reconnecting");
+                    self.state.send_replace(State::Down("connection lost, reconnecting".into()));
+                }
+                Err(e) => {
+                    failures += 1;
+                    let reason = short_reason(&e);
+                    if failures > self.cfg.connect_retries
+                        || !matches!(*self.state.borrow(), State::Connecting)
+                    {
+                        self.state.send_replace(State::Down(reason.into()));
+                    }
+                    tracing::warn!(backend = %self.label, attempt = failures, error = reason, "cannot connect to Redis");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.cfg.retry_delay) => {}
+                        () = cancel.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pings the shared connection every `health_check_interval`, and at once when a request
+    /// reports a failure, until the connection is found broken (`true`) or shutdown (`false`).
+    /// (The redis crate only reports disconnects by push message on RESP3 connections, and we
+    /// speak RESP2 so replies keep the exact shapes the SDKs expect.)
+    async fn watch(&self, mut conn: MultiplexedConnection, cancel: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.cfg.health_check_interval) => {}
+                () = self.check_now.notified() => {}
+                () = cancel.cancelled() => return false,
+            }
+            match conn.send_packed_command(&redis::cmd("PING")).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() => {
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %self.label, error = short_reason(&e), "health check failed")
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A reason safe to show to clients and logs: the error's category, never the URL or password.
+fn short_reason(e: &redis::RedisError) -> &'static str {
+    if e.is_connection_refusal() {
+        "connection refused"
+    } else if e.is_timeout() {
+        "connect timed out"
+    } else if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        "authentication failed"
+    } else if e.is_io_error() {
+        "network error"
+    } else {
+        "connection failed"
+    }
+}

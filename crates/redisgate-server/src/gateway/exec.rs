@@ -1,0 +1,103 @@
+//! Running parsed commands on a backend: one command, a `/pipeline`, or a `/multi-exec`.
+//! Every command first goes through the Upstash compatibility rules ([`compat::plan`]):
+//! some are answered without Redis, and those answers are put back in their place.
+
+use redis::Value;
+use redisgate_core::command::Command;
+use redisgate_core::compat::{self, Plan};
+
+use super::backend::{Backend, BackendError};
+
+fn packed(cmd: &Command) -> redis::Cmd {
+    let mut c = redis::Cmd::new();
+    for part in cmd.parts() {
+        c.arg(part.as_slice());
+    }
+    c
+}
+
+/// Runs one command.
+pub async fn single(backend: &Backend, cmd: Command) -> Result<Value, BackendError> {
+    match compat::plan(cmd) {
+        Plan::Reply(v) => Ok(v),
+        Plan::Forward(cmd) => backend.run(&packed(&cmd)).await,
+    }
+}
+
+/// Plans a batch: the commands to send, and for each position either the index of its reply
+/// among those sent or a ready answer.
+fn plan_batch(cmds: Vec<Command>) -> (redis::Pipeline, Vec<Result<usize, Value>>, usize) {
+    let mut pipe = redis::Pipeline::with_capacity(cmds.len() + 2);
+    let mut slots = Vec::with_capacity(cmds.len());
+    let mut sent = 0;
+    for cmd in cmds {
+        match compat::plan(cmd) {
+            Plan::Reply(v) => slots.push(Err(v)),
+            Plan::Forward(cmd) => {
+                pipe.add_command(packed(&cmd));
+                slots.push(Ok(sent));
+                sent += 1;
+            }
+        }
+    }
+    (pipe, slots, sent)
+}
+
+fn splice(slots: Vec<Result<usize, Value>>, mut replies: Vec<Value>) -> Vec<Value> {
+    slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(i) => std::mem::take(&mut replies[i]),
+            Err(v) => v,
+        })
+        .collect()
+}
+
+/// Runs a `/pipeline`: in order, not atomically; one failing command does not stop the others.
+pub async fn pipeline(backend: &Backend, cmds: Vec<Command>) -> Result<Vec<Value>, BackendError> {
+    let (pipe, slots, sent) = plan_batch(cmds);
+    let replies = if sent == 0 { Vec::new() } else { backend.run_batch(&pipe, sent).await? };
+    Ok(splice(slots, replies))
+}
+
+/// The outcome of a `/multi-exec`.
+pub enum TxOutcome {
+    /// EXEC ran: one reply per command (run-time errors included, as in Redis).
+    Committed(Vec<Value>),
+    /// The whole transaction was discarded; the text says why (PROTOCOL.md §6).
+    Discarded(String),
+}
+
+/// Runs a `/multi-exec` as MULTI, the commands, EXEC in one contiguous write (see
+/// [`Backend::run_batch`] for why that is atomic on the shared connection).
+pub async fn transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutcome, BackendError> {
+    let (inner, slots, sent) = plan_batch(cmds);
+    if sent == 0 {
+        return Ok(TxOutcome::Committed(splice(slots, Vec::new())));
+    }
+    let mut pipe = redis::Pipeline::with_capacity(sent + 2);
+    pipe.add_command(redis::cmd("MULTI"));
+    for c in inner.cmd_iter() {
+        pipe.add_command(c.clone());
+    }
+    pipe.add_command(redis::cmd("EXEC"));
+    let mut replies = backend.run_batch(&pipe, sent + 2).await?;
+    let exec = replies.pop().expect("run_batch returns exactly count replies");
+    // The first error while queueing (wrong arity, unknown command …) is what the user needs
+    // to see; EXEC's own EXECABORT text only says "previous errors".
+    let queue_error = replies[1..].iter().enumerate().find_map(|(i, v)| match v {
+        Value::ServerError(e) => Some((i, redisgate_core::codec::error_text(e))),
+        _ => None,
+    });
+    match exec {
+        Value::Array(values) if values.len() == sent => Ok(TxOutcome::Committed(splice(slots, values))),
+        Value::ServerError(e) => {
+            let text = redisgate_core::codec::error_text(&e);
+            Ok(TxOutcome::Discarded(match queue_error {
+                Some((i, cause)) => format!("{text} (command {i}: {cause})"),
+                None => text,
+            }))
+        }
+        other => Err(BackendError::Protocol(format!("EXEC answered {other:?}"))),
+    }
+}

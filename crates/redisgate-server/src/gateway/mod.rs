@@ -1,0 +1,185 @@
+//! The data plane: the Upstash REST protocol over real Redis (PROTOCOL.md).
+//!
+//! # Layout
+//! - [`auth`]: tokens, from `Authorization: Bearer` or `_token`, checked in constant time.
+//! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
+//!   with retry and reconnect.
+//! - [`exec`]: running one command, a pipeline or a transaction.
+//! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
+//! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
+//!
+//! A request goes: method check → token → body (size and time bounded) → parse → policy for
+//! every command → backend → encode.
+
+pub mod auth;
+pub mod backend;
+pub mod exec;
+pub mod reply;
+pub mod sse;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use redis::Value;
+use redisgate_core::codec::{self, Encoding};
+use redisgate_core::policy::{self, Access, Refusal};
+use redisgate_core::request::{self, ParseLimits, Request as Rq};
+use tokio_util::sync::CancellationToken;
+
+use self::auth::{Principal, Tokens};
+use self::exec::TxOutcome;
+use self::reply::SyncTokens;
+use crate::config::HttpSettings;
+
+/// Shared state of the data plane.
+pub struct Gateway {
+    pub tokens: Tokens,
+    pub http: HttpSettings,
+    pub sync: SyncTokens,
+    pub shutdown: CancellationToken,
+}
+
+/// What the client asked the answer to look like (PROTOCOL.md §4.3, §4.4).
+#[derive(Clone, Copy)]
+struct Format {
+    encoding: Encoding,
+    resp2: bool,
+}
+
+fn format(headers: &HeaderMap) -> Result<Format, &'static str> {
+    let encoding = match headers.get("upstash-encoding") {
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"base64") => Encoding::Base64,
+        _ => Encoding::Plain,
+    };
+    let resp2 = match headers.get("upstash-response-format").map(HeaderValue::as_bytes) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case(b"json") => false,
+        Some(v) if v.eq_ignore_ascii_case(b"resp2") => true,
+        Some(_) => return Err("ERR Upstash-Response-Format must be `json` or `resp2`"),
+    };
+    if resp2 && encoding == Encoding::Base64 {
+        return Err("ERR Upstash-Response-Format: resp2 cannot be combined with Upstash-Encoding: base64");
+    }
+    Ok(Format { encoding, resp2 })
+}
+
+/// The axum handler for every data-plane path.
+pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let sync = &gw.sync;
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::POST | Method::PUT | Method::HEAD) {
+        let mut r = reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("ERR method {method} is not allowed; use GET, POST, PUT or HEAD"),
+            sync,
+        );
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, HEAD"));
+        return r;
+    }
+    let Some(principal) = gw.tokens.authenticate(req.headers(), req.uri().query()) else {
+        return reply::error(StatusCode::UNAUTHORIZED, "WRONGPASS invalid or missing auth token", sync);
+    };
+    let fmt = match format(req.headers()) {
+        Ok(f) => f,
+        Err(e) => return reply::error(StatusCode::BAD_REQUEST, e, sync),
+    };
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let body = match read_body(&gw.http, req.into_body()).await {
+        Ok(b) => b,
+        Err((status, text)) => return reply::error(status, text, sync),
+    };
+    let limits = ParseLimits { max_batch_commands: gw.http.max_pipeline_commands };
+    let parsed = match request::parse(&path, query.as_deref(), &body, limits) {
+        Ok(p) => p,
+        Err(e) => return reply::error(StatusCode::BAD_REQUEST, &e.to_string(), sync),
+    };
+    drop(body);
+    if let Err(refusal) = authorize(&parsed, principal.access) {
+        return reply::error(StatusCode::BAD_REQUEST, &refusal.to_string(), sync);
+    }
+    let mut response = dispatch(&gw, &principal, parsed, fmt).await;
+    if method == Method::HEAD {
+        *response.body_mut() = Body::empty();
+    }
+    response
+}
+
+/// Reads the whole body within the size and time limits.
+async fn read_body(http: &HttpSettings, body: Body) -> Result<bytes::Bytes, (StatusCode, &'static str)> {
+    const TOO_LARGE: (StatusCode, &str) = (StatusCode::PAYLOAD_TOO_LARGE, "ERR max request size exceeded");
+    let read = Limited::new(body, http.max_body_bytes).collect();
+    match tokio::time::timeout(http.body_read_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(TOO_LARGE),
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "ERR could not read the request body")),
+        Err(_) => Err((StatusCode::REQUEST_TIMEOUT, "ERR request body not received in time")),
+    }
+}
+
+/// Policy for every command of the request, in whatever form it came.
+fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
+    match req {
+        Rq::Monitor if access == Access::ReadOnly => Err(Refusal::NoPermission { command: "monitor".into() }),
+        // Subscribing reads; the SSE endpoints are the only way to do it.
+        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => Ok(()),
+        _ => req.commands().iter().try_for_each(|c| policy::check(c, access)),
+    }
+}
+
+async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response {
+    let sync = &gw.sync;
+    let backend = &p.backend;
+    let keepalive = gw.http.sse_keepalive;
+    let result = match req {
+        Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| single_reply(&v, fmt, sync)),
+        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| batch_reply(&vs, fmt, sync)),
+        Rq::Transaction(cmds) => exec::transaction(backend, cmds).await.map(|out| match out {
+            // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
+            TxOutcome::Committed(vs) => batch_reply(&vs, Format { resp2: false, ..fmt }, sync),
+            TxOutcome::Discarded(text) => reply::error(StatusCode::BAD_REQUEST, &text, sync),
+        }),
+        Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, gw.shutdown.clone()).await,
+        Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, gw.shutdown.clone()).await,
+        Rq::Monitor => sse::monitor(backend, keepalive, gw.shutdown.clone()).await,
+    };
+    result.unwrap_or_else(|e| {
+        tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
+        reply::backend_error(&e, sync)
+    })
+}
+
+fn single_reply(v: &Value, fmt: Format, sync: &SyncTokens) -> Response {
+    if let Value::ServerError(e) = v {
+        return reply::error(StatusCode::BAD_REQUEST, &codec::error_text(e), sync);
+    }
+    let mut out = Vec::with_capacity(64);
+    if fmt.resp2 {
+        codec::write_resp2(v, &mut out);
+        return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);
+    }
+    codec::write_envelope(v, fmt.encoding, &mut out);
+    reply::json(StatusCode::OK, out, sync)
+}
+
+/// `[{"result":…},{"error":…},…]`, or with resp2 the raw replies one after the other.
+fn batch_reply(values: &[Value], fmt: Format, sync: &SyncTokens) -> Response {
+    let mut out = Vec::with_capacity(32 * values.len() + 2);
+    if fmt.resp2 {
+        values.iter().for_each(|v| codec::write_resp2(v, &mut out));
+        return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);
+    }
+    out.push(b'[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        codec::write_envelope(v, fmt.encoding, &mut out);
+    }
+    out.push(b']');
+    reply::json(StatusCode::OK, out, sync)
+}

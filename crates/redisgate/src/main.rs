@@ -1,0 +1,112 @@
+//! `redisgate`: Redis over HTTP, speaking the Upstash REST protocol.
+//!
+//! # Layout
+//! One file: clap subcommands that load the configuration and call into `redisgate-server`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use redisgate_server::config::{self, Settings};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "redisgate", version, about = "Redis over HTTP, speaking the Upstash REST protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// TOML configuration file (environment variables still win over it).
+        #[arg(long, short, env = "REDISGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080 (wins over file and environment).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "REDISGATE_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a commented example configuration.
+    Default,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Command::Serve { config, listen, log_json } => {
+            init_tracing(log_json);
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let mut settings = Settings::load(config.as_deref(), &env)?;
+            if let Some(addr) = listen {
+                settings.listen = addr;
+            }
+            // One TLS crypto provider for the whole process (rediss:// connections).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "RedisGate serving the Upstash REST API on http://{addr}/ ({} token(s))",
+        settings.tokens.len()
+    );
+    redisgate_server::launch(settings, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_env("REDISGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
