@@ -45,16 +45,23 @@ pub async fn launch(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
+    // Streams end as soon as shutdown starts (they would otherwise hold the drain open);
+    // backend supervisors stop only after in-flight requests are done.
+    let streams_end = CancellationToken::new();
     let gateway = Arc::new(Gateway {
         tokens,
         http: settings.http.clone(),
         sync: SyncTokens::new(),
-        shutdown: cancel.clone(),
+        shutdown: streams_end.clone(),
     });
     let app = router(gateway, &settings.cors);
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
 
+    let shutdown = async move {
+        shutdown.await;
+        streams_end.cancel();
+    };
     serve::serve(listener, app, &settings.http, shutdown).await;
     cancel.cancel();
     tracker.close();

@@ -117,9 +117,13 @@ pub async fn monitor(
     shutdown: CancellationToken,
 ) -> Result<Response, BackendError> {
     let (mon, permit) = backend.monitor().await?;
-    let lines = mon.into_on_message::<Vec<u8>>().map(move |line| {
+    let lines = mon.into_on_message::<redis::Value>().map(move |line| {
         let _held = &permit;
-        event(&line)
+        match line {
+            redis::Value::SimpleString(s) => event(s.as_bytes()),
+            redis::Value::BulkString(b) => event(&b),
+            other => event(format!("{other:?}").as_bytes()),
+        }
     });
     Ok(respond(vec![event(b"\"OK\"")], lines, keepalive, shutdown))
 }

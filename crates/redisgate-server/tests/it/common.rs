@@ -1,0 +1,235 @@
+//! Test fixtures: a private `redis-server` and a running RedisGate.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redisgate_server::config::{Settings, TokenConfig};
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "test-token-read-write";
+pub const RO_TOKEN: &str = "test-token-read-only";
+
+/// A free TCP port on loopback (bound, then released for the child process to take).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of our own, stopped when dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Waits until `n` clients are blocked (e.g. by CLIENT PAUSE) in this server.
+    pub async fn wait_blocked(&self, n: usize) {
+        let want = format!("blocked_clients:{n}\r");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.cmd::<String>(&["INFO", "clients"]).await.contains(&want) {
+            assert!(Instant::now() < deadline, "never saw {n} blocked client(s)");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A server that is not started yet: `start_later` reserves its port.
+    pub fn reserve() -> Redis {
+        Redis { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Starts a server reserved with [`Redis::reserve`].
+    pub async fn start_now(&mut self) {
+        assert!(self.spawn().await, "redis-server did not start on port {}", self.port);
+    }
+
+    pub async fn start() -> Redis {
+        for _ in 0..5 {
+            let mut r = Redis { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+            if r.spawn().await {
+                return r;
+            }
+        }
+        panic!("could not start redis-server (is it installed? scripts/test.sh installs it)");
+    }
+
+    /// Starts the server process on `self.port`; `false` if it did not come up.
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    return true;
+                }
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Kills the process (SIGKILL): an abrupt outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn().await, "redis-server did not restart on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    /// Runs a command directly on Redis, bypassing the gateway.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_cmd(args).await.unwrap()
+    }
+
+    pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut c = self.client().get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running RedisGate, shut down when dropped.
+pub struct Gate {
+    pub base: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings with a read-write and a read-only token on `redis`, fast retries and keep-alives.
+pub fn settings(redis: &Redis) -> Settings {
+    let mut s = Settings {
+        tokens: vec![token(TOKEN, redis, false), token(RO_TOKEN, redis, true)],
+        ..Settings::default()
+    };
+    s.backend.retry_delay = Duration::from_millis(200);
+    s.backend.health_check_interval = Duration::from_millis(200);
+    s.http.sse_keepalive = Duration::from_millis(200);
+    s
+}
+
+pub fn token(t: &str, redis: &Redis, read_only: bool) -> TokenConfig {
+    TokenConfig { token: t.to_owned().into(), url: redis.url().into(), read_only, name: None }
+}
+
+impl Gate {
+    /// Starts RedisGate on port 0 and waits until it serves PING through `TOKEN`.
+    pub async fn start(settings: Settings) -> Gate {
+        let g = Gate::start_unchecked(settings).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = g.post("/", r#"["PING"]"#).await;
+            if r.status() == 200 {
+                return g;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready: {}", r.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts RedisGate on port 0 without waiting for its backend.
+    pub async fn start_unchecked(settings: Settings) -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(redisgate_server::launch(settings, listener, async {
+            let _ = rx.await;
+        }));
+        Gate { base, http: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST `body` to `path` with the read-write token.
+    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
+        self.http.post(self.url(path)).bearer_auth(TOKEN).body(body.to_owned()).send().await.unwrap()
+    }
+
+    /// POST and return (status, parsed JSON body).
+    pub async fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = self.post(path, body).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Triggers graceful shutdown and waits for `launch` to return.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        self.stopped().await;
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) without waiting.
+    pub fn begin_shutdown(&mut self) {
+        let _ = self.stop.take().expect("shutdown begun once").send(());
+    }
+
+    /// Waits for `launch` to return, which it must do cleanly.
+    pub async fn stopped(mut self) {
+        tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
+            .await
+            .expect("shutdown finished in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Path of the repository root (for fixtures such as the Python SDK tests).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

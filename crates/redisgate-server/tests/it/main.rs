@@ -1,0 +1,9 @@
+//! Integration tests: real `redis-server` processes on free ports, the real application on
+//! port 0, real HTTP clients. One test binary for the crate (see ARCHITECTURE.md).
+
+mod common;
+mod limits;
+mod protocol;
+mod python_sdk;
+mod resilience;
+mod sse;

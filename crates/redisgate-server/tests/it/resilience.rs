@@ -1,0 +1,90 @@
+//! Redis going away and coming back: 503 + Retry-After while it is down, recovery by itself,
+//! explicit response timeouts, and no command sent twice.
+
+use std::time::{Duration, Instant};
+
+use redisgate_server::config::Settings;
+
+use crate::common::{Gate, Redis, TOKEN, settings, token};
+
+async fn status_of(g: &Gate, body: &str) -> (u16, Option<String>, serde_json::Value) {
+    let r = g.post("/", body).await;
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_restart_under_load_with_default_timings() {
+    let mut redis = Redis::start().await;
+    // Default retry and health-check timings (1 s), as a user gets them.
+    let s = Settings { tokens: vec![token(TOKEN, &redis, false)], ..Settings::default() };
+    let g = Gate::start(s).await;
+    assert_eq!(status_of(&g, r#"["SET","k","v"]"#).await.0, 200);
+
+    redis.kill();
+    // While Redis is down: 503 with a JSON error and Retry-After, never 500 and never a hang.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut unavailable = 0;
+    while unavailable < 5 {
+        let started = Instant::now();
+        let (status, retry, body) = status_of(&g, r#"["GET","k"]"#).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "a request hung during the outage");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert!(body["error"].as_str().unwrap().starts_with("ERR"), "{body}");
+        unavailable += 1;
+        assert!(Instant::now() < deadline);
+    }
+
+    redis.restart().await;
+    let back = Instant::now();
+    loop {
+        let (status, _, body) = status_of(&g, r#"["SET","k","again"]"#).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(back.elapsed() < Duration::from_secs(2), "not serving 2 s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(redis.cmd::<String>(&["GET", "k"]).await, "again");
+}
+
+#[tokio::test]
+async fn redis_not_up_at_start() {
+    let mut redis = Redis::reserve();
+    let mut s = settings(&redis);
+    s.backend.connect_retries = 1;
+    let g = Gate::start_unchecked(s).await;
+    // The first cycle (1 try + 1 retry, 200 ms apart) fails: requests get 503, not a hang.
+    let (status, retry, body) = status_of(&g, r#"["PING"]"#).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry.is_some());
+    redis.start_now().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(&g, r#"["PING"]"#).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never connected after Redis started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn response_timeout_is_explicit_and_nothing_is_resent() {
+    let redis = Redis::start().await;
+    let mut s = settings(&redis);
+    s.backend.response_timeout = Duration::from_millis(300);
+    let g = Gate::start(s).await;
+    redis.cmd::<()>(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    let (status, _, body) = status_of(&g, r#"["INCR","counter"]"#).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("did not answer within 300ms"), "{body}");
+    redis.cmd::<()>(&["CLIENT", "UNPAUSE"]).await;
+    // The INCR that timed out ran exactly once, when Redis got to it: it was not re-sent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd::<Option<i64>>(&["GET", "counter"]).await.is_none() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status_of(&g, r#"["INCR","counter"]"#).await.2["result"], 2);
+}
