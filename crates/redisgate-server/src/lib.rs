@@ -42,6 +42,9 @@ pub async fn launch(
         !settings.tokens.is_empty(),
         "no tokens configured: set REDISGATE_TOKEN and REDISGATE_REDIS_URL, add [[tokens]] to the config file, or use SRH_MODE=env|file"
     );
+    // One TLS crypto provider for the whole process (rediss:// backends). Installing fails
+    // only when one is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tokens = build_tokens(&settings, &tracker, &cancel)?;

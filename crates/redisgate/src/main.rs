@@ -59,8 +59,6 @@ fn main() -> anyhow::Result<()> {
             if let Some(addr) = listen {
                 settings.listen = addr;
             }
-            // One TLS crypto provider for the whole process (rediss:// connections).
-            let _ = rustls::crypto::ring::default_provider().install_default();
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
         }
     }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redisgate");
@@ -17,10 +18,11 @@ impl Drop for Proc {
     }
 }
 
-fn redis() -> (Proc, u16) {
+fn redis(extra: &[&str]) -> (Proc, u16) {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server installed");
@@ -32,8 +34,8 @@ fn redis() -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// Starts `redisgate serve` and returns it with the port it printed.
-fn serve(env: &[(&str, &str)], args: &[&str]) -> (Proc, u16) {
+/// Starts `redisgate serve` and returns it with the port it printed and its log so far.
+fn serve(env: &[(&str, &str)], args: &[&str]) -> (Proc, u16, Arc<Mutex<String>>) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
@@ -52,8 +54,12 @@ fn serve(env: &[(&str, &str)], args: &[&str]) -> (Proc, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     // Keep draining logs so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (Proc(child), port)
+    let log = Arc::new(Mutex::new(line + "\n"));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push_str(&(l + "\n")))
+    });
+    (Proc(child), port, log)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the whole answer as text.
@@ -96,25 +102,32 @@ fn sigterm_and_wait(p: &mut Proc) -> std::process::ExitStatus {
 }
 
 #[test]
-fn srh_env_mode_is_a_drop_in() {
-    let (_redis, rport) = redis();
-    let url = format!("redis://127.0.0.1:{rport}");
+fn srh_env_mode_is_a_drop_in_and_never_logs_secrets() {
+    let (_redis, rport) = redis(&["--requirepass", "redis-password-xyz"]);
+    let url = format!("redis://:redis-password-xyz@127.0.0.1:{rport}");
     let env = [
         ("SRH_MODE", "env"),
         ("SRH_TOKEN", "srh_example_token"),
         ("SRH_CONNECTION_STRING", url.as_str()),
         ("SRH_PORT", "0"),
+        ("REDISGATE_LOG", "trace"),
     ];
-    let (mut gw, port) = serve(&env, &[]);
+    let (mut gw, port, log) = serve(&env, &[]);
     let answer = until_ok(port, "srh_example_token", r#"["SET","k","v"]"#);
     assert!(answer.ends_with(r#"{"result":"OK"}"#), "{answer}");
     assert!(http(port, "POST /", "wrong-token", r#"["GET","k"]"#).starts_with("HTTP/1.1 401"));
     assert!(sigterm_and_wait(&mut gw).success());
+    let log = log.lock().unwrap();
+    assert!(log.contains("connected to Redis"), "{log}");
+    assert!(
+        !log.contains("srh_example_token") && !log.contains("redis-password-xyz"),
+        "secret in the log:\n{log}"
+    );
 }
 
 #[test]
 fn srh_tokens_file_and_listen_flag() {
-    let (_redis, rport) = redis();
+    let (_redis, rport) = redis(&[]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.json");
     std::fs::write(
@@ -124,7 +137,7 @@ fn srh_tokens_file_and_listen_flag() {
     .unwrap();
     let env = [("SRH_MODE", "file"), ("SRH_TOKENS_FILE", file.to_str().unwrap()), ("SRH_PORT", "1")];
     // --listen wins over SRH_PORT.
-    let (mut gw, port) = serve(&env, &["--listen", "127.0.0.1:0"]);
+    let (mut gw, port, _log) = serve(&env, &["--listen", "127.0.0.1:0"]);
     assert_ne!(port, 1);
     let answer = until_ok(port, "file_token_one", r#"["PING"]"#);
     assert!(answer.ends_with(r#"{"result":"PONG"}"#), "{answer}");
