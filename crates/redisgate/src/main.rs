@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 use redisgate_server::config::{self, Settings};
 use tracing_subscriber::EnvFilter;
 
+// The hot path allocates a few small buffers per request from many threads; glibc's malloc
+// spent ~10 % of the gateway's CPU there (arena locks included) in profiles, mimalloc less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "redisgate", version, about = "Redis over HTTP, speaking the Upstash REST protocol")]
 struct Cli {

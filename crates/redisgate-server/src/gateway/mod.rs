@@ -112,6 +112,10 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 /// Reads the whole body within the size and time limits.
 async fn read_body(http: &HttpSettings, body: Body) -> Result<bytes::Bytes, (StatusCode, &'static str)> {
     const TOO_LARGE: (StatusCode, &str) = (StatusCode::PAYLOAD_TOO_LARGE, "ERR max request size exceeded");
+    // Most data-plane requests (GET path form) have no body: skip the timer entirely.
+    if axum::body::HttpBody::is_end_stream(&body) {
+        return Ok(bytes::Bytes::new());
+    }
     let read = Limited::new(body, http.max_body_bytes).collect();
     match tokio::time::timeout(http.body_read_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -26,7 +26,13 @@ impl SyncTokens {
 
     fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        HeaderValue::try_from(format!("{:x}-{n}", self.epoch)).expect("ASCII header value")
+        let (mut epoch, mut count) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (epoch, count) = (epoch.format(self.epoch), count.format(n));
+        let mut v = Vec::with_capacity(epoch.len() + count.len() + 1);
+        v.extend_from_slice(epoch.as_bytes());
+        v.push(b'-');
+        v.extend_from_slice(count.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("digits and a dash")
     }
 }
 
