@@ -9,12 +9,38 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# PostgreSQL for the store conformance suite: use the one on 127.0.0.1:5432 if it answers,
+# start an installed cluster if it does not, install one if there is none. A cluster we
+# install ourselves gets the password the tests use; an existing one is left as it is.
+export REDISGATE_TEST_DATABASE_URL="${REDISGATE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_up; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  fresh=0
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    echo "installing: postgresql" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+    fresh=1
+  fi
+  for v in /etc/postgresql/*; do
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(basename "$v")" main start || true
+  done
+  for _ in $(seq 50); do pg_up && break; sleep 0.2; done
+  pg_up || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+  if [ $fresh = 1 ]; then
+    $SUDO -u postgres psql -q -c "ALTER USER postgres PASSWORD 'postgres'" 2>/dev/null \
+      || su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+  fi
 fi
 
 # The official Python SDK (upstash-redis) in a private venv, for the SDK test.

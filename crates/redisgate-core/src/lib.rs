@@ -7,12 +7,23 @@
 //! - [`policy`]: which commands a token may run through a shared, multiplexed connection.
 //! - [`compat`]: the places where Upstash answers differently from plain Redis, emulated.
 //! - [`codec`]: Redis replies written as Upstash JSON (plain or base64) or as raw RESP2.
+//! - Tenancy, one module per noun: [`ids`], [`account`] (users), [`org`] (organizations,
+//!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`audit`].
+//! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 #![forbid(unsafe_code)]
 
+pub mod account;
+pub mod apikey;
+pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod compat;
+pub mod ids;
+pub mod instance;
+pub mod org;
 pub mod policy;
+pub mod quota;
 pub mod request;
+pub mod store;
 
 pub use redis::Value;

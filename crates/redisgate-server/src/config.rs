@@ -25,9 +25,15 @@ pub struct Settings {
     /// Shortcut for one token from the environment: `REDISGATE_TOKEN` + `REDISGATE_REDIS_URL`.
     pub token: Option<SecretString>,
     pub redis_url: Option<SecretString>,
+    /// Where RedisGate keeps its state (the SQLite database, instance data).
+    pub data_dir: PathBuf,
+    /// The metadata store: `postgres://…` for PostgreSQL; unset means SQLite in `data_dir`.
+    /// `DATABASE_URL` is accepted too.
+    pub database_url: Option<SecretString>,
     pub http: HttpSettings,
     pub backend: BackendSettings,
     pub cors: CorsSettings,
+    pub auth: AuthSettings,
 }
 
 impl Default for Settings {
@@ -37,9 +43,12 @@ impl Default for Settings {
             tokens: Vec::new(),
             token: None,
             redis_url: None,
+            data_dir: PathBuf::from("data"),
+            database_url: None,
             http: HttpSettings::default(),
             backend: BackendSettings::default(),
             cors: CorsSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -148,6 +157,41 @@ impl Default for CorsSettings {
     }
 }
 
+/// Accounts and sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// How long a login session lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Failed-login window: past the limits below, logins wait until it ends (429).
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+    pub max_failed_logins_per_email: u32,
+    pub max_failed_logins_per_ip: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(24 * 3600),
+            login_window: Duration::from_secs(15 * 60),
+            max_failed_logins_per_email: 5,
+            max_failed_logins_per_ip: 50,
+        }
+    }
+}
+
+impl Settings {
+    /// The metadata store URL: the configured one, or the SQLite file in `data_dir`.
+    pub fn store_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("redisgate.db").display()),
+        }
+    }
+}
+
 /// A configuration problem, named by key so the operator can fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -200,6 +244,9 @@ impl Settings {
                 .source(Some(ours)),
         );
         let mut s: Settings = b.build()?.try_deserialize()?;
+        if s.database_url.is_none() {
+            s.database_url = env.get("DATABASE_URL").map(|u| SecretString::from(u.clone()));
+        }
         s.apply_srh_env(env)?;
         if let (Some(token), Some(url)) = (s.token.take(), s.redis_url.take()) {
             s.tokens.push(TokenConfig { token, url, read_only: false, name: None });
@@ -280,6 +327,18 @@ impl Settings {
         }
         if self.http.max_pipeline_commands == 0 {
             return Err(invalid("http.max_pipeline_commands", "must be greater than 0"));
+        }
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite://"))
+            {
+                return Err(invalid(
+                    "database_url",
+                    "must start with postgres://, postgresql:// or sqlite://",
+                ));
+            }
         }
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));

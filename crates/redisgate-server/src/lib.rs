@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the typed configuration tree (defaults → TOML → environment, SRH variables).
+//! - [`api`]: the control plane, a JSON management API with its OpenAPI document.
 //! - [`gateway`]: the data plane, the Upstash REST protocol over real Redis.
 //! - [`serve`]: the HTTP listener (timeouts, graceful shutdown).
 //!
@@ -9,6 +10,7 @@
 //! tests bind port 0 and pass the listener in.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod gateway;
 pub mod serve;
@@ -27,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::api::ApiState;
+use crate::api::auth::LoginThrottle;
 use crate::config::{CorsSettings, Settings};
 use crate::gateway::auth::{Principal, Tokens};
 use crate::gateway::backend::Backend;
@@ -38,10 +42,6 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !settings.tokens.is_empty(),
-        "no tokens configured: set REDISGATE_TOKEN and REDISGATE_REDIS_URL, add [[tokens]] to the config file, or use SRH_MODE=env|file"
-    );
     // One TLS crypto provider for the whole process (rediss:// backends). Installing fails
     // only when one is already installed, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -57,7 +57,19 @@ pub async fn launch(
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),
     });
-    let app = router(gateway, &settings.cors);
+    let store =
+        redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
+    let a = &settings.auth;
+    let api = Arc::new(ApiState {
+        store,
+        auth: a.clone(),
+        throttle: LoginThrottle::new(
+            a.login_window,
+            a.max_failed_logins_per_email,
+            a.max_failed_logins_per_ip,
+        ),
+    });
+    let app = router(api, (!settings.tokens.is_empty()).then_some(gateway), &settings.cors);
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
 
@@ -100,8 +112,16 @@ fn build_tokens(
     Ok(tokens)
 }
 
-fn router(gateway: Arc<Gateway>, cors: &CorsSettings) -> Router {
-    let app = Router::new().fallback(gateway::handle).with_state(gateway);
+/// The management API, its OpenAPI document and docs page, and — in standalone mode — the
+/// Upstash protocol at `/` for every path the API does not own.
+fn router(api: Arc<ApiState>, standalone: Option<Arc<Gateway>>, cors: &CorsSettings) -> Router {
+    let (management, openapi) = api::router(api);
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
+    let app = management.merge(docs);
+    let app = match standalone {
+        Some(gw) => app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw)),
+        None => app.fallback(|| async { api::ApiError::NotFound("route") }),
+    };
     match cors_layer(cors) {
         Some(layer) => app.layer(layer),
         None => app,

@@ -148,6 +148,7 @@ impl Drop for Redis {
 pub struct Gate {
     pub base: String,
     pub http: reqwest::Client,
+    _data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -184,14 +185,17 @@ impl Gate {
     }
 
     /// Starts RedisGate on port 0 without waiting for its backend.
-    pub async fn start_unchecked(settings: Settings) -> Gate {
+    pub async fn start_unchecked(mut settings: Settings) -> Gate {
+        // Each gateway keeps its state (the SQLite metadata store) in a directory of its own.
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(redisgate_server::launch(settings, listener, async {
             let _ = rx.await;
         }));
-        Gate { base, http: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+        Gate { base, http: reqwest::Client::new(), _data: data, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,7 +1,9 @@
 //! Integration tests: real `redis-server` processes on free ports, the real application on
 //! port 0, real HTTP clients. One test binary for the crate (see ARCHITECTURE.md).
 
+mod api;
 mod common;
+mod isolation;
 mod limits;
 mod protocol;
 mod python_sdk;

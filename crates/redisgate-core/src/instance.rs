@@ -1,0 +1,74 @@
+//! Redis instances: what a user asked for, and what state it is in.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{InstanceId, OrgId};
+
+/// Who runs the instance's Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionerKind {
+    /// A supervised `redis-server` child process of RedisGate.
+    Local,
+    /// A Redis server the user brings (`redis://` or `rediss://`).
+    External,
+}
+
+impl ProvisionerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisionerKind::Local => "local",
+            ProvisionerKind::External => "external",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "external" => Some(Self::External),
+            _ => None,
+        }
+    }
+}
+
+/// Lifecycle: `pending` → `running` → `stopped` / `error` (with a reason). Never a lie: an
+/// instance whose process could not start is `error`, not `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Pending,
+    Running,
+    Stopped,
+    Error,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Running, Self::Stopped, Self::Error].into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// One Redis instance.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub provisioner: ProvisionerKind,
+    pub memory_bytes: u64,
+    pub status: InstanceStatus,
+    /// Why the instance is in `error` (or `stopped`), for people.
+    pub status_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}

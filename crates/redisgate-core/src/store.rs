@@ -1,0 +1,152 @@
+//! The metadata store: one trait, implemented for SQLite (the embedded default) and
+//! PostgreSQL in `redisgate-store`, both held to one conformance suite.
+//!
+//! Rules every implementation keeps:
+//! - quota checks and the insert they guard are one atomic step: concurrent creates never
+//!   end above a quota;
+//! - an organization always keeps at least one owner;
+//! - secrets are never stored in the clear: sessions and API keys by SHA-256 only; an
+//!   external instance's URL only sealed (encrypted) by the caller.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::account::{Email, User};
+use crate::apikey::{ApiKey, Scope};
+use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
+use crate::ids::{ApiKeyId, InstanceId, OrgId, UserId};
+use crate::instance::{Instance, InstanceStatus, ProvisionerKind};
+use crate::org::{Member, Organization, Role};
+use crate::quota::{Limit, Plan, Quota};
+
+/// A SHA-256 digest of a secret (session token, API key).
+pub type SecretHash = [u8; 32];
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule: the text names what already exists ("email", "member").
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("quota exceeded: {}", .0.as_str())]
+    QuotaExceeded(Limit),
+    #[error("an organization must keep at least one owner")]
+    LastOwner,
+    /// The database cannot be reached or failed; details are for logs only.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A user with the password hash, for logging in only.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// An instance to create.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub provisioner: ProvisionerKind,
+    pub memory_bytes: u64,
+    /// External instances: the connection URL, sealed by the caller.
+    pub sealed_url: Option<Vec<u8>>,
+}
+
+/// An instance with what the gateway needs to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub instance: Instance,
+    pub sealed_url: Option<Vec<u8>>,
+}
+
+/// An API key to create; the secret itself never reaches the store.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub scope: Scope,
+    pub instance_ids: Option<Vec<InstanceId>>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub secret_hash: SecretHash,
+    pub created_by: Option<UserId>,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does (readiness, `redisgate check`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Users and sessions.
+    /// Creates a user; the very first user of a deployment becomes its administrator.
+    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User>;
+    async fn user(&self, id: UserId) -> StoreResult<User>;
+    async fn credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
+    async fn create_session(
+        &self,
+        token_hash: &SecretHash,
+        user: UserId,
+        expires_at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// The user of a live (unrevoked, unexpired at `now`) session.
+    async fn session_user(&self, token_hash: &SecretHash, now: OffsetDateTime) -> StoreResult<Option<User>>;
+    async fn revoke_session(&self, token_hash: &SecretHash) -> StoreResult<()>;
+
+    // Organizations and members.
+    /// Creates an organization with `owner` as its first owner, in one transaction.
+    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization>;
+    async fn org(&self, id: OrgId) -> StoreResult<Organization>;
+    /// The organizations `user` belongs to, with the user's role in each.
+    async fn orgs_of(&self, user: UserId) -> StoreResult<Vec<(Organization, Role)>>;
+    async fn rename_org(&self, id: OrgId, name: &str) -> StoreResult<Organization>;
+    /// Deletes the organization and everything it owns (members, instances, keys; audit stays).
+    async fn delete_org(&self, id: OrgId) -> StoreResult<()>;
+    async fn set_quota(&self, id: OrgId, quota: Quota) -> StoreResult<Organization>;
+    async fn role_of(&self, org: OrgId, user: UserId) -> StoreResult<Option<Role>>;
+    async fn members(&self, org: OrgId) -> StoreResult<Vec<Member>>;
+    async fn add_member(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member>;
+    /// Changes a role; refuses (`LastOwner`) to demote the last owner.
+    async fn set_role(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member>;
+    /// Removes a member; refuses (`LastOwner`) to remove the last owner.
+    async fn remove_member(&self, org: OrgId, user: UserId) -> StoreResult<()>;
+
+    // Instances.
+    /// Inserts a `pending` instance if the organization's instance and memory quotas allow.
+    async fn create_instance(&self, new: NewInstance) -> StoreResult<InstanceRecord>;
+    async fn instance(&self, id: InstanceId) -> StoreResult<InstanceRecord>;
+    async fn instances(&self, org: OrgId) -> StoreResult<Vec<Instance>>;
+    /// Every instance of the deployment (start-up re-provisioning).
+    async fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
+    async fn set_instance_status(
+        &self,
+        id: InstanceId,
+        status: InstanceStatus,
+        reason: Option<&str>,
+    ) -> StoreResult<()>;
+    async fn delete_instance(&self, id: InstanceId) -> StoreResult<()>;
+
+    // API keys.
+    /// Inserts a key if the organization's key quota allows (revoked keys do not count).
+    async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey>;
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey>;
+    async fn api_key_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<ApiKey>>;
+    async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>>;
+    async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey>;
+    /// Records last use, batched off the hot path.
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()>;
+
+    // Audit.
+    async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
+    async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+
+    // Counters for metrics.
+    async fn count_users(&self) -> StoreResult<u64>;
+}

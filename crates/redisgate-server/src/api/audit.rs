@@ -1,0 +1,156 @@
+//! The audit log: recorded for every management mutation and every login, listed per
+//! organization with filters and pagination. Entries never hold a secret.
+
+use std::sync::Arc;
+
+use axum::extract::Query;
+use redisgate_core::account::User;
+use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
+use redisgate_core::ids::{AuditId, OrgId, UserId};
+use redisgate_core::org::Action;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::CurrentUser;
+use super::{ApiError, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
+
+/// An entry for an action by `user` (or by nobody known).
+pub fn entry(
+    org: Option<OrgId>,
+    user: Option<&User>,
+    action: &str,
+    target: Option<String>,
+    meta: &RequestMeta,
+    outcome: Outcome,
+    detail: Option<String>,
+) -> NewAuditEntry {
+    let actor = user.map_or("anonymous", |u| u.email.as_str());
+    entry_for(org, user.map(|u| u.id), actor, action, target, meta, outcome, detail)
+}
+
+/// An entry with the actor given by name (e.g. the e-mail a failed login tried).
+#[allow(clippy::too_many_arguments)]
+pub fn entry_for(
+    org: Option<OrgId>,
+    actor_user_id: Option<UserId>,
+    actor: &str,
+    action: &str,
+    target: Option<String>,
+    meta: &RequestMeta,
+    outcome: Outcome,
+    detail: Option<String>,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        org_id: org,
+        actor_user_id,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target,
+        ip: meta.ip.clone(),
+        user_agent: meta.user_agent.clone(),
+        outcome,
+        detail,
+    }
+}
+
+/// Writes an entry. A failure to write is logged loudly but does not undo the action.
+pub async fn record(state: &ApiState, e: NewAuditEntry) {
+    let action = e.action.clone();
+    if let Err(err) = state.store.append_audit(e).await {
+        tracing::error!(%action, error = %err, "could not write an audit log entry");
+    }
+}
+
+/// Runs `result` and records it: success, or the error code as the detail.
+pub async fn outcome<T>(
+    state: &ApiState,
+    user: &User,
+    org: Option<OrgId>,
+    action: &str,
+    target: Option<String>,
+    meta: &RequestMeta,
+    result: ApiResult<T>,
+) -> ApiResult<T> {
+    let (outcome, detail) = match &result {
+        Ok(_) => (Outcome::Success, None),
+        Err(ApiError::Forbidden) => (Outcome::Denied, Some("forbidden".to_owned())),
+        Err(e) => (Outcome::Failure, Some(e.code().to_owned())),
+    };
+    record(state, entry(org, Some(user), action, target, meta, outcome, detail)).await;
+    result
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Only this action, e.g. `instance.create`.
+    action: Option<String>,
+    /// Only actions by this user id.
+    actor_user_id: Option<UserId>,
+    /// `success`, `failure` or `denied`.
+    outcome: Option<String>,
+    /// RFC 3339; entries at or after.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    since: Option<OffsetDateTime>,
+    /// RFC 3339; entries before.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    until: Option<OffsetDateTime>,
+    /// The `next` of the previous page.
+    before: Option<AuditId>,
+    /// 1–500, default 50.
+    limit: Option<u32>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<AuditId>,
+}
+
+/// The organization's audit log, newest first.
+#[utoipa::path(get, path = "/api/organizations/{org_id}/audit-logs", tag = "audit", security(("session" = [])),
+    params(("org_id" = OrgId, Path), AuditFilter),
+    responses((status = 200, body = AuditPage), (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+async fn list(
+    state: State,
+    CurrentUser(user): CurrentUser,
+    ApiPath(org): ApiPath<OrgId>,
+    filter: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<AuditPage>> {
+    let Query(f) = filter?;
+    authorize(&state, user.id, org, Action::ViewAudit).await?;
+    let limit = match f.limit {
+        None => 50,
+        Some(n @ 1..=500) => n,
+        Some(_) => return Err(ApiError::validation("limit", "must be between 1 and 500")),
+    };
+    let outcome = match f.outcome.as_deref() {
+        None => None,
+        Some(o) => Some(
+            Outcome::parse(o)
+                .ok_or_else(|| ApiError::validation("outcome", "must be success, failure or denied"))?,
+        ),
+    };
+    let query = AuditQuery {
+        action: f.action,
+        actor_user_id: f.actor_user_id,
+        outcome,
+        since: f.since,
+        until: f.until,
+        before: f.before,
+        limit,
+    };
+    let items = state.store.audit_logs(org, &query).await?;
+    let next = (items.len() == limit as usize).then(|| items.last().map(|e| e.id)).flatten();
+    Ok(axum::Json(AuditPage { items, next }))
+}
+
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new().routes(routes!(list))
+}

@@ -1,0 +1,143 @@
+//! The management API's one error type: JSON `{"error": "...", "code": "..."}` with the right
+//! status. 5xx details go to the log, never to the client.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use redisgate_core::quota::Limit;
+use redisgate_core::store::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required: send a valid session token as `Authorization: Bearer <token>`")]
+    Unauthenticated,
+    #[error("invalid e-mail or password")]
+    InvalidCredentials,
+    #[error("your role in this organization does not allow this")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("`{field}` {message}")]
+    Validation { field: String, message: String },
+    #[error("quota exceeded: {}", .0.as_str())]
+    QuotaExceeded(Limit),
+    #[error("too many attempts; retry later")]
+    TooManyRequests { retry_after: Duration },
+    #[error("the metadata store is unavailable; retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation { field: field.into(), message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The stable machine-readable code (also used as the audit detail).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+/// The JSON body of every management error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Stable code for programs: `unauthenticated`, `forbidden`, `not_found`,
+    /// `validation_failed`, `quota_exceeded`, `email_taken`, `last_owner`, …
+    pub code: &'static str,
+    /// The request field a validation error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The quota a `quota_exceeded` error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: self.to_string(),
+            code,
+            field: match &self {
+                ApiError::Validation { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            limit: match &self {
+                ApiError::QuotaExceeded(l) => Some(l.as_str()),
+                _ => None,
+            },
+        };
+        let mut r = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after } = self {
+            let secs = retry_after.as_secs().max(1);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("resource"),
+            StoreError::Conflict(what) => {
+                ApiError::Conflict { code: "conflict", message: format!("{what} already exists") }
+            }
+            StoreError::QuotaExceeded(limit) => ApiError::QuotaExceeded(limit),
+            StoreError::LastOwner => ApiError::Conflict {
+                code: "last_owner",
+                message: "an organization must keep at least one owner".into(),
+            },
+            StoreError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "metadata store failed");
+                ApiError::Unavailable
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        // serde's message names the field ("missing field `email`", "unknown variant ...").
+        ApiError::validation("body", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(_: PathRejection) -> Self {
+        ApiError::NotFound("resource")
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::validation("query", r.body_text())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,151 @@
+//! Tenant isolation: every management route, called by every role of an organization, by a
+//! member of another organization, and anonymously. Each case runs on a fresh organization,
+//! so destructive routes cannot mask each other.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::api::{Api, control_plane};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+    /// The owner of another organization.
+    Outsider,
+    Anonymous,
+}
+
+/// One management route: method, path under the organization, body, and the expected status
+/// for each role (outsiders always get 404, anonymous callers 401).
+struct Route {
+    method: Method,
+    path: &'static str,
+    body: Option<Value>,
+    owner: u16,
+    admin: u16,
+    member: u16,
+    viewer: u16,
+}
+
+fn routes() -> Vec<Route> {
+    let r = |method: Method,
+             path: &'static str,
+             body: Option<Value>,
+             [owner, admin, member, viewer]: [u16; 4]| Route {
+        method,
+        path,
+        body,
+        owner,
+        admin,
+        member,
+        viewer,
+    };
+    vec![
+        r(Method::GET, "", None, [200, 200, 200, 200]),
+        r(Method::PATCH, "", Some(json!({"name": "renamed"})), [200, 200, 403, 403]),
+        r(Method::DELETE, "", None, [204, 403, 403, 403]),
+        r(Method::GET, "/members", None, [200, 200, 200, 200]),
+        r(
+            Method::POST,
+            "/members",
+            Some(json!({"email": "new@example.com", "role": "member"})),
+            [201, 201, 403, 403],
+        ),
+        r(
+            Method::POST,
+            "/members",
+            Some(json!({"email": "new@example.com", "role": "owner"})),
+            [201, 403, 403, 403],
+        ),
+        r(Method::PATCH, "/members/{target}", Some(json!({"role": "member"})), [200, 200, 403, 403]),
+        r(Method::PATCH, "/members/{target}", Some(json!({"role": "owner"})), [200, 403, 403, 403]),
+        r(Method::DELETE, "/members/{target}", None, [204, 204, 403, 403]),
+        r(Method::GET, "/quota", None, [200, 200, 200, 200]),
+        r(
+            Method::PUT,
+            "/quota",
+            Some(json!({"max_instances": 9, "max_memory_bytes": 1, "max_api_keys": 9})),
+            [403, 403, 403, 403],
+        ),
+        r(Method::GET, "/audit-logs", None, [200, 200, 403, 403]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_by_every_role_and_outsiders() {
+    let g = control_plane().await;
+    // The deployment administrator is someone else: no role below gets admin powers by accident.
+    let (_root, _) = Api::signup(&g, "root@example.com").await;
+    let (owner, _) = Api::signup(&g, "owner@example.com").await;
+    let (admin, _) = Api::signup(&g, "admin@example.com").await;
+    let (member, _) = Api::signup(&g, "member@example.com").await;
+    let (viewer, _) = Api::signup(&g, "viewer@example.com").await;
+    let (outsider, _) = Api::signup(&g, "outsider@example.com").await;
+    let (_target, target_id) = Api::signup(&g, "target@example.com").await;
+    Api::signup(&g, "new@example.com").await;
+    let anonymous = Api::anon(&g);
+    let (s, other) = outsider.post("/api/organizations", json!({"name": "Other"})).await;
+    assert_eq!(s, 201);
+    let other_id = other["id"].as_str().unwrap().to_owned();
+
+    let mut cases = 0;
+    for route in routes() {
+        for who in [Who::Owner, Who::Admin, Who::Member, Who::Viewer, Who::Outsider, Who::Anonymous] {
+            // A fresh organization with every role filled.
+            let (s, org) = owner.post("/api/organizations", json!({"name": "Acme"})).await;
+            assert_eq!(s, 201);
+            let base = format!("/api/organizations/{}", org["id"].as_str().unwrap());
+            for (email, role) in
+                [("admin", "admin"), ("member", "member"), ("viewer", "viewer"), ("target", "viewer")]
+            {
+                let (s, body) = owner
+                    .post(
+                        &format!("{base}/members"),
+                        json!({"email": format!("{email}@example.com"), "role": role}),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{body}");
+            }
+            let (caller, want) = match who {
+                Who::Owner => (&owner, route.owner),
+                Who::Admin => (&admin, route.admin),
+                Who::Member => (&member, route.member),
+                Who::Viewer => (&viewer, route.viewer),
+                Who::Outsider => (&outsider, 404),
+                Who::Anonymous => (&anonymous, 401),
+            };
+            let path = format!("{base}{}", route.path.replace("{target}", &target_id));
+            let (status, body) = caller.call(route.method.clone(), &path, route.body.clone()).await;
+            assert_eq!(status, want, "{who:?} {} {path}: {body}", route.method);
+            if status >= 400 {
+                assert!(body["error"].is_string() && body["code"].is_string(), "{who:?} {path}: {body}");
+            }
+            cases += 1;
+
+            // The same caller against the other organization learns nothing.
+            if matches!(who, Who::Owner | Who::Admin | Who::Member | Who::Viewer) {
+                let path =
+                    format!("/api/organizations/{other_id}{}", route.path.replace("{target}", &target_id));
+                let (status, body) = caller.call(route.method.clone(), &path, route.body.clone()).await;
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (404, Some("not_found")),
+                    "{who:?} {} {path}: {body}",
+                    route.method
+                );
+                cases += 1;
+            }
+        }
+    }
+    // The other organization is untouched by all of it.
+    let (s, o) = outsider.get(&format!("/api/organizations/{other_id}")).await;
+    assert_eq!((s, o["name"].as_str()), (200, Some("Other")));
+    assert_eq!(
+        outsider.get(&format!("/api/organizations/{other_id}/members")).await.1.as_array().unwrap().len(),
+        1
+    );
+    assert!(cases >= 120, "{cases} cases");
+}

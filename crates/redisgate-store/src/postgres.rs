@@ -1,0 +1,832 @@
+//! The PostgreSQL store, for production and for several RedisGate replicas sharing one
+//! database.
+//!
+//! Every invariant that spans rows (the first user is the administrator, quotas, the last
+//! owner) is decided inside one transaction that first takes a lock everyone racing for the
+//! same invariant must also take, so READ COMMITTED suffices: each statement after the lock
+//! sees what the previous holder committed.
+
+use std::time::Duration;
+
+use redisgate_core::account::{Email, User};
+use redisgate_core::apikey::{ApiKey, Scope};
+use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
+use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
+use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::quota::{Limit, Plan, Quota};
+use redisgate_core::store::{
+    Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Decode, Postgres, Row, Type};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::db_error;
+
+const MAX_CONNECTIONS: u32 = 10;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const AUDIT_DEFAULT_LIMIT: u32 = 50;
+const AUDIT_MAX_LIMIT: u32 = 500;
+
+// Column lists as macros so `concat!` can splice them into `&'static str` queries.
+macro_rules! user_cols {
+    () => {
+        "u.id, u.email, u.is_admin, u.created_at"
+    };
+}
+macro_rules! org_cols {
+    () => {
+        "o.id, o.name, o.plan, o.max_instances, o.max_memory_bytes, o.max_api_keys, o.created_at"
+    };
+}
+macro_rules! member_cols {
+    () => {
+        "m.org_id, m.user_id, u.email, m.role, m.joined_at"
+    };
+}
+macro_rules! instance_cols {
+    () => {
+        "i.id, i.org_id, i.name, i.provisioner, i.memory_bytes, i.status, i.status_reason, \
+         i.sealed_url, i.created_at"
+    };
+}
+// jsonb is read back as text so the store needs no sqlx `json` feature.
+macro_rules! key_cols {
+    () => {
+        "k.id, k.org_id, k.name, k.scope, k.instance_ids::text AS instance_ids, k.expires_at, \
+         k.revoked_at, k.last_used_at, k.created_at"
+    };
+}
+macro_rules! audit_cols {
+    () => {
+        "a.id, a.org_id, a.actor_user_id, a.actor, a.action, a.target, a.ip, a.user_agent, \
+         a.outcome, a.detail, a.created_at"
+    };
+}
+
+/// The PostgreSQL [`Store`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects and brings the schema up to date. Replicas starting together are safe: the
+    /// migrator serializes itself with an advisory lock.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("connecting to PostgreSQL: {e}")))?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrating PostgreSQL: {e}")))?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    db_error(e, "row")
+}
+
+fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("unexpected {what} in the database: {value}"))
+}
+
+/// Values the domain allows but the column cannot hold are refused, never wrapped.
+fn too_large(what: &str, value: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what} {value} is too large to store"))
+}
+
+fn get<'r, T>(row: &'r PgRow, col: &str) -> StoreResult<T>
+where
+    T: Decode<'r, Postgres> + Type<Postgres>,
+{
+    row.try_get(col).map_err(unavailable)
+}
+
+fn to_i32(what: &str, v: u32) -> StoreResult<i32> {
+    i32::try_from(v).map_err(|_| too_large(what, v))
+}
+
+fn to_i64(what: &str, v: u64) -> StoreResult<i64> {
+    i64::try_from(v).map_err(|_| too_large(what, v))
+}
+
+fn to_u32(what: &str, v: i32) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| corrupt(what, v))
+}
+
+fn to_u64(what: &str, v: i64) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| corrupt(what, v))
+}
+
+fn user_from(row: &PgRow) -> StoreResult<User> {
+    let email: String = get(row, "email")?;
+    Ok(User {
+        id: UserId(get(row, "id")?),
+        email: Email::parse(&email).map_err(|_| corrupt("e-mail", &email))?,
+        is_admin: get(row, "is_admin")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn org_from(row: &PgRow) -> StoreResult<Organization> {
+    let plan: String = get(row, "plan")?;
+    Ok(Organization {
+        id: OrgId(get(row, "id")?),
+        name: get(row, "name")?,
+        plan: Plan::parse(&plan).ok_or_else(|| corrupt("plan", &plan))?,
+        quota: Quota {
+            max_instances: to_u32("max_instances", get(row, "max_instances")?)?,
+            max_memory_bytes: to_u64("max_memory_bytes", get(row, "max_memory_bytes")?)?,
+            max_api_keys: to_u32("max_api_keys", get(row, "max_api_keys")?)?,
+        },
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn role_from(row: &PgRow) -> StoreResult<Role> {
+    let role: String = get(row, "role")?;
+    Role::parse(&role).ok_or_else(|| corrupt("role", &role))
+}
+
+fn member_from(row: &PgRow) -> StoreResult<Member> {
+    Ok(Member {
+        org_id: OrgId(get(row, "org_id")?),
+        user_id: UserId(get(row, "user_id")?),
+        email: get(row, "email")?,
+        role: role_from(row)?,
+        joined_at: get(row, "joined_at")?,
+    })
+}
+
+fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
+    let provisioner: String = get(row, "provisioner")?;
+    let status: String = get(row, "status")?;
+    Ok(InstanceRecord {
+        instance: Instance {
+            id: InstanceId(get(row, "id")?),
+            org_id: OrgId(get(row, "org_id")?),
+            name: get(row, "name")?,
+            provisioner: ProvisionerKind::parse(&provisioner)
+                .ok_or_else(|| corrupt("provisioner", &provisioner))?,
+            memory_bytes: to_u64("memory_bytes", get(row, "memory_bytes")?)?,
+            status: InstanceStatus::parse(&status).ok_or_else(|| corrupt("instance status", &status))?,
+            status_reason: get(row, "status_reason")?,
+            created_at: get(row, "created_at")?,
+        },
+        sealed_url: get(row, "sealed_url")?,
+    })
+}
+
+fn key_from(row: &PgRow) -> StoreResult<ApiKey> {
+    let scope: String = get(row, "scope")?;
+    let instance_ids: Option<String> = get(row, "instance_ids")?;
+    let instance_ids = instance_ids
+        .map(|json| serde_json::from_str::<Vec<InstanceId>>(&json).map_err(|_| corrupt("instance_ids", json)))
+        .transpose()?;
+    Ok(ApiKey {
+        id: ApiKeyId(get(row, "id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        name: get(row, "name")?,
+        scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
+        instance_ids,
+        expires_at: get(row, "expires_at")?,
+        revoked_at: get(row, "revoked_at")?,
+        last_used_at: get(row, "last_used_at")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn audit_from(row: &PgRow) -> StoreResult<AuditEntry> {
+    let outcome: String = get(row, "outcome")?;
+    Ok(AuditEntry {
+        id: AuditId(get(row, "id")?),
+        org_id: get::<Option<Uuid>>(row, "org_id")?.map(OrgId),
+        actor_user_id: get::<Option<Uuid>>(row, "actor_user_id")?.map(UserId),
+        actor: get(row, "actor")?,
+        action: get(row, "action")?,
+        target: get(row, "target")?,
+        ip: get(row, "ip")?,
+        user_agent: get(row, "user_agent")?,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        detail: get(row, "detail")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+/// Locks the organization's row until the transaction ends, so quota and last-owner checks
+/// of the same organization run one at a time; returns its quota.
+async fn lock_org(conn: &mut PgConnection, org: OrgId) -> StoreResult<Quota> {
+    let row =
+        sqlx::query(concat!("SELECT ", org_cols!(), " FROM organizations o WHERE o.id = $1 FOR UPDATE"))
+            .bind(org.0)
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+    Ok(org_from(&row)?.quota)
+}
+
+/// The number of owners of an organization whose row the caller has locked.
+async fn owner_count(conn: &mut PgConnection, org: OrgId) -> StoreResult<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM memberships WHERE org_id = $1 AND role = 'owner'")
+        .bind(org.0)
+        .fetch_one(conn)
+        .await
+        .map_err(unavailable)
+}
+
+/// A member's current role, read under the organization's lock.
+async fn current_role(conn: &mut PgConnection, org: OrgId, user: UserId) -> StoreResult<Role> {
+    let row = sqlx::query("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
+        .bind(org.0)
+        .bind(user.0)
+        .fetch_optional(conn)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+    role_from(&row)
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Without the lock, two first registrations could each see an empty table and both
+        // become administrators. The mode conflicts with itself and with writers, not readers.
+        sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let row = sqlx::query(
+            "INSERT INTO users AS u (id, email, password_hash, is_admin, created_at) \
+             SELECT $1, $2, $3, NOT EXISTS (SELECT 1 FROM users), $4 \
+             RETURNING u.id, u.email, u.is_admin, u.created_at",
+        )
+        .bind(UserId::new().0)
+        .bind(email.as_str())
+        .bind(password_hash)
+        .bind(OffsetDateTime::now_utc())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "email"))?;
+        let user = user_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(user)
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<User> {
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users u WHERE u.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        user_from(&row)
+    }
+
+    async fn credentials(&self, email: &Email) -> StoreResult<Option<Credentials>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            ", u.password_hash FROM users u WHERE u.email = $1"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|row| Ok(Credentials { user: user_from(&row)?, password_hash: get(&row, "password_hash")? }))
+            .transpose()
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &SecretHash,
+        user: UserId,
+        expires_at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&token_hash[..])
+        .bind(user.0)
+        .bind(OffsetDateTime::now_utc())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "session"))?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &SecretHash, now: OffsetDateTime) -> StoreResult<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"
+        ))
+        .bind(&token_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn revoke_session(&self, token_hash: &SecretHash) -> StoreResult<()> {
+        // Logging out twice, or with a session already gone, is not an error.
+        sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(&token_hash[..])
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization> {
+        let quota = plan.default_quota();
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO organizations AS o \
+             (id, name, plan, max_instances, max_memory_bytes, max_api_keys, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+            org_cols!()
+        ))
+        .bind(OrgId::new().0)
+        .bind(name)
+        .bind(plan.as_str())
+        .bind(to_i32("max_instances", quota.max_instances)?)
+        .bind(to_i64("max_memory_bytes", quota.max_memory_bytes)?)
+        .bind(to_i32("max_api_keys", quota.max_api_keys)?)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "organization"))?;
+        let org = org_from(&row)?;
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES ($1, $2, 'owner', $3)",
+        )
+        .bind(org.id.0)
+        .bind(owner.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "member"))?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(org)
+    }
+
+    async fn org(&self, id: OrgId) -> StoreResult<Organization> {
+        let row = sqlx::query(concat!("SELECT ", org_cols!(), " FROM organizations o WHERE o.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn orgs_of(&self, user: UserId) -> StoreResult<Vec<(Organization, Role)>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            org_cols!(),
+            ", m.role FROM memberships m JOIN organizations o ON o.id = m.org_id \
+             WHERE m.user_id = $1 ORDER BY o.created_at, o.id"
+        ))
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|row| Ok((org_from(row)?, role_from(row)?))).collect()
+    }
+
+    async fn rename_org(&self, id: OrgId, name: &str) -> StoreResult<Organization> {
+        let row = sqlx::query(concat!(
+            "UPDATE organizations o SET name = $2 WHERE o.id = $1 RETURNING ",
+            org_cols!()
+        ))
+        .bind(id.0)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn delete_org(&self, id: OrgId) -> StoreResult<()> {
+        // Memberships, instances and keys go by ON DELETE CASCADE; audit_logs has no key.
+        let done = sqlx::query("DELETE FROM organizations WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_quota(&self, id: OrgId, quota: Quota) -> StoreResult<Organization> {
+        let row = sqlx::query(concat!(
+            "UPDATE organizations o SET max_instances = $2, max_memory_bytes = $3, max_api_keys = $4 \
+             WHERE o.id = $1 RETURNING ",
+            org_cols!()
+        ))
+        .bind(id.0)
+        .bind(to_i32("max_instances", quota.max_instances)?)
+        .bind(to_i64("max_memory_bytes", quota.max_memory_bytes)?)
+        .bind(to_i32("max_api_keys", quota.max_api_keys)?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn role_of(&self, org: OrgId, user: UserId) -> StoreResult<Option<Role>> {
+        let row = sqlx::query("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org.0)
+            .bind(user.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(role_from).transpose()
+    }
+
+    async fn members(&self, org: OrgId) -> StoreResult<Vec<Member>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!(),
+            " FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.org_id = $1 ORDER BY m.joined_at, m.user_id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(member_from).collect()
+    }
+
+    async fn add_member(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member> {
+        let row = sqlx::query(concat!(
+            "WITH m AS (INSERT INTO memberships (org_id, user_id, role, joined_at) \
+             VALUES ($1, $2, $3, $4) RETURNING *) \
+             SELECT ",
+            member_cols!(),
+            " FROM m JOIN users u ON u.id = m.user_id"
+        ))
+        .bind(org.0)
+        .bind(user.0)
+        .bind(role.as_str())
+        .bind(OffsetDateTime::now_utc())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "member"))?;
+        member_from(&row)
+    }
+
+    async fn set_role(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_org(&mut tx, org).await?;
+        let current = current_role(&mut tx, org, user).await?;
+        if current == Role::Owner && role != Role::Owner && owner_count(&mut tx, org).await? <= 1 {
+            return Err(StoreError::LastOwner);
+        }
+        let row = sqlx::query(concat!(
+            "WITH m AS (UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2 \
+             RETURNING *) \
+             SELECT ",
+            member_cols!(),
+            " FROM m JOIN users u ON u.id = m.user_id"
+        ))
+        .bind(org.0)
+        .bind(user.0)
+        .bind(role.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let member = member_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(member)
+    }
+
+    async fn remove_member(&self, org: OrgId, user: UserId) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_org(&mut tx, org).await?;
+        let current = current_role(&mut tx, org, user).await?;
+        if current == Role::Owner && owner_count(&mut tx, org).await? <= 1 {
+            return Err(StoreError::LastOwner);
+        }
+        sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org.0)
+            .bind(user.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn create_instance(&self, new: NewInstance) -> StoreResult<InstanceRecord> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let quota = lock_org(&mut tx, new.org_id).await?;
+        let usage = sqlx::query(
+            "SELECT count(*) AS n, COALESCE(sum(memory_bytes), 0)::bigint AS memory \
+             FROM redis_instances WHERE org_id = $1",
+        )
+        .bind(new.org_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let count: i64 = get(&usage, "n")?;
+        let used: i64 = get(&usage, "memory")?;
+        if count >= i64::from(quota.max_instances) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxInstances));
+        }
+        // A size no column can hold is over any quota a column can hold.
+        let fits = i128::from(used) + i128::from(new.memory_bytes) <= i128::from(quota.max_memory_bytes);
+        let memory_bytes = match i64::try_from(new.memory_bytes) {
+            Ok(m) if fits => m,
+            _ => return Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes)),
+        };
+        let row = sqlx::query(concat!(
+            "INSERT INTO redis_instances AS i \
+             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', NULL, $6, $7) RETURNING ",
+            instance_cols!()
+        ))
+        .bind(new.id.0)
+        .bind(new.org_id.0)
+        .bind(&new.name)
+        .bind(new.provisioner.as_str())
+        .bind(memory_bytes)
+        .bind(new.sealed_url.as_deref())
+        .bind(OffsetDateTime::now_utc())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "instance"))?;
+        let record = instance_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(record)
+    }
+
+    async fn instance(&self, id: InstanceId) -> StoreResult<InstanceRecord> {
+        let row =
+            sqlx::query(concat!("SELECT ", instance_cols!(), " FROM redis_instances i WHERE i.id = $1"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound)?;
+        instance_from(&row)
+    }
+
+    async fn instances(&self, org: OrgId) -> StoreResult<Vec<Instance>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            instance_cols!(),
+            " FROM redis_instances i WHERE i.org_id = $1 ORDER BY i.created_at, i.id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|row| Ok(instance_from(row)?.instance)).collect()
+    }
+
+    async fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            instance_cols!(),
+            " FROM redis_instances i ORDER BY i.created_at, i.id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(instance_from).collect()
+    }
+
+    async fn set_instance_status(
+        &self,
+        id: InstanceId,
+        status: InstanceStatus,
+        reason: Option<&str>,
+    ) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE redis_instances SET status = $2, status_reason = $3 WHERE id = $1")
+            .bind(id.0)
+            .bind(status.as_str())
+            .bind(reason)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn delete_instance(&self, id: InstanceId) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM redis_instances WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey> {
+        let instance_ids = new
+            .instance_ids
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Unavailable(format!("encoding instance ids: {e}")))?;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let quota = lock_org(&mut tx, new.org_id).await?;
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL")
+                .bind(new.org_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if live >= i64::from(quota.max_api_keys) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxApiKeys));
+        }
+        let row = sqlx::query(concat!(
+            "INSERT INTO api_keys AS k \
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9) RETURNING ",
+            key_cols!()
+        ))
+        .bind(new.id.0)
+        .bind(new.org_id.0)
+        .bind(&new.name)
+        .bind(new.scope.as_str())
+        .bind(instance_ids)
+        .bind(new.expires_at)
+        .bind(&new.secret_hash[..])
+        .bind(new.created_by.map(|u| u.0))
+        .bind(OffsetDateTime::now_utc())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "api key"))?;
+        let key = key_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(key)
+    }
+
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey> {
+        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
+    async fn api_key_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<ApiKey>> {
+        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.secret_hash = $1"))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM api_keys k WHERE k.org_id = $1 ORDER BY k.created_at, k.id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey> {
+        // Revoking again keeps the first time: the audit trail already points at it.
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, $2) WHERE k.id = $1 RETURNING ",
+            key_cols!()
+        ))
+        .bind(id.0)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let (ids, ats): (Vec<Uuid>, Vec<OffsetDateTime>) = used.iter().map(|(id, at)| (id.0, *at)).unzip();
+        // Grouped first: UPDATE ... FROM with several rows for one key applies an arbitrary one.
+        // Batches from replicas can arrive out of order, so last use only ever moves forward.
+        sqlx::query(
+            "UPDATE api_keys k SET last_used_at = t.at \
+             FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+                   GROUP BY id) t \
+             WHERE k.id = t.id AND (k.last_used_at IS NULL OR k.last_used_at < t.at)",
+        )
+        .bind(ids)
+        .bind(ats)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_logs \
+             (id, org_id, actor_user_id, actor, action, target, ip, user_agent, outcome, detail, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(AuditId::new().0)
+        .bind(entry.org_id.map(|o| o.0))
+        .bind(entry.actor_user_id.map(|u| u.0))
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.ip)
+        .bind(&entry.user_agent)
+        .bind(entry.outcome.as_str())
+        .bind(&entry.detail)
+        .bind(OffsetDateTime::now_utc())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "audit entry"))?;
+        Ok(())
+    }
+
+    async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let limit = match query.limit {
+            0 => AUDIT_DEFAULT_LIMIT,
+            n => n.min(AUDIT_MAX_LIMIT),
+        };
+        // One static statement with optional filters keeps the query text fixed (and so
+        // prepared once); PostgreSQL plans each execution with the actual NULLs folded away.
+        // `since` is inclusive and `until` exclusive, so adjacent windows never overlap. The
+        // cursor is looked up within the same organization: another org's entry id, like an
+        // unknown one, yields an empty page rather than a position in someone else's log.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs a \
+             WHERE a.org_id = $1 \
+               AND ($2::text IS NULL OR a.action = $2) \
+               AND ($3::uuid IS NULL OR a.actor_user_id = $3) \
+               AND ($4::text IS NULL OR a.outcome = $4) \
+               AND ($5::timestamptz IS NULL OR a.created_at >= $5) \
+               AND ($6::timestamptz IS NULL OR a.created_at < $6) \
+               AND ($7::uuid IS NULL OR (a.created_at, a.id) < \
+                    (SELECT c.created_at, c.id FROM audit_logs c WHERE c.id = $7 AND c.org_id = $1)) \
+             ORDER BY a.created_at DESC, a.id DESC \
+             LIMIT $8"
+        ))
+        .bind(org.0)
+        .bind(query.action.as_deref())
+        .bind(query.actor_user_id.map(|u| u.0))
+        .bind(query.outcome.map(Outcome::as_str))
+        .bind(query.since)
+        .bind(query.until)
+        .bind(query.before.map(|b| b.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(audit_from).collect()
+    }
+
+    async fn count_users(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        to_u64("user count", n)
+    }
+}

@@ -1,0 +1,922 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! SQLite has one writer at a time, which is what makes the quota and last-owner rules easy
+//! to keep: every read-then-write step runs in a `BEGIN IMMEDIATE` transaction, so it takes
+//! the write lock before it reads and concurrent steps queue behind the busy timeout instead
+//! of failing with `SQLITE_BUSY` on a lock upgrade, or deciding on a stale snapshot.
+//!
+//! Timestamps are stored as fixed-width UTC RFC 3339 text with microseconds (see
+//! `ts`), so SQL comparisons on the text order instants correctly and values read back
+//! are exactly what was returned when written.
+
+use std::path::Path;
+use std::time::Duration;
+
+use redisgate_core::account::{Email, User};
+use redisgate_core::apikey::{ApiKey, Scope};
+use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
+use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
+use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::quota::{Limit, Plan, Quota};
+use redisgate_core::store::{
+    Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use time::{OffsetDateTime, UtcOffset};
+use uuid::Uuid;
+
+use crate::db_error;
+
+/// Long enough to ride out a burst of queued writers, short enough that a stuck lock
+/// surfaces as an error rather than a hung request.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readers run in parallel under WAL; writers queue on the database lock anyway, so more
+/// connections than this only add memory.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Audit pages: what `limit: 0` means, and the most one call returns.
+const AUDIT_DEFAULT_LIMIT: u32 = 50;
+const AUDIT_MAX_LIMIT: u32 = 500;
+
+/// The metadata store in one SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its parent directory if needed) the database at `path`
+    /// and brings its schema up to date. `":memory:"` gives a private in-memory database,
+    /// for tests.
+    pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::new()
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .statement_cache_capacity(128);
+        let pool = if path == ":memory:" {
+            // Every connection to ":memory:" is its own database, so the pool must hold
+            // exactly one connection and never let it go.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(base.in_memory(true))
+                .await
+        } else {
+            if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .connect_with(
+                    base.filename(path)
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        // With WAL, NORMAL loses at most the last commits on power loss, never
+                        // consistency, and saves an fsync per commit.
+                        .synchronous(SqliteSynchronous::Normal),
+                )
+                .await
+        }
+        .map_err(db)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrating the SQLite store: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A transaction holding the write lock from its first statement; see the module docs.
+    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Values in and out.
+
+/// The one text form of a timestamp: UTC, six fractional digits. Fixed width is what makes
+/// `<` on the text agree with `<` on instants (RFC 3339 from `time` drops trailing zeros,
+/// and "…00Z" sorts after "…00.5Z").
+fn ts(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// `t` as it will read back: UTC, truncated to microseconds.
+fn stored(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(UtcOffset::UTC);
+    t.replace_nanosecond(t.microsecond() * 1_000).expect("microseconds times 1000 is a valid nanosecond")
+}
+
+fn now() -> OffsetDateTime {
+    stored(OffsetDateTime::now_utc())
+}
+
+/// SQLite integers are signed 64-bit; a limit or size above that is beyond any real
+/// deployment, so it is kept as the largest storable value.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    db_error(e, "record")
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("unreadable {what} in the SQLite store: {detail}"))
+}
+
+fn get<'r, T>(row: &'r SqliteRow, col: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(col).map_err(|e| corrupt(col, e))
+}
+
+fn get_enum<T>(row: &SqliteRow, col: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let s: String = get(row, col)?;
+    parse(&s).ok_or_else(|| corrupt(col, format!("{s:?}")))
+}
+
+fn get_u64(row: &SqliteRow, col: &str) -> StoreResult<u64> {
+    let v: i64 = get(row, col)?;
+    u64::try_from(v).map_err(|e| corrupt(col, e))
+}
+
+fn get_u32(row: &SqliteRow, col: &str) -> StoreResult<u32> {
+    let v: i64 = get(row, col)?;
+    u32::try_from(v).map_err(|e| corrupt(col, e))
+}
+
+/// The column lists each mapper below reads, kept next to the mappers so the two agree.
+/// Organization and key columns are unqualified because SQLite's RETURNING cannot name a
+/// table alias; no column of `organizations` clashes with `memberships` in `orgs_of`.
+macro_rules! user_cols {
+    () => {
+        "u.id, u.email, u.is_admin, u.created_at"
+    };
+}
+macro_rules! org_cols {
+    () => {
+        "id, name, plan, max_instances, max_memory_bytes, max_api_keys, created_at"
+    };
+}
+macro_rules! member_cols {
+    () => {
+        "m.org_id, m.user_id, u.email, m.role, m.joined_at"
+    };
+}
+macro_rules! instance_cols {
+    () => {
+        "i.id, i.org_id, i.name, i.provisioner, i.memory_bytes, i.status, i.status_reason, \
+         i.sealed_url, i.created_at"
+    };
+}
+macro_rules! key_cols {
+    () => {
+        "id, org_id, name, scope, instance_ids, expires_at, revoked_at, last_used_at, created_at"
+    };
+}
+macro_rules! audit_cols {
+    () => {
+        "a.id, a.org_id, a.actor_user_id, a.actor, a.action, a.target, a.ip, a.user_agent, \
+         a.outcome, a.detail, a.created_at"
+    };
+}
+
+fn user_from(row: &SqliteRow) -> StoreResult<User> {
+    let email: String = get(row, "email")?;
+    Ok(User {
+        id: UserId(get(row, "id")?),
+        email: Email::parse(&email).map_err(|e| corrupt("email", e))?,
+        is_admin: get(row, "is_admin")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn org_from(row: &SqliteRow) -> StoreResult<Organization> {
+    Ok(Organization {
+        id: OrgId(get(row, "id")?),
+        name: get(row, "name")?,
+        plan: get_enum(row, "plan", Plan::parse)?,
+        quota: Quota {
+            max_instances: get_u32(row, "max_instances")?,
+            max_memory_bytes: get_u64(row, "max_memory_bytes")?,
+            max_api_keys: get_u32(row, "max_api_keys")?,
+        },
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn member_from(row: &SqliteRow) -> StoreResult<Member> {
+    Ok(Member {
+        org_id: OrgId(get(row, "org_id")?),
+        user_id: UserId(get(row, "user_id")?),
+        email: get(row, "email")?,
+        role: get_enum(row, "role", Role::parse)?,
+        joined_at: get(row, "joined_at")?,
+    })
+}
+
+fn instance_from(row: &SqliteRow) -> StoreResult<InstanceRecord> {
+    Ok(InstanceRecord {
+        instance: Instance {
+            id: InstanceId(get(row, "id")?),
+            org_id: OrgId(get(row, "org_id")?),
+            name: get(row, "name")?,
+            provisioner: get_enum(row, "provisioner", ProvisionerKind::parse)?,
+            memory_bytes: get_u64(row, "memory_bytes")?,
+            status: get_enum(row, "status", InstanceStatus::parse)?,
+            status_reason: get(row, "status_reason")?,
+            created_at: get(row, "created_at")?,
+        },
+        sealed_url: get(row, "sealed_url")?,
+    })
+}
+
+fn key_from(row: &SqliteRow) -> StoreResult<ApiKey> {
+    let instance_ids: Option<String> = get(row, "instance_ids")?;
+    Ok(ApiKey {
+        id: ApiKeyId(get(row, "id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        name: get(row, "name")?,
+        scope: get_enum(row, "scope", Scope::parse)?,
+        instance_ids: instance_ids
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("instance_ids", e)))
+            .transpose()?,
+        expires_at: get(row, "expires_at")?,
+        revoked_at: get(row, "revoked_at")?,
+        last_used_at: get(row, "last_used_at")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn audit_from(row: &SqliteRow) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        id: AuditId(get(row, "id")?),
+        org_id: get::<Option<Uuid>>(row, "org_id")?.map(OrgId),
+        actor_user_id: get::<Option<Uuid>>(row, "actor_user_id")?.map(UserId),
+        actor: get(row, "actor")?,
+        action: get(row, "action")?,
+        target: get(row, "target")?,
+        ip: get(row, "ip")?,
+        user_agent: get(row, "user_agent")?,
+        outcome: get_enum(row, "outcome", Outcome::parse)?,
+        detail: get(row, "detail")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn all<T>(rows: Vec<SqliteRow>, f: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+/// One member with the e-mail, read inside the caller's transaction.
+async fn member_in(tx: &mut Transaction<'static, Sqlite>, org: OrgId, user: UserId) -> StoreResult<Member> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        member_cols!(),
+        " FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = ?1 AND m.user_id = ?2"
+    ))
+    .bind(org.0)
+    .bind(user.0)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?
+    .ok_or(StoreError::NotFound)?;
+    member_from(&row)
+}
+
+async fn role_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    org: OrgId,
+    user: UserId,
+) -> StoreResult<Option<Role>> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM memberships WHERE org_id = ?1 AND user_id = ?2")
+            .bind(org.0)
+            .bind(user.0)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+    role.map(|r| Role::parse(&r).ok_or_else(|| corrupt("role", r))).transpose()
+}
+
+/// Refuses when `user`, an owner, is the only owner left; the caller holds the write lock,
+/// so no other owner can leave between this count and its own change.
+async fn ensure_not_last_owner(tx: &mut Transaction<'static, Sqlite>, org: OrgId) -> StoreResult<()> {
+    let owners: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE org_id = ?1 AND role = 'owner'")
+            .bind(org.0)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?;
+    if owners <= 1 { Err(StoreError::LastOwner) } else { Ok(()) }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+
+    // Users and sessions.
+
+    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User> {
+        let id = UserId::new();
+        let created_at = now();
+        // One statement, so the "no user yet" check and the insert share the write lock:
+        // two first sign-ups at once cannot both become administrators.
+        let is_admin: bool = sqlx::query_scalar(
+            "INSERT INTO users (id, email, password_hash, is_admin, created_at) \
+             SELECT ?1, ?2, ?3, NOT EXISTS (SELECT 1 FROM users), ?4 \
+             RETURNING is_admin",
+        )
+        .bind(id.0)
+        .bind(email.as_str())
+        .bind(password_hash)
+        .bind(ts(created_at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "email"))?;
+        Ok(User { id, email: email.clone(), is_admin, created_at })
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<User> {
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users u WHERE u.id = ?1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        user_from(&row)
+    }
+
+    async fn credentials(&self, email: &Email) -> StoreResult<Option<Credentials>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            ", u.password_hash FROM users u WHERE u.email = ?1"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|row| Ok(Credentials { user: user_from(&row)?, password_hash: get(&row, "password_hash")? }))
+            .transpose()
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &SecretHash,
+        user: UserId,
+        expires_at: OffsetDateTime,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&token_hash[..])
+        .bind(user.0)
+        .bind(ts(now()))
+        .bind(ts(expires_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "session"))?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &SecretHash, now: OffsetDateTime) -> StoreResult<Option<User>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM sessions s JOIN users u ON u.id = s.user_id \
+              WHERE s.token_hash = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2"
+        ))
+        .bind(&token_hash[..])
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn revoke_session(&self, token_hash: &SecretHash) -> StoreResult<()> {
+        // Logging out twice, or with a token that never existed, is not an error.
+        sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2) WHERE token_hash = ?1")
+            .bind(&token_hash[..])
+            .bind(ts(now()))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    // Organizations and members.
+
+    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization> {
+        let org = Organization {
+            id: OrgId::new(),
+            name: name.to_owned(),
+            plan,
+            quota: plan.default_quota(),
+            created_at: now(),
+        };
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO organizations (id, name, plan, max_instances, max_memory_bytes, max_api_keys, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(org.id.0)
+        .bind(&org.name)
+        .bind(plan.as_str())
+        .bind(i64::from(org.quota.max_instances))
+        .bind(int(org.quota.max_memory_bytes))
+        .bind(i64::from(org.quota.max_api_keys))
+        .bind(ts(org.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)",
+        )
+        .bind(org.id.0)
+        .bind(owner.0)
+        .bind(ts(org.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "member"))?;
+        tx.commit().await.map_err(db)?;
+        Ok(org)
+    }
+
+    async fn org(&self, id: OrgId) -> StoreResult<Organization> {
+        let row = sqlx::query(concat!("SELECT ", org_cols!(), " FROM organizations WHERE id = ?1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn orgs_of(&self, user: UserId) -> StoreResult<Vec<(Organization, Role)>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            org_cols!(),
+            ", m.role FROM memberships m JOIN organizations o ON o.id = m.org_id \
+              WHERE m.user_id = ?1 ORDER BY o.created_at, o.id"
+        ))
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|row| Ok((org_from(row)?, get_enum(row, "role", Role::parse)?))).collect()
+    }
+
+    async fn rename_org(&self, id: OrgId, name: &str) -> StoreResult<Organization> {
+        let row =
+            sqlx::query(concat!("UPDATE organizations SET name = ?2 WHERE id = ?1 RETURNING ", org_cols!()))
+                .bind(id.0)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn delete_org(&self, id: OrgId) -> StoreResult<()> {
+        // Members, instances and keys go by ON DELETE CASCADE; audit rows have no foreign key.
+        let done = sqlx::query("DELETE FROM organizations WHERE id = ?1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn set_quota(&self, id: OrgId, quota: Quota) -> StoreResult<Organization> {
+        let row = sqlx::query(concat!(
+            "UPDATE organizations SET max_instances = ?2, max_memory_bytes = ?3, max_api_keys = ?4 \
+             WHERE id = ?1 RETURNING ",
+            org_cols!()
+        ))
+        .bind(id.0)
+        .bind(i64::from(quota.max_instances))
+        .bind(int(quota.max_memory_bytes))
+        .bind(i64::from(quota.max_api_keys))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        org_from(&row)
+    }
+
+    async fn role_of(&self, org: OrgId, user: UserId) -> StoreResult<Option<Role>> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM memberships WHERE org_id = ?1 AND user_id = ?2")
+                .bind(org.0)
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        role.map(|r| Role::parse(&r).ok_or_else(|| corrupt("role", r))).transpose()
+    }
+
+    async fn members(&self, org: OrgId) -> StoreResult<Vec<Member>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!(),
+            " FROM memberships m JOIN users u ON u.id = m.user_id \
+              WHERE m.org_id = ?1 ORDER BY m.joined_at, m.user_id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, member_from)
+    }
+
+    async fn add_member(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(org.0)
+            .bind(user.0)
+            .bind(role.as_str())
+            .bind(ts(now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "member"))?;
+        let member = member_in(&mut tx, org, user).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(member)
+    }
+
+    async fn set_role(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member> {
+        let mut tx = self.write_tx().await?;
+        let current = role_in(&mut tx, org, user).await?.ok_or(StoreError::NotFound)?;
+        if current == Role::Owner && role != Role::Owner {
+            ensure_not_last_owner(&mut tx, org).await?;
+        }
+        sqlx::query("UPDATE memberships SET role = ?3 WHERE org_id = ?1 AND user_id = ?2")
+            .bind(org.0)
+            .bind(user.0)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let member = member_in(&mut tx, org, user).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(member)
+    }
+
+    async fn remove_member(&self, org: OrgId, user: UserId) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        let current = role_in(&mut tx, org, user).await?.ok_or(StoreError::NotFound)?;
+        if current == Role::Owner {
+            ensure_not_last_owner(&mut tx, org).await?;
+        }
+        sqlx::query("DELETE FROM memberships WHERE org_id = ?1 AND user_id = ?2")
+            .bind(org.0)
+            .bind(user.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    // Instances.
+
+    async fn create_instance(&self, new: NewInstance) -> StoreResult<InstanceRecord> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT max_instances, max_memory_bytes FROM organizations WHERE id = ?1")
+            .bind(new.org_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let (max_instances, max_memory) =
+            (get_u64(&row, "max_instances")?, get_u64(&row, "max_memory_bytes")?);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(memory_bytes), 0) AS bytes FROM redis_instances WHERE org_id = ?1",
+        )
+        .bind(new.org_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let (count, used) = (get_u64(&row, "n")?, get_u64(&row, "bytes")?);
+        if count >= max_instances {
+            return Err(StoreError::QuotaExceeded(Limit::MaxInstances));
+        }
+        // Widened so that a huge request cannot wrap around and slip under the limit.
+        if u128::from(used) + u128::from(new.memory_bytes) > u128::from(max_memory) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes));
+        }
+        let record = InstanceRecord {
+            instance: Instance {
+                id: new.id,
+                org_id: new.org_id,
+                name: new.name,
+                provisioner: new.provisioner,
+                memory_bytes: new.memory_bytes,
+                status: InstanceStatus::Pending,
+                status_reason: None,
+                created_at: now(),
+            },
+            sealed_url: new.sealed_url,
+        };
+        let i = &record.instance;
+        sqlx::query(
+            "INSERT INTO redis_instances \
+             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+        )
+        .bind(i.id.0)
+        .bind(i.org_id.0)
+        .bind(&i.name)
+        .bind(i.provisioner.as_str())
+        .bind(int(i.memory_bytes))
+        .bind(i.status.as_str())
+        .bind(record.sealed_url.as_deref())
+        .bind(ts(i.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "instance"))?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn instance(&self, id: InstanceId) -> StoreResult<InstanceRecord> {
+        let row =
+            sqlx::query(concat!("SELECT ", instance_cols!(), " FROM redis_instances i WHERE i.id = ?1"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?
+                .ok_or(StoreError::NotFound)?;
+        instance_from(&row)
+    }
+
+    async fn instances(&self, org: OrgId) -> StoreResult<Vec<Instance>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            instance_cols!(),
+            " FROM redis_instances i WHERE i.org_id = ?1 ORDER BY i.created_at, i.id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|row| instance_from(row).map(|r| r.instance)).collect()
+    }
+
+    async fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            instance_cols!(),
+            " FROM redis_instances i ORDER BY i.created_at, i.id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, instance_from)
+    }
+
+    async fn set_instance_status(
+        &self,
+        id: InstanceId,
+        status: InstanceStatus,
+        reason: Option<&str>,
+    ) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE redis_instances SET status = ?2, status_reason = ?3 WHERE id = ?1")
+            .bind(id.0)
+            .bind(status.as_str())
+            .bind(reason)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_instance(&self, id: InstanceId) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM redis_instances WHERE id = ?1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    // API keys.
+
+    async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey> {
+        let instance_ids = new
+            .instance_ids
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Unavailable(format!("encoding instance ids: {e}")))?;
+        let mut tx = self.write_tx().await?;
+        let max: Option<i64> = sqlx::query_scalar("SELECT max_api_keys FROM organizations WHERE id = ?1")
+            .bind(new.org_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let max = max.ok_or(StoreError::NotFound)?;
+        let live: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND revoked_at IS NULL")
+                .bind(new.org_id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if live >= max {
+            return Err(StoreError::QuotaExceeded(Limit::MaxApiKeys));
+        }
+        let key = ApiKey {
+            id: new.id,
+            org_id: new.org_id,
+            name: new.name,
+            scope: new.scope,
+            instance_ids: new.instance_ids,
+            expires_at: new.expires_at.map(stored),
+            revoked_at: None,
+            last_used_at: None,
+            created_at: now(),
+        };
+        sqlx::query(
+            "INSERT INTO api_keys \
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(key.id.0)
+        .bind(key.org_id.0)
+        .bind(&key.name)
+        .bind(key.scope.as_str())
+        .bind(instance_ids)
+        .bind(key.expires_at.map(ts))
+        .bind(&new.secret_hash[..])
+        .bind(new.created_by.map(|u| u.0))
+        .bind(ts(key.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "api key"))?;
+        tx.commit().await.map_err(db)?;
+        Ok(key)
+    }
+
+    async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey> {
+        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys WHERE id = ?1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
+    async fn api_key_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<ApiKey>> {
+        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys WHERE secret_hash = ?1"))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM api_keys WHERE org_id = ?1 ORDER BY created_at, id"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, key_from)
+    }
+
+    async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey> {
+        // COALESCE keeps the first revocation time: revoking again is a no-op, not a rewrite.
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1 RETURNING ",
+            key_cols!()
+        ))
+        .bind(id.0)
+        .bind(ts(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
+    async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        // One transaction per batch: one fsync instead of one per key. Batches can arrive
+        // out of order, hence only ever moving the time forward; keys deleted meanwhile are
+        // simply not updated.
+        let mut tx = self.write_tx().await?;
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = ?2 \
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )
+            .bind(id.0)
+            .bind(ts(*at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    // Audit.
+
+    async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_logs \
+             (id, org_id, actor_user_id, actor, action, target, ip, user_agent, outcome, detail, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .bind(AuditId::new().0)
+        .bind(entry.org_id.map(|o| o.0))
+        .bind(entry.actor_user_id.map(|u| u.0))
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.ip)
+        .bind(entry.user_agent)
+        .bind(entry.outcome.as_str())
+        .bind(entry.detail)
+        .bind(ts(now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let limit = match query.limit {
+            0 => AUDIT_DEFAULT_LIMIT,
+            n => n.min(AUDIT_MAX_LIMIT),
+        };
+        // Absent filters bind NULL and drop out, which keeps the SQL one static string.
+        // The cursor compares (created_at, id) as a pair, the same order the page is sorted
+        // by; an unknown cursor matches nothing, so it yields an empty page.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs a WHERE a.org_id = ?1 \
+               AND (?2 IS NULL OR a.action = ?2) \
+               AND (?3 IS NULL OR a.actor_user_id = ?3) \
+               AND (?4 IS NULL OR a.outcome = ?4) \
+               AND (?5 IS NULL OR a.created_at >= ?5) \
+               AND (?6 IS NULL OR a.created_at < ?6) \
+               AND (?7 IS NULL OR (a.created_at, a.id) < \
+                    (SELECT b.created_at, b.id FROM audit_logs b WHERE b.id = ?7)) \
+             ORDER BY a.created_at DESC, a.id DESC LIMIT ?8"
+        ))
+        .bind(org.0)
+        .bind(query.action.as_deref())
+        .bind(query.actor_user_id.map(|u| u.0))
+        .bind(query.outcome.map(Outcome::as_str))
+        .bind(query.since.map(ts))
+        .bind(query.until.map(ts))
+        .bind(query.before.map(|b| b.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, audit_from)
+    }
+
+    // Counters.
+
+    async fn count_users(&self) -> StoreResult<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await.map_err(db)?;
+        u64::try_from(n).map_err(|e| corrupt("user count", e))
+    }
+}

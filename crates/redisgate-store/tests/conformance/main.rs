@@ -1,0 +1,170 @@
+//! One conformance suite for every `Store`: each case in `cases.rs` is written once and
+//! run here against SQLite (a temporary file per test) and PostgreSQL (a database created
+//! per test on `REDISGATE_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`,
+//! and dropped afterwards).
+//!
+//! ```text
+//! cargo test -p redisgate-store --test conformance sqlite     # one backend
+//! cargo test -p redisgate-store --test conformance postgres
+//! ```
+
+mod cases;
+mod support;
+
+/// Instantiates every listed case once per backend, as `sqlite::<case>` and
+/// `postgres::<case>`, so a test filter picks a backend.
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                // Several workers, so the concurrency cases really run in parallel.
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = crate::support::SqliteDb::new().await;
+                    crate::cases::$case(db.store()).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = crate::support::PgDb::new().await;
+                    crate::cases::$case(db.store()).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    ping_answers,
+    // Users and sessions.
+    first_user_is_admin_later_ones_are_not,
+    concurrent_first_sign_ups_make_exactly_one_admin,
+    duplicate_email_is_a_conflict,
+    unknown_user_is_not_found,
+    credentials_are_found_by_email,
+    sessions_live_until_they_expire,
+    revoked_sessions_are_dead,
+    session_of_unknown_user_is_not_found,
+    // Organizations and members.
+    create_org_applies_the_plan_quota_and_owner,
+    create_org_with_unknown_owner_is_not_found,
+    unknown_org_is_not_found,
+    orgs_of_lists_memberships_in_org_creation_order,
+    rename_and_set_quota_return_the_updated_org,
+    members_are_listed_in_join_order_with_emails,
+    add_member_rejects_duplicates_and_unknowns,
+    set_role_changes_a_members_role,
+    last_owner_cannot_be_demoted,
+    last_owner_cannot_be_removed,
+    concurrent_owner_changes_always_leave_an_owner,
+    delete_org_removes_what_it_owns_but_not_audit,
+    // Instances.
+    new_instances_are_pending_and_round_trip,
+    unknown_instance_is_not_found,
+    instance_in_unknown_org_is_not_found,
+    instance_count_quota_is_enforced,
+    instance_memory_quota_is_enforced,
+    lowering_a_quota_blocks_new_creates_only,
+    concurrent_instance_creates_never_exceed_the_count,
+    concurrent_instance_creates_never_exceed_memory,
+    instance_status_updates_and_deletes,
+    instances_are_listed_per_org_and_overall,
+    // API keys.
+    api_keys_round_trip_their_optional_fields,
+    unknown_api_key_is_not_found,
+    api_key_quota_counts_only_unrevoked_keys,
+    concurrent_api_key_creates_never_exceed_the_quota,
+    revoking_is_idempotent_and_keeps_the_first_time,
+    touch_only_moves_last_use_forward,
+    duplicate_secret_hash_is_a_conflict,
+    api_keys_are_listed_per_org_in_creation_order,
+    // Audit.
+    audit_is_newest_first_and_per_org,
+    audit_filters_by_action_actor_and_outcome,
+    audit_time_window_is_since_inclusive_until_exclusive,
+    audit_pages_backwards_with_a_cursor,
+    audit_limit_defaults_to_50_and_is_capped_at_500,
+    // Time.
+    timestamps_round_trip,
+);
+
+/// What only the SQLite backend has: a file it creates, keeps and re-opens.
+mod sqlite_only {
+    use redisgate_core::account::Email;
+    use redisgate_core::store::Store;
+    use redisgate_store::SqliteStore;
+
+    #[tokio::test]
+    async fn open_creates_missing_directories_and_reopens_with_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/deeper/redisgate.db");
+        let path = path.to_str().unwrap();
+        let email = Email::parse("ann@example.com").unwrap();
+        let ann = {
+            let store = SqliteStore::open(path).await.unwrap();
+            store.create_user(&email, "h").await.unwrap()
+        };
+        // Re-opening runs the migrations again, which must be a no-op.
+        let store = SqliteStore::open(path).await.unwrap();
+        assert_eq!(store.user(ann.id).await.unwrap(), ann);
+        assert!(!store.create_user(&Email::parse("bob@example.com").unwrap(), "h").await.unwrap().is_admin);
+    }
+
+    #[tokio::test]
+    async fn connect_accepts_sqlite_urls_and_bare_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, url) in [
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+            dir.path().join("b.db").display().to_string(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let store = redisgate_store::connect(&url).await.unwrap();
+            store.ping().await.unwrap();
+            assert_eq!(store.count_users().await.unwrap(), 0, "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_works_for_tests() {
+        let store = SqliteStore::open(":memory:").await.unwrap();
+        let ann = store.create_user(&Email::parse("ann@example.com").unwrap(), "h").await.unwrap();
+        assert!(ann.is_admin);
+        assert_eq!(store.user(ann.id).await.unwrap(), ann);
+    }
+
+    #[tokio::test]
+    async fn database_file_is_in_wal_mode_with_the_schema() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redisgate.db");
+        drop(SqliteStore::open(path.to_str().unwrap()).await.unwrap());
+        // WAL is a property of the file, so a plain connection sees it.
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap();
+        assert_eq!(mode, "wal");
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "api_keys",
+                "audit_logs",
+                "memberships",
+                "organizations",
+                "redis_instances",
+                "sessions",
+                "users"
+            ]
+        );
+    }
+}
