@@ -34,9 +34,27 @@ impl Scope {
     pub fn access(self) -> Access {
         match self {
             Scope::ReadOnly => Access::ReadOnly,
-            Scope::ReadWrite | Scope::Admin => Access::ReadWrite,
+            Scope::ReadWrite => Access::ReadWrite,
+            Scope::Admin => Access::Admin,
         }
     }
+}
+
+/// Every key starts with this, so leaked keys are easy to recognise (secret scanners).
+pub const KEY_PREFIX: &str = "rg_";
+
+/// The text of a key, shown once: `rg_<id as 32 hex digits>_<secret, base64url>`.
+pub fn format_key(id: ApiKeyId, secret: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    format!("{KEY_PREFIX}{}_{secret}", id.0.simple())
+}
+
+/// Whether a bearer token has the shape of an API key (as opposed to a standalone token).
+pub fn looks_like_key(token: &str) -> bool {
+    token.strip_prefix(KEY_PREFIX).and_then(|rest| rest.split_once('_')).is_some_and(|(id, secret)| {
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && secret.len() == 43
+    })
 }
 
 /// A key's metadata (never its secret).
@@ -67,5 +85,17 @@ impl ApiKey {
     /// May reach `instance`.
     pub fn allows_instance(&self, instance: InstanceId) -> bool {
         self.instance_ids.as_ref().is_none_or(|ids| ids.contains(&instance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_a_recognisable_shape() {
+        let key = format_key(ApiKeyId::new(), &[7; 32]);
+        assert!(key.starts_with("rg_") && looks_like_key(&key), "{key}");
+        assert!(!looks_like_key("rg_short_x") && !looks_like_key("some-standalone-token"));
     }
 }

@@ -10,6 +10,7 @@
 //! - Tenancy, one module per noun: [`ids`], [`account`] (users), [`org`] (organizations,
 //!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`audit`].
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
+//! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod instance;
 pub mod org;
 pub mod policy;
+pub mod provision;
 pub mod quota;
 pub mod request;
 pub mod store;

@@ -11,7 +11,10 @@ use crate::command::Command;
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Every command that is safe on a shared connection ("Standard" token in Upstash).
+    /// Every command that is safe on a shared connection ("Standard" token in Upstash;
+    /// standalone tokens and admin-scoped API keys).
+    Admin,
+    /// Like `Admin` without the gated commands (flushing, scripts and functions).
     ReadWrite,
     /// Read commands only, minus keyspace-wide scans ("Read Only" token in Upstash).
     ReadOnly,
@@ -26,6 +29,9 @@ pub enum Class {
     ExpensiveRead,
     /// Anything else, including commands we do not know: unknown means "may write".
     Write,
+    /// Writes that wipe data or run arbitrary code (which could wipe data): admin access only.
+    /// Scripts are gated with FLUSHALL because a script can call FLUSHALL itself.
+    Gated,
     /// Never forwarded; the reason is shown to the client.
     Refused(&'static str),
 }
@@ -66,6 +72,8 @@ pub fn class(name: &str) -> Class {
         | "RESTORE-ASKING" => Refused(ADMIN),
 
         "KEYS" | "SCAN" => ExpensiveRead,
+
+        "FLUSHALL" | "FLUSHDB" | "EVAL" | "EVALSHA" | "SCRIPT" | "FUNCTION" | "FCALL" => Gated,
 
         // Reads (Redis' `readonly` flag), grouped by data type.
         "GET"
@@ -185,13 +193,15 @@ pub fn check(cmd: &Command, access: Access) -> Result<(), Refusal> {
         }
         c => c,
     };
-    match (class, access) {
-        (Class::Refused(reason), _) => Err(Refusal::NotAvailable { command: name.to_owned(), reason }),
-        (Class::Read, _) | (_, Access::ReadWrite) => Ok(()),
-        (Class::ExpensiveRead | Class::Write, Access::ReadOnly) => {
-            Err(Refusal::NoPermission { command: name.to_ascii_lowercase() })
+    let allowed = match (class, access) {
+        (Class::Refused(reason), _) => {
+            return Err(Refusal::NotAvailable { command: name.to_owned(), reason });
         }
-    }
+        (Class::Read, _) | (_, Access::Admin) => true,
+        (Class::ExpensiveRead | Class::Write, Access::ReadWrite) => true,
+        (Class::Gated, Access::ReadWrite) | (_, Access::ReadOnly) => false,
+    };
+    if allowed { Ok(()) } else { Err(Refusal::NoPermission { command: name.to_ascii_lowercase() }) }
 }
 
 fn blocks(cmd: &Command) -> bool {
@@ -259,6 +269,20 @@ mod tests {
         assert!(run(&["keys", "*"], Access::ReadOnly).is_err());
         assert!(run(&["NOSUCHCOMMAND"], Access::ReadOnly).is_err());
         assert!(run(&["keys", "*"], Access::ReadWrite).is_ok());
-        assert!(run(&["flushall"], Access::ReadWrite).is_ok());
+    }
+
+    #[test]
+    fn flushing_and_scripts_need_admin() {
+        for cmd in ["flushall", "FLUSHDB", "eval", "evalsha", "script", "function", "fcall"] {
+            assert!(run(&[cmd, "x"], Access::Admin).is_ok(), "{cmd}");
+            assert!(
+                matches!(run(&[cmd, "x"], Access::ReadWrite), Err(Refusal::NoPermission { .. })),
+                "{cmd}"
+            );
+            assert!(run(&[cmd, "x"], Access::ReadOnly).is_err(), "{cmd}");
+        }
+        // Read-only scripts cannot write (Redis enforces it), so they stay open.
+        assert!(run(&["EVAL_RO", "return 1", "0"], Access::ReadWrite).is_ok());
+        assert!(run(&["FCALL_RO", "f", "0"], Access::ReadOnly).is_ok());
     }
 }

@@ -30,10 +30,28 @@ pub struct Settings {
     /// The metadata store: `postgres://…` for PostgreSQL; unset means SQLite in `data_dir`.
     /// `DATABASE_URL` is accepted too.
     pub database_url: Option<SecretString>,
+    /// Key that seals stored secrets (external instances' URLs): 64 hex digits. Unset means a
+    /// key generated into `data_dir/secret.key`; replicas sharing a database need the same.
+    pub secret_key: Option<SecretString>,
     pub http: HttpSettings,
     pub backend: BackendSettings,
     pub cors: CorsSettings,
     pub auth: AuthSettings,
+    pub instances: InstanceSettings,
+}
+
+/// Local instances (redis-server child processes, data under `data_dir/instances`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// The `redis-server` binary to run; a bare name is looked up in `PATH`.
+    pub redis_server: PathBuf,
+}
+
+impl Default for InstanceSettings {
+    fn default() -> Self {
+        Self { redis_server: PathBuf::from("redis-server") }
+    }
 }
 
 impl Default for Settings {
@@ -45,10 +63,12 @@ impl Default for Settings {
             redis_url: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
+            secret_key: None,
             http: HttpSettings::default(),
             backend: BackendSettings::default(),
             cors: CorsSettings::default(),
             auth: AuthSettings::default(),
+            instances: InstanceSettings::default(),
         }
     }
 }
@@ -169,6 +189,10 @@ pub struct AuthSettings {
     pub login_window: Duration,
     pub max_failed_logins_per_email: u32,
     pub max_failed_logins_per_ip: u32,
+    /// How long the data plane trusts a cached API key before asking the store again; a key
+    /// revoked on another replica stops working within this time.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -178,6 +202,7 @@ impl Default for AuthSettings {
             login_window: Duration::from_secs(15 * 60),
             max_failed_logins_per_email: 5,
             max_failed_logins_per_ip: 50,
+            key_cache_ttl: Duration::from_millis(900),
         }
     }
 }

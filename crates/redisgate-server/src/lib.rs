@@ -11,8 +11,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod gateway;
+pub mod instances;
+pub mod secrets;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -29,12 +32,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use redisgate_core::instance::InstanceStatus;
+use redisgate_core::provision::StatusSink;
+use redisgate_core::store::Store;
+use redisgate_provision::{ExternalProvisioner, LocalOptions, LocalProvisioner};
+
 use crate::api::ApiState;
 use crate::api::auth::LoginThrottle;
 use crate::config::{CorsSettings, Settings};
 use crate::gateway::auth::{Principal, Tokens};
 use crate::gateway::backend::Backend;
+use crate::gateway::keys::KeyAuth;
 use crate::gateway::{Gateway, reply::SyncTokens};
+use crate::instances::Instances;
+use crate::secrets::Sealer;
 
 /// Runs RedisGate on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn launch(
@@ -48,20 +59,47 @@ pub async fn launch(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
+    let store =
+        redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
+    let secret_key = settings.secret_key.as_ref().map(|k| k.expose_secret().to_owned());
+    let sealer = Sealer::load(secret_key.as_deref(), &settings.data_dir)?;
+    let instances = Arc::new(Instances::new(
+        Arc::clone(&store),
+        LocalProvisioner::new(
+            settings.data_dir.join("instances"),
+            status_sink(&store),
+            LocalOptions { redis_server: settings.instances.redis_server.clone(), ..LocalOptions::default() },
+        ),
+        ExternalProvisioner::new(),
+        sealer,
+        settings.backend.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    let keys =
+        Arc::new(KeyAuth::new(Arc::clone(&store), Arc::clone(&instances), settings.auth.key_cache_ttl));
+    tracker.spawn(record_key_usage(Arc::clone(&keys), cancel.clone()));
+    // Instances come back in the background: the API answers meanwhile, and each instance's
+    // status says where it is.
+    tracker.spawn({
+        let instances = Arc::clone(&instances);
+        async move { instances.restore_all().await }
+    });
     // Streams end as soon as shutdown starts (they would otherwise hold the drain open);
     // backend supervisors stop only after in-flight requests are done.
     let streams_end = CancellationToken::new();
     let gateway = Arc::new(Gateway {
         tokens,
+        keys: Some(Arc::clone(&keys)),
         http: settings.http.clone(),
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),
     });
-    let store =
-        redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
     let a = &settings.auth;
     let api = Arc::new(ApiState {
         store,
+        instances: Arc::clone(&instances),
+        keys,
         auth: a.clone(),
         throttle: LoginThrottle::new(
             a.login_window,
@@ -69,7 +107,7 @@ pub async fn launch(
             a.max_failed_logins_per_ip,
         ),
     });
-    let app = router(api, (!settings.tokens.is_empty()).then_some(gateway), &settings.cors);
+    let app = router(api, gateway, !settings.tokens.is_empty(), &settings.cors);
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
 
@@ -79,9 +117,33 @@ pub async fn launch(
     };
     serve::serve(listener, app, &settings.http, shutdown).await;
     cancel.cancel();
+    instances.shutdown().await;
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Provisioners report status changes (a crashed process, a restart) through this.
+fn status_sink(store: &Arc<dyn Store>) -> StatusSink {
+    let store = Arc::clone(store);
+    Arc::new(move |id, status: InstanceStatus, reason: Option<String>| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            if let Err(e) = store.set_instance_status(id, status, reason.as_deref()).await {
+                tracing::error!(instance.id = %id, error = %e, "could not record instance status");
+            }
+        });
+    })
+}
+
+/// Writes API keys' `last_used_at` once a second, and once more at shutdown.
+async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => keys.flush_usage().await,
+            () = cancel.cancelled() => return keys.flush_usage().await,
+        }
+    }
 }
 
 /// One backend per distinct Redis URL, shared by the tokens that name it.
@@ -106,21 +168,28 @@ fn build_tokens(
                 b
             }
         };
-        let access = if t.read_only { Access::ReadOnly } else { Access::ReadWrite };
+        // A standalone token is Upstash's "Standard" token: every command, scripts included.
+        let access = if t.read_only { Access::ReadOnly } else { Access::Admin };
         tokens.add(t.token.expose_secret(), Principal { access, backend });
     }
     Ok(tokens)
 }
 
-/// The management API, its OpenAPI document and docs page, and — in standalone mode — the
-/// Upstash protocol at `/` for every path the API does not own.
-fn router(api: Arc<ApiState>, standalone: Option<Arc<Gateway>>, cors: &CorsSettings) -> Router {
+/// The management API, its OpenAPI document and docs page, the protocol for instances under
+/// `/redis/{instance_id}`, and — in standalone mode — the protocol at `/` for every path the
+/// others do not own.
+fn router(api: Arc<ApiState>, gw: Arc<Gateway>, standalone: bool, cors: &CorsSettings) -> Router {
     let (management, openapi) = api::router(api);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
-    let app = management.merge(docs);
-    let app = match standalone {
-        Some(gw) => app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw)),
-        None => app.fallback(|| async { api::ApiError::NotFound("route") }),
+    let data_plane = Router::new()
+        .route("/redis/{instance_id}", axum::routing::any(gateway::handle_instance))
+        .route("/redis/{instance_id}/{*rest}", axum::routing::any(gateway::handle_instance))
+        .with_state(Arc::clone(&gw));
+    let app = management.merge(docs).merge(data_plane);
+    let app = if standalone {
+        app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw))
+    } else {
+        app.fallback(|| async { api::ApiError::NotFound("route") })
     };
     match cors_layer(cors) {
         Some(layer) => app.layer(layer),

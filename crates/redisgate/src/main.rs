@@ -37,6 +37,12 @@ enum Command {
         #[arg(long, env = "REDISGATE_LOG_JSON")]
         log_json: bool,
     },
+    /// Check the configuration, the metadata store and every Redis; exits 1 if any is down.
+    Check {
+        /// TOML configuration file (environment variables still win over it).
+        #[arg(long, short, env = "REDISGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -55,6 +61,27 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Command::Check { config } => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let settings = match Settings::load(config.as_deref(), &env) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("FAIL  config: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let source =
+                config.map_or_else(|| "defaults and environment".to_owned(), |p| p.display().to_string());
+            let lines = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(redisgate_server::check::run(&settings, &source));
+            lines.iter().for_each(|l| println!("{l}"));
+            if lines.iter().any(|l| l.result.is_err()) {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve { config, listen, log_json } => {

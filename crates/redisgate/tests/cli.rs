@@ -172,3 +172,24 @@ fn config_default_prints_a_valid_example() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("[[tokens]]") && text.contains("max_body_bytes"));
 }
+
+#[test]
+fn check_exits_non_zero_when_something_is_down() {
+    let data = data_dir();
+    let ok = Command::new(BIN).arg("check").env_clear().env("REDISGATE_DATA_DIR", &data).output().unwrap();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("metadata store (sqlite)")), "{text}");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = Command::new(BIN)
+        .arg("check")
+        .env_clear()
+        .env("REDISGATE_DATA_DIR", &data)
+        .env("REDISGATE_TOKEN", "long-enough-token")
+        .env("REDISGATE_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(down.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("connection refused")), "{text}");
+}

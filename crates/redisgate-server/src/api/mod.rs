@@ -6,6 +6,8 @@
 //! - [`orgs`]: organizations, members and quotas, guarded by the role table in
 //!   `redisgate_core::org::Role::allows`.
 //! - [`audit`]: recording and listing the audit log.
+//! - [`instances`]: Redis instances (provisioned by RedisGate or brought by the user).
+//! - [`keys`]: API keys for the data plane.
 //!
 //! Handlers are thin: extract, authorize, call the store or a service, map to a response.
 //! Every route is registered through `utoipa_axum`, so `/openapi.json` is generated from the
@@ -14,6 +16,8 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod instances;
+pub mod keys;
 pub mod orgs;
 
 use std::net::SocketAddr;
@@ -33,6 +37,9 @@ use crate::config::AuthSettings;
 /// Shared state of the management API.
 pub struct ApiState {
     pub store: Arc<dyn Store>,
+    pub instances: Arc<crate::instances::Instances>,
+    /// For revocations to take effect at once on this server.
+    pub keys: Arc<crate::gateway::keys::KeyAuth>,
     pub auth: AuthSettings,
     pub throttle: auth::LoginThrottle,
 }
@@ -110,6 +117,8 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(auth::routes())
         .merge(orgs::routes())
         .merge(audit::routes())
+        .merge(instances::routes())
+        .merge(keys::routes())
         .split_for_parts();
     (router.with_state(state), api)
 }

@@ -147,6 +147,15 @@ async fn delete(
 ) -> ApiResult<StatusCode> {
     let result = async {
         authorize(&state, user.id, org, Action::DeleteOrg).await?;
+        // The organization's servers go with it: stop them (and remove local data) first, so
+        // no process outlives the rows that describe it.
+        for inst in state.store.instances(org).await? {
+            let rec = state.store.instance(inst.id).await?;
+            if let Err(reason) = state.instances.delete(&rec).await {
+                tracing::error!(instance.id = %inst.id, %reason, "could not destroy an instance's server");
+                return Err(ApiError::Internal);
+            }
+        }
         Ok(state.store.delete_org(org).await?)
     }
     .await;

@@ -1,4 +1,5 @@
-//! Standalone-mode tokens: each maps to one backend and an access level.
+//! Who is calling the data plane. Standalone tokens (each mapping to one backend) live here;
+//! API keys for `/redis/{id}` are in [`super::keys`].
 //!
 //! Tokens are kept only as SHA-256 digests and every candidate is compared in constant time,
 //! without stopping at the first match, so response timing says nothing about a token.
@@ -39,9 +40,8 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// The principal for the request's token: `Authorization: Bearer` wins over `_token`.
-    pub fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Option<Principal> {
-        let token = bearer(headers).or_else(|| query_token(query))?;
+    /// The principal of a standalone token.
+    pub fn find(&self, token: &str) -> Option<Principal> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for e in &self.entries {
@@ -51,6 +51,11 @@ impl Tokens {
         }
         found.cloned()
     }
+}
+
+/// The request's token: `Authorization: Bearer` wins over `_token`.
+pub fn token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    bearer(headers).or_else(|| query_token(query))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

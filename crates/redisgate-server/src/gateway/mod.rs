@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`auth`]: tokens, from `Authorization: Bearer` or `_token`, checked in constant time.
+//! - [`keys`]: API keys for `/redis/{instance_id}`, from an in-memory cache.
+//! - [`keys`]: API keys for `/redis/{instance_id}`, from an in-memory cache.
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
@@ -14,6 +16,7 @@
 pub mod auth;
 pub mod backend;
 pub mod exec;
+pub mod keys;
 pub mod reply;
 pub mod sse;
 
@@ -37,7 +40,10 @@ use crate::config::HttpSettings;
 
 /// Shared state of the data plane.
 pub struct Gateway {
+    /// Standalone tokens, served at `/`.
     pub tokens: Tokens,
+    /// API keys, served at `/redis/{instance_id}`.
+    pub keys: Option<Arc<keys::KeyAuth>>,
     pub http: HttpSettings,
     pub sync: SyncTokens,
     pub shutdown: CancellationToken,
@@ -67,34 +73,80 @@ fn format(headers: &HeaderMap) -> Result<Format, &'static str> {
     Ok(Format { encoding, resp2 })
 }
 
-/// The axum handler for every data-plane path.
+fn method_not_allowed(method: &Method, sync: &SyncTokens) -> Response {
+    let mut r = reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("ERR method {method} is not allowed; use GET, POST, PUT or HEAD"),
+        sync,
+    );
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, HEAD"));
+    r
+}
+
+fn unauthorized(sync: &SyncTokens) -> Response {
+    reply::error(StatusCode::UNAUTHORIZED, "WRONGPASS invalid or missing auth token", sync)
+}
+
+fn allowed_method(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::POST | Method::PUT | Method::HEAD)
+}
+
+/// Standalone mode: the protocol at `/`, the token picks the backend.
 pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    if !allowed_method(req.method()) {
+        return method_not_allowed(req.method(), &gw.sync);
+    }
+    let token = auth::token(req.headers(), req.uri().query());
+    let Some(principal) = token.and_then(|t| gw.tokens.find(&t)) else {
+        return unauthorized(&gw.sync);
+    };
+    let path = req.uri().path().to_owned();
+    serve(&gw, principal, &path, req).await
+}
+
+/// `/redis/{instance_id}/…`: the protocol for one instance, reached with an API key. A wrong
+/// key, a key of another organization or not allowed on the instance, and an instance that
+/// does not exist (or is not running) all get the same 401.
+pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    if !allowed_method(req.method()) {
+        return method_not_allowed(req.method(), &gw.sync);
+    }
+    let full = req.uri().path().to_owned();
+    let rest = full.strip_prefix("/redis/").unwrap_or("");
+    let (id, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (Some(keys), Ok(id), Some(token)) =
+        (gw.keys.as_ref(), id.parse(), auth::token(req.headers(), req.uri().query()))
+    else {
+        return unauthorized(&gw.sync);
+    };
+    match keys.principal(&token, id).await {
+        Ok(principal) => serve(&gw, principal, path, req).await,
+        Err(keys::Denied::Unauthorized) => unauthorized(&gw.sync),
+        Err(keys::Denied::StoreDown) => {
+            let e = backend::BackendError::Unavailable {
+                reason: "the key store is unreachable".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            };
+            reply::backend_error(&e, &gw.sync)
+        }
+    }
+}
+
+/// Everything after authentication: format headers, body, parse, policy, run, encode.
+async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> Response {
     let sync = &gw.sync;
     let method = req.method().clone();
-    if !matches!(method, Method::GET | Method::POST | Method::PUT | Method::HEAD) {
-        let mut r = reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("ERR method {method} is not allowed; use GET, POST, PUT or HEAD"),
-            sync,
-        );
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, HEAD"));
-        return r;
-    }
-    let Some(principal) = gw.tokens.authenticate(req.headers(), req.uri().query()) else {
-        return reply::error(StatusCode::UNAUTHORIZED, "WRONGPASS invalid or missing auth token", sync);
-    };
     let fmt = match format(req.headers()) {
         Ok(f) => f,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, e, sync),
     };
-    let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let body = match read_body(&gw.http, req.into_body()).await {
         Ok(b) => b,
         Err((status, text)) => return reply::error(status, text, sync),
     };
     let limits = ParseLimits { max_batch_commands: gw.http.max_pipeline_commands };
-    let parsed = match request::parse(&path, query.as_deref(), &body, limits) {
+    let parsed = match request::parse(path, query.as_deref(), &body, limits) {
         Ok(p) => p,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, &e.to_string(), sync),
     };
@@ -102,7 +154,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     if let Err(refusal) = authorize(&parsed, principal.access) {
         return reply::error(StatusCode::BAD_REQUEST, &refusal.to_string(), sync);
     }
-    let mut response = dispatch(&gw, &principal, parsed, fmt).await;
+    let mut response = dispatch(gw, &principal, parsed, fmt).await;
     if method == Method::HEAD {
         *response.body_mut() = Body::empty();
     }

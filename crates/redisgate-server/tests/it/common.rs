@@ -184,11 +184,21 @@ impl Gate {
         }
     }
 
-    /// Starts RedisGate on port 0 without waiting for its backend.
+    /// Starts RedisGate on port 0 without waiting for its backend, with its state (the SQLite
+    /// metadata store, instances) in a directory of its own.
     pub async fn start_unchecked(mut settings: Settings) -> Gate {
-        // Each gateway keeps its state (the SQLite metadata store) in a directory of its own.
         let data = tempfile::tempdir().unwrap();
         settings.data_dir = data.path().to_owned();
+        Gate::launch(settings, data).await
+    }
+
+    /// Starts RedisGate keeping its state in `settings.data_dir`, which the caller owns (to
+    /// start another RedisGate on the same state later).
+    pub async fn start_with_data_dir(settings: Settings) -> Gate {
+        Gate::launch(settings, tempfile::tempdir().unwrap()).await
+    }
+
+    async fn launch(settings: Settings, data: tempfile::TempDir) -> Gate {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod instances;
 mod isolation;
 mod limits;
 mod protocol;

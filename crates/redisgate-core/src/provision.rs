@@ -1,0 +1,66 @@
+//! Who runs an instance's Redis: the [`Provisioner`] trait, implemented in
+//! `redisgate-provision` by the local (supervised `redis-server` child processes) and
+//! external (a server the user brings) provisioners.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::ids::InstanceId;
+use crate::instance::InstanceStatus;
+
+/// A Redis connection URL that may carry a password: shown nowhere, logged never.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: String) -> Self {
+        RedisUrl(url)
+    }
+
+    /// The URL itself, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisUrl(<redacted>)")
+    }
+}
+
+/// What a provisioner needs to start an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: InstanceId,
+    /// `maxmemory` for a local instance (bytes).
+    pub memory_bytes: u64,
+    /// For external instances: the server to use.
+    pub external_url: Option<RedisUrl>,
+}
+
+/// Why an instance could not be provisioned; the text is safe to show to its owner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("instance not known to this provisioner")]
+    Unknown,
+}
+
+/// Status changes the provisioner observes on its own (a crash, a restart), reported as
+/// they happen so the store never shows a stale status.
+pub type StatusSink = Arc<dyn Fn(InstanceId, InstanceStatus, Option<String>) + Send + Sync>;
+
+#[async_trait]
+pub trait Provisioner: Send + Sync + 'static {
+    /// Starts the instance (or, after a RedisGate restart, starts it again on its existing
+    /// data) and returns how to reach it once it answers PING.
+    async fn start(&self, spec: &InstanceSpec) -> Result<RedisUrl, ProvisionError>;
+    /// Stops it and removes its data for good.
+    async fn destroy(&self, id: InstanceId) -> Result<(), ProvisionError>;
+    /// Stops every instance it runs (RedisGate is shutting down); data is kept.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,26 @@
+//! The [`Provisioner`](redisgate_core::provision::Provisioner)s that run (or reach) the Redis
+//! server behind each RedisGate instance.
+//!
+//! # Layout
+//! - [`local`]: [`LocalProvisioner`], one supervised `redis-server` child process per
+//!   instance, its data (AOF) and `redis.conf` under `<root>/<instance-id>/`.
+//!   - `local/conf.rs`: the generated `redis.conf`, the instance password, port picking.
+//!   - `local/process.rs`: spawning `redis-server`, waiting for PING, stopping it.
+//!   - `local/supervisor.rs`: the per-instance task that restarts a crashed server.
+//! - [`external`]: [`ExternalProvisioner`], a `redis://` / `rediss://` server the user brings;
+//!   checked with a PING, never touched otherwise.
+//! - `probe.rs`: one authenticated PING, with failures described without secrets.
+//! - `redact.rs`: keeps passwords out of every reason, log line and status message.
+//!
+//! Passwords live only in `redis.conf` (mode 0600) and in the returned
+//! [`RedisUrl`](redisgate_core::provision::RedisUrl); everything that leaves this crate as text
+//! passes through a redactor first.
+#![forbid(unsafe_code)]
+
+pub mod external;
+pub mod local;
+mod probe;
+mod redact;
+
+pub use external::ExternalProvisioner;
+pub use local::{LocalOptions, LocalProvisioner};

@@ -1,0 +1,5 @@
+//! Provisioner tests against real `redis-server` processes; one binary for the crate.
+
+mod external;
+mod local;
+mod support;

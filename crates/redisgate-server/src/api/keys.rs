@@ -1,0 +1,151 @@
+//! API keys: `rg_<id>_<secret>`, shown once at creation; only the SHA-256 is stored. Scopes
+//! (read-only, read-write, admin), an optional list of instances, an optional expiry.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use redisgate_core::apikey::{ApiKey, Scope, format_key};
+use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId};
+use redisgate_core::org::Action;
+use redisgate_core::store::{NewApiKey, StoreError};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::audit;
+use super::auth::{CurrentUser, hash_secret};
+use super::error::ErrorBody;
+use super::{ApiError, ApiJson, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// 1–100 characters, for people.
+    pub name: String,
+    pub scope: Scope,
+    /// Instances of this organization the key may reach; absent means all of them.
+    pub instance_ids: Option<Vec<InstanceId>>,
+    /// RFC 3339; absent means the key does not expire.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The key itself. It is shown this once and cannot be recovered.
+    pub key: String,
+    pub api_key: ApiKey,
+}
+
+/// Create a key (owner, admin, member). The answer holds the key, once.
+#[utoipa::path(post, path = "/api/organizations/{org_id}/api-keys", tag = "api-keys", security(("session" = [])),
+    params(("org_id" = OrgId, Path)), request_body = NewKey,
+    responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create(
+    state: State,
+    meta: RequestMeta,
+    CurrentUser(user): CurrentUser,
+    ApiPath(org): ApiPath<OrgId>,
+    ApiJson(req): ApiJson<NewKey>,
+) -> ApiResult<(StatusCode, axum::Json<CreatedKey>)> {
+    let result = async {
+        authorize(&state, user.id, org, Action::ManageApiKeys).await?;
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::validation("name", "must be 1 to 100 characters"));
+        }
+        if req.expires_at.is_some_and(|e| e <= OffsetDateTime::now_utc()) {
+            return Err(ApiError::validation("expires_at", "must be in the future"));
+        }
+        if let Some(ids) = &req.instance_ids {
+            let own: Vec<InstanceId> = state.store.instances(org).await?.into_iter().map(|i| i.id).collect();
+            if let Some(bad) = ids.iter().find(|id| !own.contains(id)) {
+                return Err(ApiError::validation(
+                    "instance_ids",
+                    format!("{bad} is not an instance of this organization"),
+                ));
+            }
+        }
+        let id = ApiKeyId::new();
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|_| ApiError::Internal)?;
+        let key = format_key(id, &secret);
+        let new = NewApiKey {
+            id,
+            org_id: org,
+            name: name.to_owned(),
+            scope: req.scope,
+            instance_ids: req.instance_ids,
+            expires_at: req.expires_at,
+            secret_hash: hash_secret(&key),
+            created_by: Some(user.id),
+        };
+        let api_key = state.store.create_api_key(new).await?;
+        Ok(CreatedKey { key, api_key })
+    }
+    .await;
+    let target = result.as_ref().ok().map(|c| c.api_key.id.to_string());
+    let created = audit::outcome(&state, &user, Some(org), "api_key.create", target, &meta, result).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// The organization's keys (never their secrets).
+#[utoipa::path(get, path = "/api/organizations/{org_id}/api-keys", tag = "api-keys", security(("session" = [])),
+    params(("org_id" = OrgId, Path)), responses((status = 200, body = Vec<ApiKey>), (status = 404, body = ErrorBody)))]
+async fn list(
+    state: State,
+    CurrentUser(user): CurrentUser,
+    ApiPath(org): ApiPath<OrgId>,
+) -> ApiResult<axum::Json<Vec<ApiKey>>> {
+    authorize(&state, user.id, org, Action::ViewApiKeys).await?;
+    Ok(axum::Json(state.store.api_keys(org).await?))
+}
+
+async fn key_of(state: &ApiState, org: OrgId, id: ApiKeyId) -> ApiResult<ApiKey> {
+    match state.store.api_key(id).await {
+        Ok(k) if k.org_id == org => Ok(k),
+        Ok(_) | Err(StoreError::NotFound) => Err(ApiError::NotFound("API key")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One key.
+#[utoipa::path(get, path = "/api/organizations/{org_id}/api-keys/{key_id}", tag = "api-keys", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("key_id" = ApiKeyId, Path)), responses((status = 200, body = ApiKey), (status = 404, body = ErrorBody)))]
+async fn get(
+    state: State,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, ApiKeyId)>,
+) -> ApiResult<axum::Json<ApiKey>> {
+    authorize(&state, user.id, org, Action::ViewApiKeys).await?;
+    Ok(axum::Json(key_of(&state, org, id).await?))
+}
+
+/// Revoke a key (owner, admin, member): it stops working within a second everywhere, at once
+/// on this server. The key stays listed with `revoked_at`.
+#[utoipa::path(delete, path = "/api/organizations/{org_id}/api-keys/{key_id}", tag = "api-keys", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("key_id" = ApiKeyId, Path)), responses((status = 200, body = ApiKey), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke(
+    state: State,
+    meta: RequestMeta,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, ApiKeyId)>,
+) -> ApiResult<axum::Json<ApiKey>> {
+    let result = async {
+        authorize(&state, user.id, org, Action::ManageApiKeys).await?;
+        key_of(&state, org, id).await?;
+        let key = state.store.revoke_api_key(id, OffsetDateTime::now_utc()).await?;
+        state.keys.invalidate_all();
+        Ok(key)
+    }
+    .await;
+    let key = audit::outcome(&state, &user, Some(org), "api_key.revoke", Some(id.to_string()), &meta, result)
+        .await?;
+    Ok(axum::Json(key))
+}
+
+pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get, revoke))
+}

@@ -1,0 +1,115 @@
+//! `redisgate check`: the configuration, the metadata store and every Redis RedisGate would
+//! talk to, one line each with its latency or its error. It runs beside a serving RedisGate
+//! (it reaches local instances through their `redis.conf`), starts nothing and changes nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use redisgate_core::instance::ProvisionerKind;
+use redisgate_core::provision::RedisUrl;
+use redisgate_provision::LocalProvisioner;
+use secrecy::ExposeSecret;
+
+use crate::config::Settings;
+use crate::secrets::Sealer;
+
+/// One checked component.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub component: String,
+    /// `Ok(latency)` or the reason it is down.
+    pub result: Result<Duration, String>,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.result {
+            Ok(d) => write!(f, "ok    {:<48} {:.1} ms", self.component, d.as_secs_f64() * 1000.0),
+            Err(e) => write!(f, "FAIL  {:<48} {e}", self.component),
+        }
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn ping(url: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let client = redis::Client::open(url).map_err(|_| "not a usable Redis URL".to_owned())?;
+    let attempt = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(TIMEOUT, attempt).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        // The error kind only: the message could echo a URL with its password.
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            Err("authentication failed".into())
+        }
+        Ok(Err(e)) if e.is_connection_refusal() => Err("connection refused".into()),
+        Ok(Err(_)) => Err("no answer to PING".into()),
+        Err(_) => Err(format!("timed out after {TIMEOUT:?}")),
+    }
+}
+
+/// Checks everything `settings` names.
+pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
+    let mut lines = vec![Line { component: format!("config ({config_source})"), result: Ok(Duration::ZERO) }];
+    for (i, t) in settings.tokens.iter().enumerate() {
+        let name = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
+        lines.push(Line {
+            component: format!("standalone redis {name}"),
+            result: ping(t.url.expose_secret()).await,
+        });
+    }
+    let started = Instant::now();
+    let store = match tokio::time::timeout(TIMEOUT, redisgate_store::connect(&settings.store_url())).await {
+        Ok(Ok(store)) => store,
+        Ok(Err(e)) => {
+            lines.push(Line { component: "metadata store".into(), result: Err(e.to_string()) });
+            return lines;
+        }
+        Err(_) => {
+            lines.push(Line {
+                component: "metadata store".into(),
+                result: Err(format!("timed out after {TIMEOUT:?}")),
+            });
+            return lines;
+        }
+    };
+    let store_ok = store.ping().await.map(|()| started.elapsed()).map_err(|e| e.to_string());
+    let kind = if settings.database_url.is_some() { "postgres" } else { "sqlite" };
+    lines.push(Line { component: format!("metadata store ({kind})"), result: store_ok });
+    let records = match store.all_instances().await {
+        Ok(r) => r,
+        Err(e) => {
+            lines.push(Line { component: "instances".into(), result: Err(e.to_string()) });
+            return lines;
+        }
+    };
+    let secret_key = settings.secret_key.as_ref().map(|k| k.expose_secret().to_owned());
+    let sealer = Sealer::load(secret_key.as_deref(), &settings.data_dir);
+    let root = settings.data_dir.join("instances");
+    for rec in records {
+        let inst = &rec.instance;
+        let component = format!("instance {} ({}, {})", inst.id, inst.name, inst.provisioner.as_str());
+        let url: Result<RedisUrl, String> = match inst.provisioner {
+            ProvisionerKind::Local => LocalProvisioner::configured_url(Path::new(&root), inst.id)
+                .ok_or_else(|| "no redis.conf in its data directory".to_owned()),
+            ProvisionerKind::External => match (&sealer, &rec.sealed_url) {
+                (Ok(s), Some(sealed)) => s
+                    .open(sealed)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .map(RedisUrl::new)
+                    .ok_or_else(|| "stored URL cannot be opened with this secret key".to_owned()),
+                _ => Err("no usable secret key or stored URL".to_owned()),
+            },
+        };
+        let result = match url {
+            Ok(url) => ping(url.expose()).await,
+            Err(e) => Err(e),
+        };
+        lines.push(Line { component, result });
+    }
+    lines
+}

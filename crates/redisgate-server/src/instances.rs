@@ -1,0 +1,184 @@
+//! Running instances: the bridge between the metadata store, the provisioners and the
+//! gateway's backends.
+//!
+//! An instance's status in the store is never a lie: it is `pending` until its provisioner
+//! says the server answers, `running` once the gateway holds a backend for it, and `error`
+//! with the provisioner's reason otherwise (also later, when a supervised process crashes).
+//! There is no fallback: an instance without a backend of its own is not served.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use redisgate_core::ids::{InstanceId, OrgId};
+use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
+use redisgate_core::provision::{InstanceSpec, Provisioner, RedisUrl};
+use redisgate_core::store::{InstanceRecord, Store};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BackendSettings;
+use crate::gateway::backend::Backend;
+use crate::secrets::Sealer;
+
+/// Live instance stats, from Redis' own INFO.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub used_memory_bytes: u64,
+    pub keys: u64,
+    pub ops_per_sec: u64,
+    pub connected_clients: u64,
+}
+
+pub struct Instances {
+    store: Arc<dyn Store>,
+    local: Arc<dyn Provisioner>,
+    external: Arc<dyn Provisioner>,
+    pub sealer: Sealer,
+    backends: RwLock<HashMap<InstanceId, (OrgId, Arc<Backend>)>>,
+    settings: BackendSettings,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Instances {
+    pub fn new(
+        store: Arc<dyn Store>,
+        local: Arc<dyn Provisioner>,
+        external: Arc<dyn Provisioner>,
+        sealer: Sealer,
+        settings: BackendSettings,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Instances { store, local, external, sealer, backends: RwLock::default(), settings, tracker, cancel }
+    }
+
+    fn provisioner(&self, kind: ProvisionerKind) -> &Arc<dyn Provisioner> {
+        match kind {
+            ProvisionerKind::Local => &self.local,
+            ProvisionerKind::External => &self.external,
+        }
+    }
+
+    /// The owning organization and backend of a running instance; the data plane's only way
+    /// to reach one.
+    pub fn backend(&self, id: InstanceId) -> Option<(OrgId, Arc<Backend>)> {
+        self.backends.read().expect("backends lock").get(&id).cloned()
+    }
+
+    /// Provisions a stored instance and records the outcome; returns the status reached.
+    pub async fn start(&self, rec: &InstanceRecord) -> (InstanceStatus, Option<String>) {
+        let inst = &rec.instance;
+        let external_url = match &rec.sealed_url {
+            Some(sealed) => match self.sealer.open(sealed).map(String::from_utf8) {
+                Ok(Ok(url)) => Some(RedisUrl::new(url)),
+                _ => {
+                    return self
+                        .set(
+                            inst.id,
+                            InstanceStatus::Error,
+                            Some("the stored connection URL cannot be opened with this secret key".into()),
+                        )
+                        .await;
+                }
+            },
+            None => None,
+        };
+        let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url };
+        let url = match self.provisioner(inst.provisioner).start(&spec).await {
+            Ok(url) => url,
+            Err(e) => return self.set(inst.id, InstanceStatus::Error, Some(e.to_string())).await,
+        };
+        let client = match redis::Client::open(url.expose()) {
+            Ok(c) => c,
+            Err(_) => {
+                return self
+                    .set(
+                        inst.id,
+                        InstanceStatus::Error,
+                        Some("the provisioner returned an unusable URL".into()),
+                    )
+                    .await;
+            }
+        };
+        let label = format!("instance {}", inst.id);
+        let backend =
+            Backend::start(label, client, self.settings.clone(), &self.tracker, self.cancel.clone());
+        self.backends.write().expect("backends lock").insert(inst.id, (inst.org_id, backend));
+        self.set(inst.id, InstanceStatus::Running, None).await
+    }
+
+    async fn set(
+        &self,
+        id: InstanceId,
+        status: InstanceStatus,
+        reason: Option<String>,
+    ) -> (InstanceStatus, Option<String>) {
+        if let Err(e) = self.store.set_instance_status(id, status, reason.as_deref()).await {
+            tracing::error!(instance.id = %id, error = %e, "could not record instance status");
+        }
+        (status, reason)
+    }
+
+    /// Stops serving an instance, destroys its server and data (local), forgets it.
+    pub async fn delete(&self, rec: &InstanceRecord) -> Result<(), String> {
+        let id = rec.instance.id;
+        self.backends.write().expect("backends lock").remove(&id);
+        self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
+    }
+
+    /// Starts every stored instance again (RedisGate restarted), concurrently.
+    pub async fn restore_all(self: &Arc<Self>) {
+        let records = match self.store.all_instances().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not list instances to restore");
+                return;
+            }
+        };
+        let starts = records.into_iter().map(|rec| {
+            let me = Arc::clone(self);
+            async move {
+                let (status, reason) = me.start(&rec).await;
+                tracing::info!(instance.id = %rec.instance.id, status = status.as_str(), reason = reason.as_deref().unwrap_or(""), "instance restored");
+            }
+        });
+        futures_util::future::join_all(starts).await;
+    }
+
+    /// Live stats of a running instance.
+    pub async fn stats(&self, id: InstanceId) -> Option<Stats> {
+        let (_, backend) = self.backend(id)?;
+        let info = backend.run(&redis::cmd("INFO")).await.ok()?;
+        let text = match info {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            _ => return None,
+        };
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        // db0:keys=N,expires=...
+        let keys = text
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("db")?.split_once(":keys=")?.1.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum();
+        Some(Stats {
+            used_memory_bytes: field("used_memory"),
+            keys,
+            ops_per_sec: field("instantaneous_ops_per_sec"),
+            connected_clients: field("connected_clients"),
+        })
+    }
+
+    /// Stops the local servers (data kept) at shutdown.
+    pub async fn shutdown(&self) {
+        self.backends.write().expect("backends lock").clear();
+        self.local.shutdown().await;
+        self.external.shutdown().await;
+    }
+}
