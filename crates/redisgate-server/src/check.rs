@@ -61,6 +61,14 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
             result: ping(t.url.expose_secret()).await,
         });
     }
+    // Opening SQLite creates the file: a check must not, so a missing file is reported.
+    let sqlite_file = settings.data_dir.join("redisgate.db");
+    if settings.database_url.is_none() && !sqlite_file.exists() {
+        let reason =
+            format!("no database at {} (has RedisGate run with this data_dir?)", sqlite_file.display());
+        lines.push(Line { component: "metadata store (sqlite)".into(), result: Err(reason) });
+        return lines;
+    }
     let started = Instant::now();
     let store = match tokio::time::timeout(TIMEOUT, redisgate_store::connect(&settings.store_url())).await {
         Ok(Ok(store)) => store,
@@ -87,7 +95,12 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         }
     };
     let secret_key = settings.secret_key.as_ref().map(|k| k.expose_secret().to_owned());
-    let sealer = Sealer::load(secret_key.as_deref(), &settings.data_dir);
+    let key_file = settings.data_dir.join("secret.key");
+    let sealer = if secret_key.is_none() && !key_file.exists() {
+        Err("no secret key".to_owned())
+    } else {
+        Sealer::load(secret_key.as_deref(), &settings.data_dir).map_err(|e| e.to_string())
+    };
     let root = settings.data_dir.join("instances");
     for rec in records {
         let inst = &rec.instance;

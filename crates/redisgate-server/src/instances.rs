@@ -175,10 +175,23 @@ impl Instances {
         })
     }
 
-    /// Stops the local servers (data kept) at shutdown.
+    /// Stops the local servers (data kept) at shutdown, and says so: their status is
+    /// `stopped` until the next start brings them back.
     pub async fn shutdown(&self) {
-        self.backends.write().expect("backends lock").clear();
+        let served: Vec<InstanceId> =
+            self.backends.write().expect("backends lock").drain().map(|(id, _)| id).collect();
         self.local.shutdown().await;
         self.external.shutdown().await;
+        for id in served {
+            let Ok(rec) = self.store.instance(id).await else { continue };
+            if rec.instance.provisioner == ProvisionerKind::Local {
+                self.set(
+                    id,
+                    InstanceStatus::Stopped,
+                    Some("RedisGate stopped; it starts again with RedisGate".into()),
+                )
+                .await;
+            }
+        }
     }
 }

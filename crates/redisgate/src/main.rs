@@ -101,10 +101,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!(
-        "RedisGate serving the Upstash REST API on http://{addr}/ ({} token(s))",
-        settings.tokens.len()
-    );
+    eprintln!("RedisGate serving on http://{addr}/ (API docs: http://{addr}/docs)");
+    if settings.tokens.is_empty() {
+        eprintln!(
+            "Create the first user (it administers this deployment):\n  \
+             curl -X POST http://{addr}/auth/register -H 'content-type: application/json' \\\n    \
+             -d '{{\"email\":\"you@example.com\",\"password\":\"a long passphrase\"}}'"
+        );
+    } else {
+        eprintln!(
+            "Standalone mode: the Upstash REST API for {} token(s) at http://{addr}/",
+            settings.tokens.len()
+        );
+    }
     redisgate_server::launch(settings, listener, shutdown_signal()).await
 }
 

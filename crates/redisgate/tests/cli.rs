@@ -176,6 +176,22 @@ fn config_default_prints_a_valid_example() {
 #[test]
 fn check_exits_non_zero_when_something_is_down() {
     let data = data_dir();
+    // Nothing has run here yet: the check says so, and creates nothing.
+    let none = Command::new(BIN).arg("check").env_clear().env("REDISGATE_DATA_DIR", &data).output().unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no database at"));
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "check created files");
+    let (_redis, rport) = redis(&[]);
+    let url = format!("redis://127.0.0.1:{rport}");
+    let data_str = data.to_str().unwrap();
+    let env = [
+        ("REDISGATE_DATA_DIR", data_str),
+        ("REDISGATE_TOKEN", "long-enough-token"),
+        ("REDISGATE_REDIS_URL", &url),
+    ];
+    let (mut gw, port, _) = serve(&env, &["--listen", "127.0.0.1:0"]);
+    until_ok(port, "long-enough-token", r#"["PING"]"#);
+    assert!(sigterm_and_wait(&mut gw).success());
     let ok = Command::new(BIN).arg("check").env_clear().env("REDISGATE_DATA_DIR", &data).output().unwrap();
     let text = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{text}");

@@ -306,6 +306,11 @@ async fn openapi_document_and_docs_page() {
         "/api/organizations/{org_id}/members/{user_id}",
         "/api/organizations/{org_id}/quota",
         "/api/organizations/{org_id}/audit-logs",
+        "/api/organizations/{org_id}/redis-instances",
+        "/api/organizations/{org_id}/redis-instances/{instance_id}",
+        "/api/organizations/{org_id}/redis-instances/{instance_id}/stats",
+        "/api/organizations/{org_id}/api-keys",
+        "/api/organizations/{org_id}/api-keys/{key_id}",
     ] {
         assert!(paths.contains_key(p), "{p} missing from /openapi.json");
     }

@@ -285,6 +285,11 @@ async fn instances_survive_a_restart_and_deletion_removes_them() {
     let (org, instance, token) = (t.org.clone(), t.instance.clone(), t.api.token.clone());
     drop(t);
     g.shutdown().await;
+    // While RedisGate is down, the store says so.
+    let store = redisgate_store::connect(&settings().store_url()).await.unwrap();
+    let rec = store.instance(instance.parse().unwrap()).await.unwrap();
+    assert_eq!(rec.instance.status, redisgate_core::instance::InstanceStatus::Stopped);
+    drop(store);
 
     let g = Gate::start_with_data_dir(settings()).await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -341,4 +346,33 @@ async fn check_reports_every_component() {
     assert!(!failing[0].contains("hunter2"));
     drop(t);
     g.shutdown().await;
+}
+
+/// The same platform on PostgreSQL: only `database_url` changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_on_postgresql() {
+    use sqlx::Connection as _;
+    let admin_url = std::env::var("REDISGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("rg_it_{}", uuid::Uuid::new_v4().simple());
+    let mut admin =
+        sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL (scripts/test.sh starts it)");
+    // `name` is our own hex id, nothing a user wrote.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let settings = Settings { database_url: Some(format!("{base}/{name}").into()), ..Settings::default() };
+
+    let g = Gate::start_unchecked(settings).await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", "on", "postgres"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["GET", "on"])).await.1, json!({"result": "postgres"}));
+    let (s, log) = t.api.get(&format!("/api/organizations/{}/audit-logs", t.org)).await;
+    assert_eq!((s, log["items"][0]["action"].as_str()), (200, Some("api_key.create")), "{log}");
+    drop(t);
+    g.shutdown().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }
