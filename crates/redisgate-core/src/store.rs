@@ -78,6 +78,14 @@ pub struct NewApiKey {
     pub created_by: Option<UserId>,
 }
 
+/// Totals of the deployment (gauges on `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub users: u64,
+    pub organizations: u64,
+    pub instances: u64,
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
@@ -148,5 +156,6 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
 
     // Counters for metrics.
-    async fn count_users(&self) -> StoreResult<u64>;
+    /// How many users, organizations and instances exist, in one round trip.
+    async fn counts(&self) -> StoreResult<Counts>;
 }

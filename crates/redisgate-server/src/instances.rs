@@ -66,6 +66,16 @@ impl Instances {
         self.backends.read().expect("backends lock").get(&id).cloned()
     }
 
+    /// `healthy` when its Redis answers the backend's health checks, `unhealthy` when the
+    /// gateway holds a backend that does not, `not_running` when there is none.
+    pub fn health(&self, id: InstanceId) -> &'static str {
+        match self.backend(id) {
+            Some((_, b)) if b.is_up() => "healthy",
+            Some(_) => "unhealthy",
+            None => "not_running",
+        }
+    }
+
     /// Provisions a stored instance and records the outcome; returns the status reached.
     pub async fn start(&self, rec: &InstanceRecord) -> (InstanceStatus, Option<String>) {
         let inst = &rec.instance;

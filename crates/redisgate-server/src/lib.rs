@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod gateway;
 pub mod instances;
+pub mod ops;
 pub mod secrets;
 pub mod serve;
 
@@ -59,8 +60,10 @@ pub async fn launch(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
+    ops::metrics::handle();
     let store =
         redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
+    let store = ops::metered::MeteredStore::wrap(store);
     let secret_key = settings.secret_key.as_ref().map(|k| k.expose_secret().to_owned());
     let sealer = Sealer::load(secret_key.as_deref(), &settings.data_dir)?;
     let instances = Arc::new(Instances::new(
@@ -81,9 +84,18 @@ pub async fn launch(
     tracker.spawn(record_key_usage(Arc::clone(&keys), cancel.clone()));
     // Instances come back in the background: the API answers meanwhile, and each instance's
     // status says where it is.
+    let health = ops::health::Health::new(
+        Arc::clone(&store),
+        Arc::clone(&instances),
+        &settings.instances.redis_server,
+    );
+    tracker.spawn(Arc::clone(&health).run(settings.backend.health_check_interval, cancel.clone()));
     tracker.spawn({
-        let instances = Arc::clone(&instances);
-        async move { instances.restore_all().await }
+        let (instances, health) = (Arc::clone(&instances), Arc::clone(&health));
+        async move {
+            instances.restore_all().await;
+            health.startup_complete();
+        }
     });
     // Streams end as soon as shutdown starts (they would otherwise hold the drain open);
     // backend supervisors stop only after in-flight requests are done.
@@ -107,7 +119,7 @@ pub async fn launch(
             a.max_failed_logins_per_ip,
         ),
     });
-    let app = router(api, gateway, !settings.tokens.is_empty(), &settings.cors);
+    let app = router(api, gateway, health, !settings.tokens.is_empty(), &settings.cors);
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
 
@@ -178,19 +190,39 @@ fn build_tokens(
 /// The management API, its OpenAPI document and docs page, the protocol for instances under
 /// `/redis/{instance_id}`, and — in standalone mode — the protocol at `/` for every path the
 /// others do not own.
-fn router(api: Arc<ApiState>, gw: Arc<Gateway>, standalone: bool, cors: &CorsSettings) -> Router {
+fn router(
+    api: Arc<ApiState>,
+    gw: Arc<Gateway>,
+    health: Arc<ops::health::Health>,
+    standalone: bool,
+    cors: &CorsSettings,
+) -> Router {
     let (management, openapi) = api::router(api);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
     let data_plane = Router::new()
         .route("/redis/{instance_id}", axum::routing::any(gateway::handle_instance))
         .route("/redis/{instance_id}/{*rest}", axum::routing::any(gateway::handle_instance))
         .with_state(Arc::clone(&gw));
-    let app = management.merge(docs).merge(data_plane);
-    let app = if standalone {
-        app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw))
+    let operations = Router::new()
+        .route("/metrics", axum::routing::get(|| async { ops::metrics::render() }))
+        .route("/health/live", axum::routing::get(ops::health::live))
+        .route("/health/ready", axum::routing::get(ops::health::ready))
+        .route("/health", axum::routing::get(ops::health::health))
+        .with_state(health);
+    let app = management
+        .merge(docs)
+        .merge(data_plane)
+        .merge(operations)
+        .route_layer(axum::middleware::from_fn(ops::metrics::expose_route));
+    let (app, unmatched) = if standalone {
+        (app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw)), "standalone")
     } else {
-        app.fallback(|| async { api::ApiError::NotFound("route") })
+        (app.fallback(|| async { api::ApiError::NotFound("route") }), "unmatched")
     };
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        ops::metrics::FallbackLabel(unmatched),
+        ops::metrics::track_http,
+    ));
     match cors_layer(cors) {
         Some(layer) => app.layer(layer),
         None => app,

@@ -16,7 +16,7 @@ use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::store::{
-    Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Decode, Postgres, Row, Type};
@@ -822,11 +822,15 @@ impl Store for PgStore {
         rows.iter().map(audit_from).collect()
     }
 
-    async fn count_users(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+    async fn counts(&self) -> StoreResult<Counts> {
+        let (users, orgs, instances): (i64, i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM organizations), (SELECT count(*) FROM redis_instances)")
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?;
-        to_u64("user count", n)
+        Ok(Counts {
+            users: to_u64("user count", users)?,
+            organizations: to_u64("organization count", orgs)?,
+            instances: to_u64("instance count", instances)?,
+        })
     }
 }

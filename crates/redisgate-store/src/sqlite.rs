@@ -20,7 +20,7 @@ use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::store::{
-    Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -914,9 +914,14 @@ impl Store for SqliteStore {
 
     // Counters.
 
-    async fn count_users(&self) -> StoreResult<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await.map_err(db)?;
-        u64::try_from(n).map_err(|e| corrupt("user count", e))
+    async fn counts(&self) -> StoreResult<Counts> {
+        let (users, orgs, instances): (i64, i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM organizations), (SELECT count(*) FROM redis_instances)").fetch_one(&self.pool).await.map_err(db)?;
+        let count = |what: &str, n: i64| u64::try_from(n).map_err(|e| corrupt(what, e));
+        Ok(Counts {
+            users: count("user count", users)?,
+            organizations: count("organization count", orgs)?,
+            instances: count("instance count", instances)?,
+        })
     }
 }

@@ -34,18 +34,32 @@ pub struct NewRedisInstance {
 
 const DEFAULT_MEMORY_MB: u64 = 64;
 
+/// An instance with its live health, from the gateway's background health checks.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// `healthy` (its Redis answers), `unhealthy` (it does not), `not_running`.
+    pub health: &'static str,
+}
+
+fn view(state: &ApiState, instance: Instance) -> InstanceView {
+    let health = state.instances.health(instance.id);
+    InstanceView { instance, health }
+}
+
 /// Create an instance (owner, admin, member). It is started before the answer: the status
 /// says whether that worked (`running`) or why not (`error`).
 #[utoipa::path(post, path = "/api/organizations/{org_id}/redis-instances", tag = "redis-instances", security(("session" = [])),
     params(("org_id" = OrgId, Path)), request_body = NewRedisInstance,
-    responses((status = 201, body = Instance), (status = 403, description = "role or quota", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = InstanceView), (status = 403, description = "role or quota", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     state: State,
     meta: RequestMeta,
     CurrentUser(user): CurrentUser,
     ApiPath(org): ApiPath<OrgId>,
     ApiJson(req): ApiJson<NewRedisInstance>,
-) -> ApiResult<(StatusCode, axum::Json<Instance>)> {
+) -> ApiResult<(StatusCode, axum::Json<InstanceView>)> {
     let result = async {
         authorize(&state, user.id, org, Action::ManageInstances).await?;
         let name = req.name.trim();
@@ -93,19 +107,19 @@ async fn create(
     .await;
     let target = result.as_ref().ok().map(|i| i.id.to_string());
     let inst = audit::outcome(&state, &user, Some(org), "instance.create", target, &meta, result).await?;
-    Ok((StatusCode::CREATED, axum::Json(inst)))
+    Ok((StatusCode::CREATED, axum::Json(view(&state, inst))))
 }
 
 /// The organization's instances.
 #[utoipa::path(get, path = "/api/organizations/{org_id}/redis-instances", tag = "redis-instances", security(("session" = [])),
-    params(("org_id" = OrgId, Path)), responses((status = 200, body = Vec<Instance>), (status = 404, body = ErrorBody)))]
+    params(("org_id" = OrgId, Path)), responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
 async fn list(
     state: State,
     CurrentUser(user): CurrentUser,
     ApiPath(org): ApiPath<OrgId>,
-) -> ApiResult<axum::Json<Vec<Instance>>> {
+) -> ApiResult<axum::Json<Vec<InstanceView>>> {
     authorize(&state, user.id, org, Action::ViewInstances).await?;
-    Ok(axum::Json(state.store.instances(org).await?))
+    Ok(axum::Json(state.store.instances(org).await?.into_iter().map(|i| view(&state, i)).collect()))
 }
 
 async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<InstanceRecord> {
@@ -118,14 +132,14 @@ async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<In
 
 /// One instance with its status.
 #[utoipa::path(get, path = "/api/organizations/{org_id}/redis-instances/{instance_id}", tag = "redis-instances", security(("session" = [])),
-    params(("org_id" = OrgId, Path), ("instance_id" = InstanceId, Path)), responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
+    params(("org_id" = OrgId, Path), ("instance_id" = InstanceId, Path)), responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
 async fn get(
     state: State,
     CurrentUser(user): CurrentUser,
     ApiPath((org, id)): ApiPath<(OrgId, InstanceId)>,
-) -> ApiResult<axum::Json<Instance>> {
+) -> ApiResult<axum::Json<InstanceView>> {
     authorize(&state, user.id, org, Action::ViewInstances).await?;
-    Ok(axum::Json(record_of(&state, org, id).await?.instance))
+    Ok(axum::Json(view(&state, record_of(&state, org, id).await?.instance)))
 }
 
 /// Live stats from the instance's `INFO`: memory used, keys, ops/s, clients.

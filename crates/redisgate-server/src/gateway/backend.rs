@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BackendSettings;
+use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
 
 /// Why a backend could not serve a request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,17 +155,19 @@ impl Backend {
         }
     }
 
-    /// A dedicated pub/sub connection for one SSE stream. The permit bounds concurrent
-    /// streams; hold it as long as the connection.
-    pub async fn pubsub(&self) -> Result<(PubSub, OwnedSemaphorePermit), BackendError> {
+    /// A dedicated pub/sub connection for one SSE stream. The guard bounds concurrent
+    /// streams and counts the connection; hold it as long as the connection.
+    pub async fn pubsub(&self) -> Result<(PubSub, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        Ok((self.connect_dedicated(self.client.get_async_pubsub()).await?, permit))
+        let conn = self.connect_dedicated(self.client.get_async_pubsub()).await?;
+        Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
     /// A dedicated connection that has already sent MONITOR.
-    pub async fn monitor(&self) -> Result<(redis::aio::Monitor, OwnedSemaphorePermit), BackendError> {
+    pub async fn monitor(&self) -> Result<(redis::aio::Monitor, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        Ok((self.connect_dedicated(self.client.get_async_monitor()).await?, permit))
+        let conn = self.connect_dedicated(self.client.get_async_monitor()).await?;
+        Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
     /// Asks the supervisor to check the connection now: a request just saw it fail.
@@ -174,6 +177,7 @@ impl Backend {
 
     async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
         let mut failures = 0u32;
+        let mut lost_before = false;
         loop {
             let cfg = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.cfg.connect_timeout))
@@ -185,15 +189,23 @@ impl Backend {
             match attempt {
                 Ok(conn) => {
                     tracing::info!(backend = %self.label, "connected to Redis");
+                    if lost_before {
+                        metrics::counter!(REDIS_RECONNECTS).increment(1);
+                    }
                     failures = 0;
                     self.state.send_replace(State::Up(conn.clone()));
-                    if !self.watch(conn, &cancel).await {
+                    let active = ActiveConnection::open();
+                    let keep_going = self.watch(conn, &cancel).await;
+                    drop(active);
+                    if !keep_going {
                         return;
                     }
                     tracing::warn!(backend = %self.label, "connection to Redis lost; reconnecting");
+                    lost_before = true;
                     self.state.send_replace(State::Down("connection lost, reconnecting".into()));
                 }
                 Err(e) => {
+                    metrics::counter!(REDIS_CONNECTION_RETRIES).increment(1);
                     failures += 1;
                     let reason = short_reason(&e);
                     if failures > self.cfg.connect_retries
@@ -233,6 +245,28 @@ impl Backend {
             }
         }
     }
+}
+
+/// Counts one open Redis connection in `redis_connections_active` while it lives.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn open() -> Self {
+        metrics::gauge!(REDIS_CONNECTIONS_ACTIVE).increment(1.0);
+        ActiveConnection
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(REDIS_CONNECTIONS_ACTIVE).decrement(1.0);
+    }
+}
+
+/// Held by an SSE stream: its slot among `max_streams`, and its count as an open connection.
+pub struct StreamGuard {
+    _permit: OwnedSemaphorePermit,
+    _active: ActiveConnection,
 }
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.

@@ -1,23 +1,28 @@
 //! API keys on the data plane (`/redis/{instance_id}/…`).
 //!
 //! Keys are looked up by the SHA-256 of the presented text in an in-memory cache; the store
-//! is asked only on a miss, and entries live at most `ttl` (under 1 s by default), so a key
-//! revoked on another replica stops working within a second and one revoked here at once.
-//! Unknown keys are cached too, so guessing does not reach the database on every request.
+//! is asked only when the cached answer is older than `fresh_for` (under 1 s by default), so
+//! a key revoked on another replica stops working within a second and one revoked here at
+//! once. Unknown keys are cached too, so guessing does not reach the database on every
+//! request. While the store is unreachable, the last answer for a key keeps serving (a store
+//! outage must not take the data plane down with it); keys never seen get 503.
 //! `last_used_at` is collected in memory and written in batches, off the request path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redisgate_core::apikey::{ApiKey, looks_like_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId};
-use redisgate_core::store::{SecretHash, Store};
+use redisgate_core::store::{SecretHash, Store, StoreError};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::auth::Principal;
 use crate::instances::Instances;
+
+/// How long a request waits for the store on a cache refresh.
+const STORE_WAIT: Duration = Duration::from_millis(250);
 
 /// Why a key lookup gave no principal.
 pub enum Denied {
@@ -31,14 +36,44 @@ pub enum Denied {
 pub struct KeyAuth {
     store: Arc<dyn Store>,
     instances: Arc<Instances>,
-    cache: moka::future::Cache<SecretHash, Option<Arc<ApiKey>>>,
+    /// Answers and when they were fetched; kept well beyond `fresh_for` for store outages.
+    cache: moka::future::Cache<SecretHash, (Option<Arc<ApiKey>>, Instant)>,
+    fresh_for: Duration,
     used: Mutex<HashMap<ApiKeyId, OffsetDateTime>>,
 }
 
 impl KeyAuth {
-    pub fn new(store: Arc<dyn Store>, instances: Arc<Instances>, ttl: Duration) -> Self {
-        let cache = moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        KeyAuth { store, instances, cache, used: Mutex::default() }
+    pub fn new(store: Arc<dyn Store>, instances: Arc<Instances>, fresh_for: Duration) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_idle(Duration::from_secs(3600))
+            .build();
+        KeyAuth { store, instances, cache, fresh_for, used: Mutex::default() }
+    }
+
+    async fn lookup(&self, hash: SecretHash) -> Result<Option<Arc<ApiKey>>, Denied> {
+        let cached = self.cache.get(&hash).await;
+        if let Some((key, at)) = &cached
+            && at.elapsed() < self.fresh_for
+        {
+            return Ok(key.clone());
+        }
+        // Bounded, so that a store outage costs a request 250 ms at most, not a pool timeout.
+        let fetched = tokio::time::timeout(STORE_WAIT, self.store.api_key_by_hash(&hash)).await;
+        match fetched.unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".into()))) {
+            Ok(key) => {
+                let key = key.map(Arc::new);
+                self.cache.insert(hash, (key.clone(), Instant::now())).await;
+                Ok(key)
+            }
+            Err(e) => match cached {
+                Some((key, _)) => {
+                    tracing::warn!(error = %e, "key store unreachable; serving the last known answer");
+                    Ok(key)
+                }
+                None => Err(Denied::StoreDown),
+            },
+        }
     }
 
     /// The principal for `token` on `instance`.
@@ -47,13 +82,7 @@ impl KeyAuth {
             return Err(Denied::Unauthorized);
         }
         let hash: SecretHash = Sha256::digest(token.as_bytes()).into();
-        let store = Arc::clone(&self.store);
-        let key = self
-            .cache
-            .try_get_with(hash, async move { store.api_key_by_hash(&hash).await.map(|k| k.map(Arc::new)) })
-            .await
-            .map_err(|_| Denied::StoreDown)?
-            .ok_or(Denied::Unauthorized)?;
+        let key = self.lookup(hash).await?.ok_or(Denied::Unauthorized)?;
         let now = OffsetDateTime::now_utc();
         if !key.is_active(now) || !key.allows_instance(instance) {
             return Err(Denied::Unauthorized);

@@ -120,8 +120,14 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
         return unauthorized(&gw.sync);
     };
     match keys.principal(&token, id).await {
-        Ok(principal) => serve(&gw, principal, path, req).await,
-        Err(keys::Denied::Unauthorized) => unauthorized(&gw.sync),
+        Ok(principal) => {
+            metrics::counter!(crate::ops::metrics::API_KEY_REQUESTS).increment(1);
+            serve(&gw, principal, path, req).await
+        }
+        Err(keys::Denied::Unauthorized) => {
+            metrics::counter!(crate::ops::metrics::API_KEY_AUTH_FAILURES).increment(1);
+            unauthorized(&gw.sync)
+        }
         Err(keys::Denied::StoreDown) => {
             let e = backend::BackendError::Unavailable {
                 reason: "the key store is unreachable".into(),
@@ -187,23 +193,48 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
     }
 }
 
+/// Records a batch's commands: each gets its own outcome and an equal share of the time.
+fn record_commands(labels: &[&str], started: std::time::Instant, outcomes: Option<&[Value]>) {
+    let share = started.elapsed().as_secs_f64() / labels.len().max(1) as f64;
+    for (i, name) in labels.iter().enumerate() {
+        let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
+        crate::ops::metrics::redis_command(name, share, failed);
+    }
+}
+
 async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response {
     let sync = &gw.sync;
     let backend = &p.backend;
     let keepalive = gw.http.sse_keepalive;
+    let started = std::time::Instant::now();
+    let labels: Vec<&str> =
+        req.commands().iter().map(|c| crate::ops::metrics::command_label(c.name())).collect();
     let result = match req {
-        Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| single_reply(&v, fmt, sync)),
-        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| batch_reply(&vs, fmt, sync)),
+        Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
+            record_commands(&labels, started, Some(std::slice::from_ref(&v)));
+            single_reply(&v, fmt, sync)
+        }),
+        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| {
+            record_commands(&labels, started, Some(&vs));
+            batch_reply(&vs, fmt, sync)
+        }),
         Rq::Transaction(cmds) => exec::transaction(backend, cmds).await.map(|out| match out {
             // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
-            TxOutcome::Committed(vs) => batch_reply(&vs, Format { resp2: false, ..fmt }, sync),
-            TxOutcome::Discarded(text) => reply::error(StatusCode::BAD_REQUEST, &text, sync),
+            TxOutcome::Committed(vs) => {
+                record_commands(&labels, started, Some(&vs));
+                batch_reply(&vs, Format { resp2: false, ..fmt }, sync)
+            }
+            TxOutcome::Discarded(text) => {
+                record_commands(&labels, started, None);
+                reply::error(StatusCode::BAD_REQUEST, &text, sync)
+            }
         }),
         Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, gw.shutdown.clone()).await,
         Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, gw.shutdown.clone()).await,
         Rq::Monitor => sse::monitor(backend, keepalive, gw.shutdown.clone()).await,
     };
     result.unwrap_or_else(|e| {
+        record_commands(&labels, started, None);
         tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
         reply::backend_error(&e, sync)
     })

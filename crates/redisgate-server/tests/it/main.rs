@@ -6,6 +6,7 @@ mod common;
 mod instances;
 mod isolation;
 mod limits;
+mod ops;
 mod protocol;
 mod python_sdk;
 mod resilience;

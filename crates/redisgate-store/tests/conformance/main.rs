@@ -126,7 +126,7 @@ mod sqlite_only {
         {
             let store = redisgate_store::connect(&url).await.unwrap();
             store.ping().await.unwrap();
-            assert_eq!(store.count_users().await.unwrap(), 0, "case {i}");
+            assert_eq!(store.counts().await.unwrap().users, 0, "case {i}");
         }
     }
 

@@ -1,0 +1,177 @@
+//! Health probes. Answers come from background checks, never from a probe per request:
+//! the metadata store is pinged every `interval`, each instance's Redis by its backend's own
+//! health check (see `gateway::backend`).
+//!
+//! - `GET /health/live`: 200 whenever the process serves.
+//! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
+//!   answered; else 503 with a JSON reason.
+//! - `GET /health`: every component with `healthy` / `degraded` / `unhealthy`, plus
+//!   `uptime_seconds` and `version`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use redisgate_core::store::Store;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{INSTANCES, INSTANCES_UNHEALTHY, ORGANIZATIONS, READY, USERS};
+use crate::instances::Instances;
+
+#[derive(Clone, Default)]
+struct Check {
+    /// `None` before the first check.
+    result: Option<Result<Duration, String>>,
+}
+
+pub struct Health {
+    started: Instant,
+    startup_done: AtomicBool,
+    store: Arc<dyn Store>,
+    instances: Arc<Instances>,
+    store_check: RwLock<Check>,
+    /// Instances the store says exist and the unhealthy ones among them, from the last sweep.
+    instance_counts: RwLock<(u64, Vec<String>)>,
+    redis_server_found: bool,
+}
+
+impl Health {
+    pub fn new(
+        store: Arc<dyn Store>,
+        instances: Arc<Instances>,
+        redis_server: &std::path::Path,
+    ) -> Arc<Self> {
+        Arc::new(Health {
+            started: Instant::now(),
+            startup_done: AtomicBool::new(false),
+            store,
+            instances,
+            store_check: RwLock::default(),
+            instance_counts: RwLock::default(),
+            redis_server_found: binary_exists(redis_server),
+        })
+    }
+
+    /// Start-up work (migrations, restoring instances) is over.
+    pub fn startup_complete(&self) {
+        self.startup_done.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when this RedisGate should get traffic, else the reason.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.startup_done.load(Ordering::Acquire) {
+            return Err("start-up is not complete".into());
+        }
+        match &self.store_check.read().expect("health lock").result {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(format!("metadata store: {e}")),
+            None => Err("metadata store not checked yet".into()),
+        }
+    }
+
+    /// The background checks: store every `interval`, totals and instances every 5th time.
+    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        let mut round = 0u64;
+        loop {
+            let started = Instant::now();
+            let ping = tokio::time::timeout(interval, self.store.ping()).await;
+            let result = match ping {
+                Ok(Ok(())) => Ok(started.elapsed()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {interval:?}")),
+            };
+            let store_ok = result.is_ok();
+            self.store_check.write().expect("health lock").result = Some(result);
+            metrics::gauge!(READY).set(if self.ready().is_ok() { 1.0 } else { 0.0 });
+            if store_ok && round % 5 == 0 {
+                self.sweep().await;
+            }
+            round += 1;
+            tokio::select! {
+                () = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        if let Ok(c) = self.store.counts().await {
+            metrics::gauge!(USERS).set(c.users as f64);
+            metrics::gauge!(ORGANIZATIONS).set(c.organizations as f64);
+            metrics::gauge!(INSTANCES).set(c.instances as f64);
+        }
+        if let Ok(all) = self.store.all_instances().await {
+            let unhealthy: Vec<String> = all
+                .iter()
+                .filter(|r| self.instances.health(r.instance.id) != "healthy")
+                .map(|r| r.instance.id.to_string())
+                .collect();
+            metrics::gauge!(INSTANCES_UNHEALTHY).set(unhealthy.len() as f64);
+            *self.instance_counts.write().expect("health lock") = (all.len() as u64, unhealthy);
+        }
+    }
+}
+
+fn binary_exists(p: &std::path::Path) -> bool {
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
+}
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "live"}))
+}
+
+pub async fn ready(State(h): State<Arc<Health>>) -> Response {
+    match h.ready() {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "error": reason})))
+                .into_response()
+        }
+    }
+}
+
+pub async fn health(State(h): State<Arc<Health>>) -> Response {
+    let store = match &h.store_check.read().expect("health lock").result {
+        Some(Ok(d)) => json!({"status": "healthy", "latency_ms": d.as_secs_f64() * 1000.0}),
+        Some(Err(e)) => json!({"status": "unhealthy", "error": e}),
+        None => json!({"status": "unhealthy", "error": "not checked yet"}),
+    };
+    let store_ok = store["status"] == "healthy";
+    let provisioner = if h.redis_server_found {
+        json!({"status": "healthy", "kind": "local"})
+    } else {
+        json!({"status": "unhealthy", "kind": "local", "error": "redis-server binary not found"})
+    };
+    let (total, unhealthy) = h.instance_counts.read().expect("health lock").clone();
+    let instances = json!({
+        "status": if unhealthy.is_empty() { "healthy" } else { "degraded" },
+        "total": total,
+        "unhealthy": unhealthy,
+    });
+    let status = if !store_ok {
+        "unhealthy"
+    } else if !unhealthy.is_empty() || !h.redis_server_found || h.ready().is_err() {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let code = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({
+        "status": status,
+        "uptime_seconds": h.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": {"metadata_store": store, "provisioner": provisioner, "instances": instances},
+    });
+    if !store_ok {
+        body["error"] = json!("the metadata store is unavailable");
+    }
+    (code, Json(body)).into_response()
+}

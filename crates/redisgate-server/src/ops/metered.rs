@@ -1,0 +1,92 @@
+//! A [`Store`] that times and counts every operation (`database_queries_total{type}`,
+//! `database_query_errors_total{type}`, `database_query_duration_seconds{type}`), where
+//! `type` is the operation's name: a closed set, whatever the arguments.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use redisgate_core::account::{Email, User};
+use redisgate_core::apikey::ApiKey;
+use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry};
+use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId, UserId};
+use redisgate_core::instance::{Instance, InstanceStatus};
+use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::quota::{Plan, Quota};
+use redisgate_core::store::{
+    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreResult,
+};
+use time::OffsetDateTime;
+
+use super::metrics::{DB_DURATION, DB_ERRORS, DB_QUERIES};
+
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+}
+
+impl MeteredStore {
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(MeteredStore { inner })
+    }
+}
+
+fn record<T>(op: &'static str, started: Instant, result: &StoreResult<T>) {
+    metrics::counter!(DB_QUERIES, "type" => op).increment(1);
+    if result.is_err() {
+        metrics::counter!(DB_ERRORS, "type" => op).increment(1);
+    }
+    metrics::histogram!(DB_DURATION, "type" => op).record(started.elapsed().as_secs_f64());
+}
+
+/// Implements every `Store` method as "time the inner call, record it, return it".
+macro_rules! metered {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl Store for MeteredStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> StoreResult<$ret> {
+                    let started = Instant::now();
+                    let result = self.inner.$name($($arg),*).await;
+                    record(stringify!($name), started, &result);
+                    result
+                }
+            )*
+        }
+    };
+}
+
+metered! {
+    fn ping(&self) -> ();
+    fn create_user(&self, email: &Email, password_hash: &str) -> User;
+    fn user(&self, id: UserId) -> User;
+    fn credentials(&self, email: &Email) -> Option<Credentials>;
+    fn create_session(&self, token_hash: &SecretHash, user: UserId, expires_at: OffsetDateTime) -> ();
+    fn session_user(&self, token_hash: &SecretHash, now: OffsetDateTime) -> Option<User>;
+    fn revoke_session(&self, token_hash: &SecretHash) -> ();
+    fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> Organization;
+    fn org(&self, id: OrgId) -> Organization;
+    fn orgs_of(&self, user: UserId) -> Vec<(Organization, Role)>;
+    fn rename_org(&self, id: OrgId, name: &str) -> Organization;
+    fn delete_org(&self, id: OrgId) -> ();
+    fn set_quota(&self, id: OrgId, quota: Quota) -> Organization;
+    fn role_of(&self, org: OrgId, user: UserId) -> Option<Role>;
+    fn members(&self, org: OrgId) -> Vec<Member>;
+    fn add_member(&self, org: OrgId, user: UserId, role: Role) -> Member;
+    fn set_role(&self, org: OrgId, user: UserId, role: Role) -> Member;
+    fn remove_member(&self, org: OrgId, user: UserId) -> ();
+    fn create_instance(&self, new: NewInstance) -> InstanceRecord;
+    fn instance(&self, id: InstanceId) -> InstanceRecord;
+    fn instances(&self, org: OrgId) -> Vec<Instance>;
+    fn all_instances(&self) -> Vec<InstanceRecord>;
+    fn set_instance_status(&self, id: InstanceId, status: InstanceStatus, reason: Option<&str>) -> ();
+    fn delete_instance(&self, id: InstanceId) -> ();
+    fn create_api_key(&self, new: NewApiKey) -> ApiKey;
+    fn api_key(&self, id: ApiKeyId) -> ApiKey;
+    fn api_key_by_hash(&self, hash: &SecretHash) -> Option<ApiKey>;
+    fn api_keys(&self, org: OrgId) -> Vec<ApiKey>;
+    fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> ApiKey;
+    fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();
+    fn append_audit(&self, entry: NewAuditEntry) -> ();
+    fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;
+    fn counts(&self) -> Counts;
+}

@@ -1,0 +1,380 @@
+//! Prometheus metrics. Names and label keys are defined here once; label values come only
+//! from closed sets (route templates, known Redis command names, store operation names), so
+//! the number of series stays bounded whatever clients send.
+
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::Method;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_ERRORS: &str = "http_request_errors_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const REDIS_COMMANDS: &str = "redis_commands_total";
+pub const REDIS_COMMAND_ERRORS: &str = "redis_command_errors_total";
+pub const REDIS_COMMAND_DURATION: &str = "redis_command_duration_seconds";
+pub const REDIS_CONNECTIONS_ACTIVE: &str = "redis_connections_active";
+pub const REDIS_CONNECTION_RETRIES: &str = "redis_connection_retries_total";
+pub const REDIS_RECONNECTS: &str = "redis_reconnects_total";
+pub const DB_QUERIES: &str = "database_queries_total";
+pub const DB_ERRORS: &str = "database_query_errors_total";
+pub const DB_DURATION: &str = "database_query_duration_seconds";
+pub const INSTANCES: &str = "redis_instances_total";
+pub const INSTANCES_UNHEALTHY: &str = "redis_instances_unhealthy";
+pub const ORGANIZATIONS: &str = "organizations_total";
+pub const USERS: &str = "users_total";
+pub const READY: &str = "redisgate_ready";
+pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
+pub const API_KEY_AUTH_FAILURES: &str = "api_key_auth_failures_total";
+pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
+pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
+
+/// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
+const BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process-wide recorder (metrics are global in the `metrics` crate: several RedisGates in
+/// one process, as in tests, share it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder installed first (a host embedding us) keeps its place.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route template and status");
+    describe_counter!(HTTP_ERRORS, "HTTP responses with status >= 400");
+    describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request duration");
+    describe_counter!(REDIS_COMMANDS, "Redis commands run, by command name (or other)");
+    describe_counter!(REDIS_COMMAND_ERRORS, "Redis commands answered with an error or not answered");
+    describe_histogram!(
+        REDIS_COMMAND_DURATION,
+        metrics::Unit::Seconds,
+        "Redis command latency (a batch's time is shared by its commands)"
+    );
+    describe_gauge!(
+        REDIS_CONNECTIONS_ACTIVE,
+        "Open Redis connections: shared ones that are up, plus SSE streams"
+    );
+    describe_counter!(REDIS_CONNECTION_RETRIES, "Failed Redis connection attempts");
+    describe_counter!(REDIS_RECONNECTS, "Redis connections re-established after being lost");
+    describe_counter!(DB_QUERIES, "Metadata store operations, by operation");
+    describe_counter!(DB_ERRORS, "Failed metadata store operations");
+    describe_histogram!(DB_DURATION, metrics::Unit::Seconds, "Metadata store operation latency");
+    describe_gauge!(INSTANCES, "Redis instances in the metadata store");
+    describe_gauge!(INSTANCES_UNHEALTHY, "Instances that should run but whose Redis does not answer");
+    describe_gauge!(ORGANIZATIONS, "Organizations");
+    describe_gauge!(USERS, "Users");
+    describe_gauge!(READY, "1 when this RedisGate is ready to serve, else 0");
+    describe_counter!(API_KEY_REQUESTS, "Data-plane requests authenticated by an API key");
+    describe_counter!(API_KEY_AUTH_FAILURES, "Data-plane requests refused for a bad key");
+    describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by the rate limiter (429)");
+    describe_counter!(RATE_LIMIT_FALLBACKS, "Distributed rate-limit checks answered by the local limiter");
+}
+
+/// Renders the text exposition, with fresh process CPU and memory figures.
+pub fn render() -> String {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    let collector = PROCESS.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    });
+    collector.collect();
+    handle().render()
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Route templates as `'static` labels. The set is closed (the router's routes), so
+/// interning them by leaking is bounded.
+fn path_label(template: &str) -> &'static str {
+    static PATHS: OnceLock<RwLock<HashMap<String, &'static str>>> = OnceLock::new();
+    let paths = PATHS.get_or_init(Default::default);
+    if let Some(p) = paths.read().expect("paths lock").get(template) {
+        return p;
+    }
+    let mut w = paths.write().expect("paths lock");
+    w.entry(template.to_owned()).or_insert_with(|| Box::leak(template.to_owned().into_boxed_str()))
+}
+
+/// Which label a request without a matched route gets.
+#[derive(Clone, Copy)]
+pub struct FallbackLabel(pub &'static str);
+
+/// Inner layer (on matched routes only): hands the route template out to [`track_http`].
+pub async fn expose_route(req: Request, next: Next) -> Response {
+    let template = req.extensions().get::<MatchedPath>().map(|p| path_label(p.as_str()));
+    let mut res = next.run(req).await;
+    if let Some(t) = template {
+        res.extensions_mut().insert(RouteLabel(t));
+    }
+    res
+}
+
+#[derive(Clone, Copy)]
+struct RouteLabel(&'static str);
+
+/// Outer layer: counts and times every request by method, route template and status.
+pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let res = next.run(req).await;
+    let path = res.extensions().get::<RouteLabel>().map_or(fallback.0, |r| r.0);
+    let status = res.status();
+    let code = status.as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "path" => path, "status" => code.clone())
+        .increment(1);
+    if status.as_u16() >= 400 {
+        metrics::counter!(HTTP_ERRORS, "method" => method, "path" => path, "status" => code).increment(1);
+    }
+    metrics::histogram!(HTTP_DURATION, "method" => method, "path" => path)
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+/// Redis command names we label as themselves; anything else is `other`.
+const KNOWN_COMMANDS: &[&str] = &[
+    "APPEND",
+    "BITCOUNT",
+    "BITFIELD",
+    "BITFIELD_RO",
+    "BITOP",
+    "BITPOS",
+    "COPY",
+    "DBSIZE",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "DUMP",
+    "ECHO",
+    "EVAL",
+    "EVALSHA",
+    "EVALSHA_RO",
+    "EVAL_RO",
+    "EXISTS",
+    "EXPIRE",
+    "EXPIREAT",
+    "EXPIRETIME",
+    "FCALL",
+    "FCALL_RO",
+    "FLUSHALL",
+    "FLUSHDB",
+    "FUNCTION",
+    "GEOADD",
+    "GEODIST",
+    "GEOHASH",
+    "GEOPOS",
+    "GEORADIUS",
+    "GEORADIUSBYMEMBER",
+    "GEORADIUSBYMEMBER_RO",
+    "GEORADIUS_RO",
+    "GEOSEARCH",
+    "GEOSEARCHSTORE",
+    "GET",
+    "GETBIT",
+    "GETDEL",
+    "GETEX",
+    "GETRANGE",
+    "GETSET",
+    "HDEL",
+    "HEXISTS",
+    "HEXPIRE",
+    "HGET",
+    "HGETALL",
+    "HGETDEL",
+    "HGETEX",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HKEYS",
+    "HLEN",
+    "HMGET",
+    "HMSET",
+    "HPERSIST",
+    "HRANDFIELD",
+    "HSCAN",
+    "HSET",
+    "HSETEX",
+    "HSETNX",
+    "HSTRLEN",
+    "HTTL",
+    "HVALS",
+    "INCR",
+    "INCRBY",
+    "INCRBYFLOAT",
+    "INFO",
+    "JSON.ARRAPPEND",
+    "JSON.DEL",
+    "JSON.GET",
+    "JSON.MGET",
+    "JSON.SET",
+    "KEYS",
+    "LINDEX",
+    "LINSERT",
+    "LLEN",
+    "LMOVE",
+    "LMPOP",
+    "LPOP",
+    "LPOS",
+    "LPUSH",
+    "LPUSHX",
+    "LRANGE",
+    "LREM",
+    "LSET",
+    "LTRIM",
+    "MGET",
+    "MSET",
+    "MSETNX",
+    "PERSIST",
+    "PEXPIRE",
+    "PEXPIREAT",
+    "PEXPIRETIME",
+    "PFADD",
+    "PFCOUNT",
+    "PFMERGE",
+    "PING",
+    "PSETEX",
+    "PTTL",
+    "PUBLISH",
+    "PUBSUB",
+    "RANDOMKEY",
+    "RENAME",
+    "RENAMENX",
+    "RPOP",
+    "RPOPLPUSH",
+    "RPUSH",
+    "RPUSHX",
+    "SADD",
+    "SCAN",
+    "SCARD",
+    "SCRIPT",
+    "SDIFF",
+    "SDIFFSTORE",
+    "SET",
+    "SETBIT",
+    "SETEX",
+    "SETNX",
+    "SETRANGE",
+    "SINTER",
+    "SINTERCARD",
+    "SINTERSTORE",
+    "SISMEMBER",
+    "SMEMBERS",
+    "SMISMEMBER",
+    "SMOVE",
+    "SORT",
+    "SORT_RO",
+    "SPOP",
+    "SRANDMEMBER",
+    "SREM",
+    "SSCAN",
+    "STRLEN",
+    "SUNION",
+    "SUNIONSTORE",
+    "TIME",
+    "TOUCH",
+    "TTL",
+    "TYPE",
+    "UNLINK",
+    "XACK",
+    "XADD",
+    "XAUTOCLAIM",
+    "XCLAIM",
+    "XDEL",
+    "XGROUP",
+    "XINFO",
+    "XLEN",
+    "XPENDING",
+    "XRANGE",
+    "XREAD",
+    "XREADGROUP",
+    "XREVRANGE",
+    "XTRIM",
+    "ZADD",
+    "ZCARD",
+    "ZCOUNT",
+    "ZDIFF",
+    "ZDIFFSTORE",
+    "ZINCRBY",
+    "ZINTER",
+    "ZINTERCARD",
+    "ZINTERSTORE",
+    "ZLEXCOUNT",
+    "ZMPOP",
+    "ZMSCORE",
+    "ZPOPMAX",
+    "ZPOPMIN",
+    "ZRANDMEMBER",
+    "ZRANGE",
+    "ZRANGEBYLEX",
+    "ZRANGEBYSCORE",
+    "ZRANGESTORE",
+    "ZRANK",
+    "ZREM",
+    "ZREMRANGEBYLEX",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYSCORE",
+    "ZREVRANGE",
+    "ZREVRANGEBYLEX",
+    "ZREVRANGEBYSCORE",
+    "ZREVRANK",
+    "ZSCAN",
+    "ZSCORE",
+    "ZUNION",
+    "ZUNIONSTORE",
+];
+
+/// The label for a command name (upper case): itself if known, else `other`.
+pub fn command_label(name: &str) -> &'static str {
+    KNOWN_COMMANDS.binary_search(&name).map_or("other", |i| KNOWN_COMMANDS[i])
+}
+
+/// Records one Redis command's outcome.
+pub fn redis_command(name: &str, seconds: f64, failed: bool) {
+    let command = command_label(name);
+    metrics::counter!(REDIS_COMMANDS, "command" => command).increment(1);
+    if failed {
+        metrics::counter!(REDIS_COMMAND_ERRORS, "command" => command).increment(1);
+    }
+    metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(seconds);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_table_is_sorted_and_closed() {
+        assert!(KNOWN_COMMANDS.windows(2).all(|w| w[0] < w[1]), "KNOWN_COMMANDS must stay sorted");
+        assert_eq!(command_label("GET"), "GET");
+        assert_eq!(command_label("ZRANGESTORE"), "ZRANGESTORE");
+        assert_eq!(command_label("NOSUCHCOMMAND"), "other");
+        assert_eq!(command_label("get"), "other", "callers pass upper case");
+    }
+}

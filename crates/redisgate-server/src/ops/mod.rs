@@ -1,0 +1,12 @@
+//! Operations: Prometheus metrics and health probes.
+//!
+//! # Layout
+//! - [`metrics`]: metric names (defined once), the recorder, the HTTP middleware, label
+//!   helpers that keep every label in a closed set.
+//! - [`metered`]: the store decorator that times every metadata query.
+//! - [`health`]: `/health/live`, `/health/ready`, `/health` and the background checks
+//!   behind them.
+
+pub mod health;
+pub mod metered;
+pub mod metrics;

@@ -1,0 +1,281 @@
+//! Operations: `/metrics` after real traffic (every series, closed label sets, bounded
+//! cardinality) and the health probes, including a metadata-store outage at the socket level.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redisgate_server::config::Settings;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::api::{Api, control_plane};
+use crate::common::{Gate, free_port, token};
+use crate::instances::{Tenant, redis_cmd};
+
+async fn scrape(g: &Gate) -> String {
+    let r = g.http.get(g.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// Series lines (`name{labels} value`), comments skipped.
+fn series(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(s, _)| s).to_owned())
+        .collect()
+}
+
+fn has(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    series(text).iter().any(|s| {
+        let (n, rest) = s.split_once('{').unwrap_or((s.as_str(), ""));
+        n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_real_traffic() {
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let mut settings = Settings::default();
+    settings.backend.health_check_interval = Duration::from_millis(200);
+    settings.tokens = vec![redisgate_server::config::TokenConfig {
+        token: "standalone-to-nowhere".to_owned().into(),
+        url: dead_redis.into(),
+        read_only: false,
+        name: None,
+    }];
+    let g = Gate::start_unchecked(settings).await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", "k", "v"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["GET", "k"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["INCR", "k"])).await.0, 400);
+    assert_eq!(redis_cmd(&g, &t.instance, "rg_bad", json!(["GET", "k"])).await.0, 401);
+    let (s, _) = Api::anon(&g)
+        .post("/auth/register", json!({"email": "ann@example.com", "password": "correct horse battery"}))
+        .await;
+    assert_eq!(s, 409, "a failed store insert counts as a query error");
+
+    // Gauges are refreshed in the background (every 5 health rounds: 1 s here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&g).await;
+        if has(&text, "users_total", &[])
+            && text.lines().any(|l| l.starts_with("users_total ") && !l.ends_with(" 0"))
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "gauges never refreshed:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let expect: &[(&str, &[(&str, &str)])] = &[
+        ("http_requests_total", &[("method", "POST"), ("path", "/redis/{instance_id}"), ("status", "200")]),
+        ("http_requests_total", &[("method", "POST"), ("path", "/api/organizations"), ("status", "201")]),
+        (
+            "http_request_errors_total",
+            &[("method", "POST"), ("path", "/redis/{instance_id}"), ("status", "401")],
+        ),
+        ("http_request_errors_total", &[("method", "POST"), ("path", "/auth/register"), ("status", "409")]),
+        ("http_request_duration_seconds_bucket", &[("method", "POST"), ("path", "/redis/{instance_id}")]),
+        ("http_request_duration_seconds_count", &[("method", "POST"), ("path", "/auth/login")]),
+        ("redis_commands_total", &[("command", "SET")]),
+        ("redis_commands_total", &[("command", "GET")]),
+        ("redis_command_errors_total", &[("command", "INCR")]),
+        ("redis_command_duration_seconds_bucket", &[("command", "GET")]),
+        ("redis_connections_active", &[]),
+        ("redis_connection_retries_total", &[]),
+        ("database_queries_total", &[("type", "create_user")]),
+        ("database_queries_total", &[("type", "api_key_by_hash")]),
+        ("database_query_errors_total", &[("type", "create_user")]),
+        ("database_query_duration_seconds_bucket", &[("type", "create_instance")]),
+        ("redis_instances_total", &[]),
+        ("redis_instances_unhealthy", &[]),
+        ("organizations_total", &[]),
+        ("users_total", &[]),
+        ("redisgate_ready", &[]),
+        ("api_key_requests_total", &[]),
+        ("api_key_auth_failures_total", &[]),
+        ("process_cpu_seconds_total", &[]),
+        ("process_resident_memory_bytes", &[]),
+    ];
+    for (name, labels) in expect {
+        assert!(has(&text, name, labels), "missing {name}{labels:?} in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("redis_connections_active ") && !l.ends_with(" 0")));
+    // Only closed label values: no key, id or token ever appears.
+    for line in series(&text) {
+        assert!(!line.contains(&t.instance) && !line.contains(&t.org) && !line.contains(&key), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_sets_stay_bounded() {
+    let g = control_plane().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    // One request of every kind first, so that every label combination exists.
+    let warm = json!([["SET", "warm", "1"], ["NOSUCHCMD1"]]);
+    let url = g.url(&format!("/redis/{}/pipeline", t.instance));
+    g.http.post(&url).bearer_auth(&key).json(&warm).send().await.unwrap();
+    g.http.get(g.url("/nowhere/at/all")).send().await.unwrap();
+    g.http.get(g.url(&format!("/api/organizations/{}", uuid::Uuid::new_v4()))).send().await.unwrap();
+    g.http
+        .post(g.url(&format!("/redis/{}/get/k", uuid::Uuid::new_v4())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    scrape(&g).await;
+    let before_text = scrape(&g).await;
+    let before = series(&before_text);
+    // 10,000 distinct keys and 1,000 random command names, in pipelines of 500.
+    for batch in 0..22 {
+        let cmds: Vec<serde_json::Value> = (0..500)
+            .map(|i| {
+                let n = batch * 500 + i;
+                if batch < 20 {
+                    json!(["SET", format!("key:{n}"), "v"])
+                } else {
+                    json!([format!("CMD{n:x}Q"), "x"])
+                }
+            })
+            .collect();
+        let r = g.http.post(&url).bearer_auth(&key).json(&cmds).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Random paths: unknown routes, unknown ids, unknown instances.
+    for i in 0..300 {
+        g.http.get(g.url(&format!("/random/{i}/path"))).send().await.unwrap();
+        g.http.get(g.url(&format!("/api/organizations/{}", uuid::Uuid::new_v4()))).send().await.unwrap();
+        g.http
+            .post(g.url(&format!("/redis/{}/get/k{i}", uuid::Uuid::new_v4())))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let after_text = scrape(&g).await;
+    let after = series(&after_text);
+    // Background work (the once-a-second key-usage flush, status writes) may add a few
+    // series from closed sets meanwhile; 11,000 distinct keys, names and ids must add none.
+    let new: Vec<&String> = after.difference(&before).collect();
+    assert!(new.len() < 60, "series grew by {}: {new:#?}", new.len());
+    for line in &after {
+        assert!(!line.contains("key:") && !line.contains("CMD") && !line.contains("/random/"), "{line}");
+    }
+    assert!(after.len() < 1000, "{} series", after.len());
+    assert!(has(&after_text, "redis_commands_total", &[("command", "other")]));
+    assert!(has(&after_text, "http_requests_total", &[("path", "unmatched")]));
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, like a database outage.
+struct Proxy {
+    port: u16,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(port: u16, upstream: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let inner = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                inner.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Proxy { port, tasks }
+    }
+
+    /// Stops accepting and drops every open connection.
+    fn cut(&self) {
+        self.tasks.lock().unwrap().drain(..).for_each(|t| t.abort());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_metadata_store() {
+    use sqlx::Connection as _;
+    let admin_url = std::env::var("REDISGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("rg_it_{}", uuid::Uuid::new_v4().simple());
+    let mut admin =
+        sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL (scripts/test.sh starts it)");
+    // `name` is our own hex id, nothing a user wrote.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let pg_port: u16 = admin_url.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(0, pg_port).await;
+    let (creds, _) = admin_url.rsplit_once('@').unwrap();
+    let url = format!("{creds}@127.0.0.1:{}/{name}", proxy.port);
+    let settings = Settings { database_url: Some(url.into()), ..Settings::default() };
+    let g = Gate::start_unchecked(settings).await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", "k", "v"])).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.http.get(g.url("/health/ready")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, inst) = t.api.get(&format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance)).await;
+    assert_eq!((s, inst["health"].as_str()), (200, Some("healthy")), "{inst}");
+
+    // PostgreSQL goes away: not ready within 2 s, with a JSON reason; liveness stays.
+    proxy.cut();
+    let cut_at = Instant::now();
+    loop {
+        let r = g.http.get(g.url("/health/ready")).send().await.unwrap();
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("metadata store"), "{body}");
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(2),
+            "still ready {:?} after the store went away",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(g.http.get(g.url("/health/live")).send().await.unwrap().status(), 200);
+    let r = g.http.get(g.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["components"]["metadata_store"]["status"], "unhealthy");
+    // The data plane keeps serving the key it knows.
+    for _ in 0..5 {
+        assert_eq!(
+            redis_cmd(&g, &t.instance, &key, json!(["GET", "k"])).await,
+            (200, json!({"result": "v"}))
+        );
+    }
+
+    // PostgreSQL is back: ready again.
+    let _back = Proxy::start(proxy.port, pg_port).await;
+    let back_at = Instant::now();
+    while g.http.get(g.url("/health/ready")).send().await.unwrap().status() != 200 {
+        assert!(back_at.elapsed() < Duration::from_secs(10), "not ready again after the store came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, body) = g.http.get(g.url("/health")).send().await.map(|r| (r.status(), r)).unwrap();
+    assert_eq!(s, 200);
+    let body: serde_json::Value = body.json().await.unwrap();
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["uptime_seconds"].is_u64());
+    drop(t);
+    g.shutdown().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await;
+    let _ = token;
+}
