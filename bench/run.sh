@@ -204,7 +204,11 @@ GW="http://127.0.0.1:$GPORT"
 AUTH=(-H "Authorization: Bearer $TOKEN")
 # a clean environment: no REDISGATE_* / SRH_* from the caller's shell leaks into the gateway
 unset_env=(); for v in $(compgen -e | grep -E '^(REDISGATE_|SRH_)'); do unset_env+=(-u "$v"); done
+# Metrics on and the rate limiter on with a limit no run reaches, as the operations issue asks;
+# state (the SQLite metadata store) in the output dir.
 "${SRV_PIN[@]}" env "${unset_env[@]}" REDISGATE_TOKEN="$TOKEN" REDISGATE_REDIS_URL="redis://127.0.0.1:$RPORT" \
+  REDISGATE_RATE_LIMIT__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__BURST=1000000000 \
+  REDISGATE_DATA_DIR="$OUT/redisgate-data" \
   "$BIN" serve --listen "127.0.0.1:$GPORT" > "$OUT/redisgate.log" 2>&1 &
 GW_PID=$!
 wait_until 10 curl -sf "${AUTH[@]}" "$GW/get/$KEY" || { echo "RedisGate did not answer on $GW (see $OUT/redisgate.log)" >&2; exit 1; }

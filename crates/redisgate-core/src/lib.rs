@@ -25,6 +25,7 @@ pub mod org;
 pub mod policy;
 pub mod provision;
 pub mod quota;
+pub mod ratelimit;
 pub mod request;
 pub mod store;
 

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use redisgate_core::quota::Plan;
+use redisgate_core::ratelimit::Rate;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -38,6 +40,36 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub auth: AuthSettings,
     pub instances: InstanceSettings,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Data-plane rate limits (GCRA per API key, per token in standalone mode).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// The default rate: requests per second, and how many may come at once.
+    pub per_second: u32,
+    pub burst: u32,
+    /// Rates for organizations on a plan, e.g. `[rate_limit.plans.pro] per_second = 1000`.
+    pub plans: HashMap<Plan, Rate>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self { enabled: true, per_second: 100, burst: 100, plans: HashMap::new() }
+    }
+}
+
+impl RateLimitSettings {
+    pub fn default_rate(&self) -> Rate {
+        Rate { per_second: self.per_second, burst: self.burst }
+    }
+
+    /// The rate of an organization on `plan`.
+    pub fn for_plan(&self, plan: Plan) -> Rate {
+        self.plans.get(&plan).copied().unwrap_or_else(|| self.default_rate())
+    }
 }
 
 /// Local instances (redis-server child processes, data under `data_dir/instances`).
@@ -69,6 +101,7 @@ impl Default for Settings {
             cors: CorsSettings::default(),
             auth: AuthSettings::default(),
             instances: InstanceSettings::default(),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }
@@ -363,6 +396,13 @@ impl Settings {
                     "database_url",
                     "must start with postgres://, postgresql:// or sqlite://",
                 ));
+            }
+        }
+        let rates = std::iter::once(("rate_limit", self.rate_limit.default_rate()))
+            .chain(self.rate_limit.plans.values().map(|r| ("rate_limit.plans", *r)));
+        for (key, r) in rates {
+            if r.per_second == 0 || r.burst == 0 {
+                return Err(invalid(key, "per_second and burst must be at least 1"));
             }
         }
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {

@@ -79,8 +79,13 @@ pub async fn launch(
         tracker.clone(),
         cancel.clone(),
     ));
-    let keys =
-        Arc::new(KeyAuth::new(Arc::clone(&store), Arc::clone(&instances), settings.auth.key_cache_ttl));
+    let rate_limit = settings.rate_limit.enabled.then(|| settings.rate_limit.clone());
+    let keys = Arc::new(KeyAuth::new(
+        Arc::clone(&store),
+        Arc::clone(&instances),
+        settings.auth.key_cache_ttl,
+        rate_limit,
+    ));
     tracker.spawn(record_key_usage(Arc::clone(&keys), cancel.clone()));
     // Instances come back in the background: the API answers meanwhile, and each instance's
     // status says where it is.
@@ -103,6 +108,7 @@ pub async fn launch(
     let gateway = Arc::new(Gateway {
         tokens,
         keys: Some(Arc::clone(&keys)),
+        limiter: ops::ratelimit::RateLimiter::new(),
         http: settings.http.clone(),
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),
@@ -182,7 +188,11 @@ fn build_tokens(
         };
         // A standalone token is Upstash's "Standard" token: every command, scripts included.
         let access = if t.read_only { Access::ReadOnly } else { Access::Admin };
-        tokens.add(t.token.expose_secret(), Principal { access, backend });
+        let limit = settings
+            .rate_limit
+            .enabled
+            .then(|| (ops::ratelimit::Bucket::Token(i), settings.rate_limit.default_rate()));
+        tokens.add(t.token.expose_secret(), Principal { access, backend, limit });
     }
     Ok(tokens)
 }

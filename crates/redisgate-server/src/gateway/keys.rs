@@ -14,12 +14,18 @@ use std::time::{Duration, Instant};
 
 use redisgate_core::apikey::{ApiKey, looks_like_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId};
+use redisgate_core::quota::Plan;
 use redisgate_core::store::{SecretHash, Store, StoreError};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::auth::Principal;
+use crate::config::RateLimitSettings;
 use crate::instances::Instances;
+use crate::ops::ratelimit::Bucket;
+
+/// A key with its organization's plan (which sets its rate limit).
+type KnownKey = Arc<(ApiKey, Plan)>;
 
 /// How long a request waits for the store on a cache refresh.
 const STORE_WAIT: Duration = Duration::from_millis(250);
@@ -37,21 +43,34 @@ pub struct KeyAuth {
     store: Arc<dyn Store>,
     instances: Arc<Instances>,
     /// Answers and when they were fetched; kept well beyond `fresh_for` for store outages.
-    cache: moka::future::Cache<SecretHash, (Option<Arc<ApiKey>>, Instant)>,
+    cache: moka::future::Cache<SecretHash, (Option<KnownKey>, Instant)>,
     fresh_for: Duration,
+    rate_limit: Option<RateLimitSettings>,
     used: Mutex<HashMap<ApiKeyId, OffsetDateTime>>,
 }
 
 impl KeyAuth {
-    pub fn new(store: Arc<dyn Store>, instances: Arc<Instances>, fresh_for: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        instances: Arc<Instances>,
+        fresh_for: Duration,
+        rate_limit: Option<RateLimitSettings>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_idle(Duration::from_secs(3600))
             .build();
-        KeyAuth { store, instances, cache, fresh_for, used: Mutex::default() }
+        KeyAuth { store, instances, cache, fresh_for, rate_limit, used: Mutex::default() }
     }
 
-    async fn lookup(&self, hash: SecretHash) -> Result<Option<Arc<ApiKey>>, Denied> {
+    /// The key and its organization's plan (for the plan's rate limit).
+    async fn fetch(&self, hash: &SecretHash) -> Result<Option<(ApiKey, Plan)>, StoreError> {
+        let Some(key) = self.store.api_key_by_hash(hash).await? else { return Ok(None) };
+        let plan = self.store.org(key.org_id).await?.plan;
+        Ok(Some((key, plan)))
+    }
+
+    async fn lookup(&self, hash: SecretHash) -> Result<Option<KnownKey>, Denied> {
         let cached = self.cache.get(&hash).await;
         if let Some((key, at)) = &cached
             && at.elapsed() < self.fresh_for
@@ -59,7 +78,7 @@ impl KeyAuth {
             return Ok(key.clone());
         }
         // Bounded, so that a store outage costs a request 250 ms at most, not a pool timeout.
-        let fetched = tokio::time::timeout(STORE_WAIT, self.store.api_key_by_hash(&hash)).await;
+        let fetched = tokio::time::timeout(STORE_WAIT, self.fetch(&hash)).await;
         match fetched.unwrap_or_else(|_| Err(StoreError::Unavailable("no answer in time".into()))) {
             Ok(key) => {
                 let key = key.map(Arc::new);
@@ -82,7 +101,8 @@ impl KeyAuth {
             return Err(Denied::Unauthorized);
         }
         let hash: SecretHash = Sha256::digest(token.as_bytes()).into();
-        let key = self.lookup(hash).await?.ok_or(Denied::Unauthorized)?;
+        let entry = self.lookup(hash).await?.ok_or(Denied::Unauthorized)?;
+        let (key, plan) = (&entry.0, entry.1);
         let now = OffsetDateTime::now_utc();
         if !key.is_active(now) || !key.allows_instance(instance) {
             return Err(Denied::Unauthorized);
@@ -92,7 +112,8 @@ impl KeyAuth {
             return Err(Denied::Unauthorized);
         }
         self.used.lock().expect("usage lock").insert(key.id, now);
-        Ok(Principal { access: key.scope.access(), backend })
+        let limit = self.rate_limit.as_ref().map(|r| (Bucket::ApiKey(key.id), r.for_plan(plan)));
+        Ok(Principal { access: key.scope.access(), backend, limit })
     }
 
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.

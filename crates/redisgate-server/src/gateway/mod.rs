@@ -44,6 +44,7 @@ pub struct Gateway {
     pub tokens: Tokens,
     /// API keys, served at `/redis/{instance_id}`.
     pub keys: Option<Arc<keys::KeyAuth>>,
+    pub limiter: crate::ops::ratelimit::RateLimiter,
     pub http: HttpSettings,
     pub sync: SyncTokens,
     pub shutdown: CancellationToken,
@@ -140,6 +141,25 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
 
 /// Everything after authentication: format headers, body, parse, policy, run, encode.
 async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> Response {
+    let Some((bucket, rate)) = principal.limit else {
+        return serve_admitted(gw, principal, path, req).await;
+    };
+    let decision = gw.limiter.check(bucket, rate);
+    let mut response = if decision.allowed {
+        serve_admitted(gw, principal, path, req).await
+    } else {
+        metrics::counter!(crate::ops::metrics::RATE_LIMIT_REJECTIONS).increment(1);
+        let text = format!(
+            "ERR rate limit exceeded: {} requests per second (burst {})",
+            rate.per_second, rate.burst
+        );
+        reply::error(StatusCode::TOO_MANY_REQUESTS, &text, &gw.sync)
+    };
+    crate::ops::ratelimit::headers(rate, &decision, response.headers_mut());
+    response
+}
+
+async fn serve_admitted(gw: &Gateway, principal: Principal, path: &str, req: Request) -> Response {
     let sync = &gw.sync;
     let method = req.method().clone();
     let fmt = match format(req.headers()) {

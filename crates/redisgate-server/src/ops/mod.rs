@@ -10,3 +10,4 @@
 pub mod health;
 pub mod metered;
 pub mod metrics;
+pub mod ratelimit;

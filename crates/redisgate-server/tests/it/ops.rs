@@ -279,3 +279,64 @@ async fn readiness_follows_the_metadata_store() {
         .await;
     let _ = token;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_key_and_per_token() {
+    let redis = crate::common::Redis::start().await;
+    let mut s = crate::common::settings(&redis);
+    s.rate_limit.per_second = 1;
+    s.rate_limit.burst = 3;
+    let g = Gate::start_unchecked(s).await;
+    // Standalone token: three at once, then 429 with a JSON error and the headers.
+    let post = || g.http.post(g.url("/")).bearer_auth(crate::common::TOKEN).body(r#"["PING"]"#).send();
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = post().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-limit"], "1");
+        remaining.push(r.headers()["ratelimit-remaining"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let r = post().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().starts_with("ERR rate limit exceeded"), "{body}");
+    // Another token has its own budget.
+    let r = g
+        .http
+        .post(g.url("/"))
+        .bearer_auth(crate::common::RO_TOKEN)
+        .body(r#"["PING"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A pipeline of four commands is one request: 3 - 1 - 1 leaves 1.
+    let r = g
+        .http
+        .post(g.url("/pipeline"))
+        .bearer_auth(crate::common::RO_TOKEN)
+        .body(r#"[["PING"],["PING"],["PING"],["PING"]]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["ratelimit-remaining"].to_str().unwrap()), (200, "1"));
+
+    // API keys: per key, at the plan's rate (free here: the configured default).
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (a, _) = t.key(json!({"name": "a", "scope": "read-write"})).await;
+    let (b, _) = t.key(json!({"name": "b", "scope": "read-write"})).await;
+    for _ in 0..3 {
+        assert_eq!(redis_cmd(&g, &t.instance, &a, json!(["PING"])).await.0, 200);
+    }
+    let (s, body) = redis_cmd(&g, &t.instance, &a, json!(["PING"])).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(redis_cmd(&g, &t.instance, &b, json!(["PING"])).await.0, 200, "b has its own budget");
+    let text = scrape(&g).await;
+    assert!(
+        text.lines().any(|l| l.starts_with("rate_limit_rejections_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
