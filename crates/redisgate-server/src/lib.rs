@@ -61,6 +61,7 @@ pub async fn launch(
     let tracker = TaskTracker::new();
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
     ops::metrics::handle();
+    tracker.spawn(ops::metrics::upkeep(cancel.clone()));
     let store =
         redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
     let store = ops::metered::MeteredStore::wrap(store);

@@ -88,7 +88,7 @@ impl Health {
             let store_ok = result.is_ok();
             self.store_check.write().expect("health lock").result = Some(result);
             metrics::gauge!(READY).set(if self.ready().is_ok() { 1.0 } else { 0.0 });
-            if store_ok && round % 5 == 0 {
+            if store_ok && round.is_multiple_of(5) {
                 self.sweep().await;
             }
             round += 1;

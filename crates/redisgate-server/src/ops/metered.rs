@@ -14,7 +14,7 @@ use redisgate_core::instance::{Instance, InstanceStatus};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
 use redisgate_core::store::{
-    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreResult,
+    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
 use time::OffsetDateTime;
 
@@ -30,11 +30,12 @@ impl MeteredStore {
     }
 }
 
+/// Only a failing database is an error; "not found", "already exists" and "over quota" are
+/// answers. The error series is touched on success too, so it exists (at 0) for every type.
 fn record<T>(op: &'static str, started: Instant, result: &StoreResult<T>) {
     metrics::counter!(DB_QUERIES, "type" => op).increment(1);
-    if result.is_err() {
-        metrics::counter!(DB_ERRORS, "type" => op).increment(1);
-    }
+    let failed = matches!(result, Err(StoreError::Unavailable(_)));
+    metrics::counter!(DB_ERRORS, "type" => op).increment(u64::from(failed));
     metrics::histogram!(DB_DURATION, "type" => op).record(started.elapsed().as_secs_f64());
 }
 

@@ -32,7 +32,6 @@ pub const READY: &str = "redisgate_ready";
 pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
 pub const API_KEY_AUTH_FAILURES: &str = "api_key_auth_failures_total";
 pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
-pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -84,7 +83,18 @@ fn describe() {
     describe_counter!(API_KEY_REQUESTS, "Data-plane requests authenticated by an API key");
     describe_counter!(API_KEY_AUTH_FAILURES, "Data-plane requests refused for a bad key");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by the rate limiter (429)");
-    describe_counter!(RATE_LIMIT_FALLBACKS, "Distributed rate-limit checks answered by the local limiter");
+}
+
+/// Folds recorded histogram samples into their buckets every second. The exporter keeps raw
+/// samples until then: without this, memory grows with traffic between scrapes (seen in the
+/// benchmark: 20 MB to 200 MB of RSS in a minute without a scraper).
+pub async fn upkeep(cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => handle().run_upkeep(),
+            () = cancel.cancelled() => return,
+        }
+    }
 }
 
 /// Renders the text exposition, with fresh process CPU and memory figures.
@@ -359,9 +369,8 @@ pub fn command_label(name: &str) -> &'static str {
 pub fn redis_command(name: &str, seconds: f64, failed: bool) {
     let command = command_label(name);
     metrics::counter!(REDIS_COMMANDS, "command" => command).increment(1);
-    if failed {
-        metrics::counter!(REDIS_COMMAND_ERRORS, "command" => command).increment(1);
-    }
+    // Touched on success too, so the error series exists (at 0) for every command seen.
+    metrics::counter!(REDIS_COMMAND_ERRORS, "command" => command).increment(u64::from(failed));
     metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(seconds);
 }
 

@@ -88,10 +88,10 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return true;
-                }
+            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                return true;
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
                 return false;

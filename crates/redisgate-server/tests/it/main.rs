@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod deploy;
 mod instances;
 mod isolation;
 mod limits;

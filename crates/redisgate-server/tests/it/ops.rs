@@ -56,7 +56,7 @@ async fn metrics_after_real_traffic() {
     let (s, _) = Api::anon(&g)
         .post("/auth/register", json!({"email": "ann@example.com", "password": "correct horse battery"}))
         .await;
-    assert_eq!(s, 409, "a failed store insert counts as a query error");
+    assert_eq!(s, 409, "a conflict is an answer, not a database error");
 
     // Gauges are refreshed in the background (every 5 health rounds: 1 s here).
     let deadline = Instant::now() + Duration::from_secs(10);
