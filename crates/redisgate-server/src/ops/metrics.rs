@@ -3,7 +3,7 @@
 //! the number of series stays bounded whatever clients send.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -151,21 +151,43 @@ pub async fn expose_route(req: Request, next: Next) -> Response {
 #[derive(Clone, Copy)]
 struct RouteLabel(&'static str);
 
+/// The HTTP series of one (method, route, status), registered once and reused: building a
+/// labelled key per request cost more than the rest of the metrics work together.
+struct HttpSeries {
+    requests: metrics::Counter,
+    errors: Option<metrics::Counter>,
+    duration: metrics::Histogram,
+}
+
+fn http_series(method: &'static str, path: &'static str, status: u16) -> Arc<HttpSeries> {
+    type Map = HashMap<(&'static str, &'static str, u16), Arc<HttpSeries>>;
+    static SERIES: OnceLock<RwLock<Map>> = OnceLock::new();
+    let map = SERIES.get_or_init(Default::default);
+    if let Some(s) = map.read().expect("series lock").get(&(method, path, status)) {
+        return Arc::clone(s);
+    }
+    let code = status.to_string();
+    let series = Arc::new(HttpSeries {
+        requests: metrics::counter!(HTTP_REQUESTS, "method" => method, "path" => path, "status" => code.clone()),
+        errors: (status >= 400)
+            .then(|| metrics::counter!(HTTP_ERRORS, "method" => method, "path" => path, "status" => code)),
+        duration: metrics::histogram!(HTTP_DURATION, "method" => method, "path" => path),
+    });
+    Arc::clone(map.write().expect("series lock").entry((method, path, status)).or_insert(series))
+}
+
 /// Outer layer: counts and times every request by method, route template and status.
 pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
     let res = next.run(req).await;
     let path = res.extensions().get::<RouteLabel>().map_or(fallback.0, |r| r.0);
-    let status = res.status();
-    let code = status.as_u16().to_string();
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "path" => path, "status" => code.clone())
-        .increment(1);
-    if status.as_u16() >= 400 {
-        metrics::counter!(HTTP_ERRORS, "method" => method, "path" => path, "status" => code).increment(1);
+    let series = http_series(method, path, res.status().as_u16());
+    series.requests.increment(1);
+    if let Some(errors) = &series.errors {
+        errors.increment(1);
     }
-    metrics::histogram!(HTTP_DURATION, "method" => method, "path" => path)
-        .record(started.elapsed().as_secs_f64());
+    series.duration.record(started.elapsed().as_secs_f64());
     res
 }
 
@@ -365,13 +387,32 @@ pub fn command_label(name: &str) -> &'static str {
     KNOWN_COMMANDS.binary_search(&name).map_or("other", |i| KNOWN_COMMANDS[i])
 }
 
-/// Records one Redis command's outcome.
+/// The series of one command label, registered once (see [`HttpSeries`]).
+struct CommandSeries {
+    commands: metrics::Counter,
+    errors: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+fn command_series(label: &'static str) -> &'static CommandSeries {
+    // One slot per known command, and the last for `other`.
+    static SLOTS: OnceLock<Vec<OnceLock<CommandSeries>>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| (0..=KNOWN_COMMANDS.len()).map(|_| OnceLock::new()).collect());
+    let index = KNOWN_COMMANDS.binary_search(&label).unwrap_or(KNOWN_COMMANDS.len());
+    slots[index].get_or_init(|| CommandSeries {
+        commands: metrics::counter!(REDIS_COMMANDS, "command" => label),
+        errors: metrics::counter!(REDIS_COMMAND_ERRORS, "command" => label),
+        duration: metrics::histogram!(REDIS_COMMAND_DURATION, "command" => label),
+    })
+}
+
+/// Records one Redis command's outcome (`name` upper case, as from [`command_label`]).
 pub fn redis_command(name: &str, seconds: f64, failed: bool) {
-    let command = command_label(name);
-    metrics::counter!(REDIS_COMMANDS, "command" => command).increment(1);
+    let series = command_series(command_label(name));
+    series.commands.increment(1);
     // Touched on success too, so the error series exists (at 0) for every command seen.
-    metrics::counter!(REDIS_COMMAND_ERRORS, "command" => command).increment(u64::from(failed));
-    metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(seconds);
+    series.errors.increment(u64::from(failed));
+    series.duration.record(seconds);
 }
 
 #[cfg(test)]

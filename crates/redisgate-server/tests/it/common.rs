@@ -263,3 +263,49 @@ impl Drop for Gate {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// A fresh PostgreSQL database for one test, on `REDISGATE_TEST_DATABASE_URL`'s server
+/// (scripts/test.sh makes sure one answers). Dropped by [`PgDatabase::drop_now`].
+pub struct PgDatabase {
+    admin: sqlx::PgConnection,
+    admin_url: String,
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection as _;
+        let admin_url = std::env::var("REDISGATE_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("rg_it_{}", uuid::Uuid::new_v4().simple());
+        let mut admin =
+            sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL (scripts/test.sh starts it)");
+        // `name` is our own hex id, nothing a user wrote.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        PgDatabase { admin, admin_url, name }
+    }
+
+    /// The database's URL, optionally through another port (a proxy in front of the server).
+    pub fn url(&self, port: Option<u16>) -> String {
+        let (creds, host) = self.admin_url.rsplit_once('@').unwrap();
+        let host = host.split('/').next().unwrap();
+        match port {
+            Some(p) => format!("{creds}@127.0.0.1:{p}/{}", self.name),
+            None => format!("{creds}@{host}/{}", self.name),
+        }
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        let host = self.admin_url.rsplit_once('@').unwrap().1.split('/').next().unwrap();
+        host.rsplit_once(':').map_or(5432, |(_, p)| p.parse().unwrap())
+    }
+
+    pub async fn drop_now(mut self) {
+        let drop = format!("DROP DATABASE {} WITH (FORCE)", self.name);
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut self.admin).await;
+    }
+}

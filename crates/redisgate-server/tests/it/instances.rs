@@ -351,17 +351,8 @@ async fn check_reports_every_component() {
 /// The same platform on PostgreSQL: only `database_url` changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_on_postgresql() {
-    use sqlx::Connection as _;
-    let admin_url = std::env::var("REDISGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("rg_it_{}", uuid::Uuid::new_v4().simple());
-    let mut admin =
-        sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL (scripts/test.sh starts it)");
-    // `name` is our own hex id, nothing a user wrote.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let settings = Settings { database_url: Some(format!("{base}/{name}").into()), ..Settings::default() };
-
+    let db = crate::common::PgDatabase::create().await;
+    let settings = Settings { database_url: Some(db.url(None).into()), ..Settings::default() };
     let g = Gate::start_unchecked(settings).await;
     let t = Tenant::new(&g, "ann@example.com").await;
     let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
@@ -371,8 +362,5 @@ async fn the_platform_on_postgresql() {
     assert_eq!((s, log["items"][0]["action"].as_str()), (200, Some("api_key.create")), "{log}");
     drop(t);
     g.shutdown().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    db.drop_now().await;
 }

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::api::{Api, control_plane};
-use crate::common::{Gate, free_port, token};
+use crate::common::{Gate, free_port};
 use crate::instances::{Tenant, redis_cmd};
 
 async fn scrape(g: &Gate) -> String {
@@ -204,19 +204,10 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_metadata_store() {
-    use sqlx::Connection as _;
-    let admin_url = std::env::var("REDISGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("rg_it_{}", uuid::Uuid::new_v4().simple());
-    let mut admin =
-        sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL (scripts/test.sh starts it)");
-    // `name` is our own hex id, nothing a user wrote.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    let pg_port: u16 = admin_url.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+    let db = crate::common::PgDatabase::create().await;
+    let pg_port = db.port();
     let proxy = Proxy::start(0, pg_port).await;
-    let (creds, _) = admin_url.rsplit_once('@').unwrap();
-    let url = format!("{creds}@127.0.0.1:{}/{name}", proxy.port);
-    let settings = Settings { database_url: Some(url.into()), ..Settings::default() };
+    let settings = Settings { database_url: Some(db.url(Some(proxy.port)).into()), ..Settings::default() };
     let g = Gate::start_unchecked(settings).await;
     let t = Tenant::new(&g, "ann@example.com").await;
     let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
@@ -274,10 +265,7 @@ async fn readiness_follows_the_metadata_store() {
     assert!(body["uptime_seconds"].is_u64());
     drop(t);
     g.shutdown().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await;
-    let _ = token;
+    db.drop_now().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
