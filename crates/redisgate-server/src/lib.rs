@@ -88,14 +88,14 @@ pub async fn launch(
         rate_limit,
     ));
     tracker.spawn(record_key_usage(Arc::clone(&keys), cancel.clone()));
-    // Instances come back in the background: the API answers meanwhile, and each instance's
-    // status says where it is.
     let health = ops::health::Health::new(
         Arc::clone(&store),
         Arc::clone(&instances),
         &settings.instances.redis_server,
     );
     tracker.spawn(Arc::clone(&health).run(settings.backend.health_check_interval, cancel.clone()));
+    // Instances come back in the background: the API answers meanwhile, each instance's status
+    // says where it is, and readiness waits for all of them.
     tracker.spawn({
         let (instances, health) = (Arc::clone(&instances), Arc::clone(&health));
         async move {
@@ -108,7 +108,7 @@ pub async fn launch(
     let streams_end = CancellationToken::new();
     let gateway = Arc::new(Gateway {
         tokens,
-        keys: Some(Arc::clone(&keys)),
+        keys: Arc::clone(&keys),
         limiter: ops::ratelimit::RateLimiter::new(),
         http: settings.http.clone(),
         sync: SyncTokens::new(),

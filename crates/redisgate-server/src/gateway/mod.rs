@@ -43,7 +43,7 @@ pub struct Gateway {
     /// Standalone tokens, served at `/`.
     pub tokens: Tokens,
     /// API keys, served at `/redis/{instance_id}`.
-    pub keys: Option<Arc<keys::KeyAuth>>,
+    pub keys: Arc<keys::KeyAuth>,
     pub limiter: crate::ops::ratelimit::RateLimiter,
     pub http: HttpSettings,
     pub sync: SyncTokens,
@@ -115,12 +115,10 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
     let full = req.uri().path().to_owned();
     let rest = full.strip_prefix("/redis/").unwrap_or("");
     let (id, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (Some(keys), Ok(id), Some(token)) =
-        (gw.keys.as_ref(), id.parse(), auth::token(req.headers(), req.uri().query()))
-    else {
+    let (Ok(id), Some(token)) = (id.parse(), auth::token(req.headers(), req.uri().query())) else {
         return unauthorized(&gw.sync);
     };
-    match keys.principal(&token, id).await {
+    match gw.keys.principal(&token, id).await {
         Ok(principal) => {
             metrics::counter!(crate::ops::metrics::API_KEY_REQUESTS).increment(1);
             serve(&gw, principal, path, req).await
