@@ -66,6 +66,8 @@ pub struct ApiKey {
     pub scope: Scope,
     /// `None`: every instance of the organization.
     pub instance_ids: Option<Vec<InstanceId>>,
+    /// This key's own rate limit; `None`: the organization's plan rate.
+    pub rate_limit: Option<crate::ratelimit::Rate>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]

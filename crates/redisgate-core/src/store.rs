@@ -73,6 +73,7 @@ pub struct NewApiKey {
     pub name: String,
     pub scope: Scope,
     pub instance_ids: Option<Vec<InstanceId>>,
+    pub rate_limit: Option<crate::ratelimit::Rate>,
     pub expires_at: Option<OffsetDateTime>,
     pub secret_hash: SecretHash,
     pub created_by: Option<UserId>,

@@ -15,6 +15,7 @@ use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
     Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
@@ -55,8 +56,8 @@ macro_rules! instance_cols {
 // jsonb is read back as text so the store needs no sqlx `json` feature.
 macro_rules! key_cols {
     () => {
-        "k.id, k.org_id, k.name, k.scope, k.instance_ids::text AS instance_ids, k.expires_at, \
-         k.revoked_at, k.last_used_at, k.created_at"
+        "k.id, k.org_id, k.name, k.scope, k.instance_ids::text AS instance_ids, k.rate_per_second, \
+         k.rate_burst, k.expires_at, k.revoked_at, k.last_used_at, k.created_at"
     };
 }
 macro_rules! audit_cols {
@@ -197,6 +198,16 @@ fn key_from(row: &PgRow) -> StoreResult<ApiKey> {
         name: get(row, "name")?,
         scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
         instance_ids,
+        rate_limit: match (
+            get::<Option<i32>>(row, "rate_per_second")?,
+            get::<Option<i32>>(row, "rate_burst")?,
+        ) {
+            (Some(p), Some(b)) => Some(Rate {
+                per_second: u32::try_from(p).map_err(|_| corrupt("rate_per_second", p))?,
+                burst: u32::try_from(b).map_err(|_| corrupt("rate_burst", b))?,
+            }),
+            _ => None,
+        },
         expires_at: get(row, "expires_at")?,
         revoked_at: get(row, "revoked_at")?,
         last_used_at: get(row, "last_used_at")?,
@@ -671,8 +682,9 @@ impl Store for PgStore {
         }
         let row = sqlx::query(concat!(
             "INSERT INTO api_keys AS k \
-             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9) RETURNING ",
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
+              rate_per_second, rate_burst) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11) RETURNING ",
             key_cols!()
         ))
         .bind(new.id.0)
@@ -684,6 +696,8 @@ impl Store for PgStore {
         .bind(&new.secret_hash[..])
         .bind(new.created_by.map(|u| u.0))
         .bind(OffsetDateTime::now_utc())
+        .bind(new.rate_limit.map(|r| i32::try_from(r.per_second).unwrap_or(i32::MAX)))
+        .bind(new.rate_limit.map(|r| i32::try_from(r.burst).unwrap_or(i32::MAX)))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| db_error(e, "api key"))?;

@@ -19,6 +19,7 @@ use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
     Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
@@ -192,7 +193,8 @@ macro_rules! instance_cols {
 }
 macro_rules! key_cols {
     () => {
-        "id, org_id, name, scope, instance_ids, expires_at, revoked_at, last_used_at, created_at"
+        "id, org_id, name, scope, instance_ids, rate_per_second, rate_burst, expires_at, revoked_at, \
+         last_used_at, created_at"
     };
 }
 macro_rules! audit_cols {
@@ -262,11 +264,22 @@ fn key_from(row: &SqliteRow) -> StoreResult<ApiKey> {
         instance_ids: instance_ids
             .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("instance_ids", e)))
             .transpose()?,
+        rate_limit: rate_from(get(row, "rate_per_second")?, get(row, "rate_burst")?)?,
         expires_at: get(row, "expires_at")?,
         revoked_at: get(row, "revoked_at")?,
         last_used_at: get(row, "last_used_at")?,
         created_at: get(row, "created_at")?,
     })
+}
+
+fn rate_from(per_second: Option<i64>, burst: Option<i64>) -> StoreResult<Option<Rate>> {
+    match (per_second, burst) {
+        (Some(p), Some(b)) => Ok(Some(Rate {
+            per_second: u32::try_from(p).map_err(|e| corrupt("rate_per_second", e))?,
+            burst: u32::try_from(b).map_err(|e| corrupt("rate_burst", e))?,
+        })),
+        _ => Ok(None),
+    }
 }
 
 fn audit_from(row: &SqliteRow) -> StoreResult<AuditEntry> {
@@ -757,6 +770,7 @@ impl Store for SqliteStore {
             name: new.name,
             scope: new.scope,
             instance_ids: new.instance_ids,
+            rate_limit: new.rate_limit,
             expires_at: new.expires_at.map(stored),
             revoked_at: None,
             last_used_at: None,
@@ -764,8 +778,9 @@ impl Store for SqliteStore {
         };
         sqlx::query(
             "INSERT INTO api_keys \
-             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
+              rate_per_second, rate_burst) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(key.id.0)
         .bind(key.org_id.0)
@@ -776,6 +791,8 @@ impl Store for SqliteStore {
         .bind(&new.secret_hash[..])
         .bind(new.created_by.map(|u| u.0))
         .bind(ts(key.created_at))
+        .bind(key.rate_limit.map(|r| i64::from(r.per_second)))
+        .bind(key.rate_limit.map(|r| i64::from(r.burst)))
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "api key"))?;

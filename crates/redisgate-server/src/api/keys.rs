@@ -7,6 +7,7 @@ use http::StatusCode;
 use redisgate_core::apikey::{ApiKey, Scope, format_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId};
 use redisgate_core::org::Action;
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{NewApiKey, StoreError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -26,6 +27,8 @@ pub struct NewKey {
     pub scope: Scope,
     /// Instances of this organization the key may reach; absent means all of them.
     pub instance_ids: Option<Vec<InstanceId>>,
+    /// This key's own rate limit; absent means the organization's plan rate.
+    pub rate_limit: Option<Rate>,
     /// RFC 3339; absent means the key does not expire.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -56,6 +59,14 @@ async fn create(
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiError::validation("name", "must be 1 to 100 characters"));
         }
+        if req.rate_limit.is_some_and(|r| {
+            !(1..=1_000_000_000).contains(&r.per_second) || !(1..=1_000_000_000).contains(&r.burst)
+        }) {
+            return Err(ApiError::validation(
+                "rate_limit",
+                "per_second and burst must be between 1 and 1000000000",
+            ));
+        }
         if req.expires_at.is_some_and(|e| e <= OffsetDateTime::now_utc()) {
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
@@ -78,6 +89,7 @@ async fn create(
             name: name.to_owned(),
             scope: req.scope,
             instance_ids: req.instance_ids,
+            rate_limit: req.rate_limit,
             expires_at: req.expires_at,
             secret_hash: hash_secret(&key),
             created_by: Some(user.id),

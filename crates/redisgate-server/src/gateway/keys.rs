@@ -112,7 +112,11 @@ impl KeyAuth {
             return Err(Denied::Unauthorized);
         }
         self.used.lock().expect("usage lock").insert(key.id, now);
-        let limit = self.rate_limit.as_ref().map(|r| (Bucket::ApiKey(key.id), r.for_plan(plan)));
+        // The key's own rate, else its organization's plan rate.
+        let limit = self
+            .rate_limit
+            .as_ref()
+            .map(|r| (Bucket::ApiKey(key.id), key.rate_limit.unwrap_or(r.for_plan(plan))));
         Ok(Principal { access: key.scope.access(), backend, limit })
     }
 

@@ -322,6 +322,19 @@ async fn rate_limits_per_key_and_per_token() {
     let (s, body) = redis_cmd(&g, &t.instance, &a, json!(["PING"])).await;
     assert_eq!(s, 429, "{body}");
     assert_eq!(redis_cmd(&g, &t.instance, &b, json!(["PING"])).await.0, 200, "b has its own budget");
+    // A key's own rate (set through the API) wins over the default: burst 1 here, not 3.
+    let (c, _) =
+        t.key(json!({"name": "c", "scope": "read-write", "rate_limit": {"per_second": 1, "burst": 1}})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &c, json!(["PING"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &c, json!(["PING"])).await.0, 429);
+    let (s, body) = t
+        .api
+        .post(
+            &format!("/api/organizations/{}/api-keys", t.org),
+            json!({"name": "d", "scope": "read-write", "rate_limit": {"per_second": 0, "burst": 1}}),
+        )
+        .await;
+    assert_eq!((s, body["field"].as_str()), (422, Some("rate_limit")), "{body}");
     let text = scrape(&g).await;
     assert!(
         text.lines().any(|l| l.starts_with("rate_limit_rejections_total ") && !l.ends_with(" 0")),

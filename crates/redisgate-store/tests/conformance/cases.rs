@@ -12,6 +12,7 @@ use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
 use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError};
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -66,6 +67,7 @@ fn new_key(org: OrgId) -> NewApiKey {
         name: "ci".to_owned(),
         scope: Scope::ReadWrite,
         instance_ids: None,
+        rate_limit: None,
         expires_at: None,
         secret_hash: hash(),
         created_by: None,
@@ -606,16 +608,18 @@ pub async fn api_keys_round_trip_their_optional_fields(store: S) {
     let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
     let i1 = store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id;
     let i2 = store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id;
+    let rate = Some(Rate { per_second: 7, burst: 21 });
     let variants = [
-        (Scope::ReadOnly, None, None, None),
-        (Scope::Admin, Some(vec![]), Some(datetime!(2031-02-03 04:05:06 UTC)), Some(ann.id)),
-        (Scope::ReadWrite, Some(vec![i2, i1]), Some(datetime!(2031-02-03 04:05:06.123456 UTC)), None),
+        (Scope::ReadOnly, None, None, None, None),
+        (Scope::Admin, Some(vec![]), Some(datetime!(2031-02-03 04:05:06 UTC)), Some(ann.id), rate),
+        (Scope::ReadWrite, Some(vec![i2, i1]), Some(datetime!(2031-02-03 04:05:06.123456 UTC)), None, None),
     ];
-    for (scope, instance_ids, expires_at, created_by) in variants {
+    for (scope, instance_ids, expires_at, created_by, rate_limit) in variants {
         let new = NewApiKey {
             name: format!("key {}", scope.as_str()),
             scope,
             instance_ids: instance_ids.clone(),
+            rate_limit,
             expires_at,
             created_by,
             ..new_key(org.id)
@@ -628,6 +632,7 @@ pub async fn api_keys_round_trip_their_optional_fields(store: S) {
         assert_eq!(key.scope, scope);
         assert_eq!(key.instance_ids, instance_ids, "None, empty and a list are three different things");
         assert_eq!(key.expires_at, expires_at);
+        assert_eq!(key.rate_limit, rate_limit);
         assert_eq!((key.revoked_at, key.last_used_at), (None, None));
         assert_eq!(store.api_key(id).await.unwrap(), key);
         assert_eq!(store.api_key_by_hash(&secret_hash).await.unwrap(), Some(key));
