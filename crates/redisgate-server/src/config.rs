@@ -22,6 +22,9 @@ use serde::Deserialize;
 pub struct Settings {
     /// Address to listen on. Port 0 picks a free port (tests do this).
     pub listen: SocketAddr,
+    /// Serve `/metrics` on this address instead of on `listen` (e.g. a port only Prometheus
+    /// reaches). Unset: `/metrics` is on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// Standalone mode: each token maps straight to one Redis server, served at `/`.
     pub tokens: Vec<TokenConfig>,
     /// Shortcut for one token from the environment: `REDISGATE_TOKEN` + `REDISGATE_REDIS_URL`.
@@ -90,6 +93,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            metrics_listen: None,
             tokens: Vec::new(),
             token: None,
             redis_url: None,

@@ -126,7 +126,27 @@ pub async fn launch(
             a.max_failed_logins_per_ip,
         ),
     });
-    let app = router(api, gateway, health, !settings.tokens.is_empty(), &settings.cors);
+    // A separate metrics listener, when configured, is bound before serving starts so that a
+    // taken port fails start-up instead of silently dropping the metrics.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let app =
+        router(api, gateway, health, !settings.tokens.is_empty(), metrics_listener.is_none(), &settings.cors);
+    if let Some(listener) = metrics_listener {
+        let metrics =
+            Router::new().route("/metrics", axum::routing::get(|| async { ops::metrics::render() }));
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            let serving = axum::serve(listener, metrics).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let addr = listener.local_addr().context("listener address")?;
     tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
 
@@ -206,6 +226,7 @@ fn router(
     gw: Arc<Gateway>,
     health: Arc<ops::health::Health>,
     standalone: bool,
+    metrics_here: bool,
     cors: &CorsSettings,
 ) -> Router {
     let (management, openapi) = api::router(api);
@@ -214,12 +235,14 @@ fn router(
         .route("/redis/{instance_id}", axum::routing::any(gateway::handle_instance))
         .route("/redis/{instance_id}/{*rest}", axum::routing::any(gateway::handle_instance))
         .with_state(Arc::clone(&gw));
-    let operations = Router::new()
-        .route("/metrics", axum::routing::get(|| async { ops::metrics::render() }))
+    let mut operations = Router::new()
         .route("/health/live", axum::routing::get(ops::health::live))
         .route("/health/ready", axum::routing::get(ops::health::ready))
-        .route("/health", axum::routing::get(ops::health::health))
-        .with_state(health);
+        .route("/health", axum::routing::get(ops::health::health));
+    if metrics_here {
+        operations = operations.route("/metrics", axum::routing::get(|| async { ops::metrics::render() }));
+    }
+    let operations = operations.with_state(health);
     let app = management
         .merge(docs)
         .merge(data_plane)

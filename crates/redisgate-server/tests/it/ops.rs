@@ -341,3 +341,17 @@ async fn rate_limits_per_key_and_per_token() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn metrics_on_a_separate_listener() {
+    let port = free_port();
+    let settings = Settings { metrics_listen: Some(([127, 0, 0, 1], port).into()), ..Settings::default() };
+    let g = Gate::start_unchecked(settings).await;
+    assert_eq!(g.http.get(g.url("/health/live")).send().await.unwrap().status(), 200);
+    let (s, body) = Api::anon(&g).get("/metrics").await;
+    assert_eq!((s, body["code"].as_str()), (404, Some("not_found")), "not on the main listener");
+    let r = g.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(has(&text, "http_requests_total", &[("path", "/health/live")]), "{text}");
+}
