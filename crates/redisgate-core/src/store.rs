@@ -156,6 +156,12 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
 
+    // Plan rate limits.
+    /// The rates set for plans (plans without one use the configuration).
+    async fn plan_rates(&self) -> StoreResult<Vec<(Plan, crate::ratelimit::Rate)>>;
+    /// Sets (`Some`) or clears (`None`) a plan's rate.
+    async fn set_plan_rate(&self, plan: Plan, rate: Option<crate::ratelimit::Rate>) -> StoreResult<()>;
+
     // Counters for metrics.
     /// How many users, organizations and instances exist, in one round trip.
     async fn counts(&self) -> StoreResult<Counts>;

@@ -119,6 +119,7 @@ pub async fn launch(
         store,
         instances: Arc::clone(&instances),
         keys,
+        rate_limit: settings.rate_limit.clone(),
         auth: a.clone(),
         throttle: LoginThrottle::new(
             a.login_window,
@@ -175,11 +176,16 @@ fn status_sink(store: &Arc<dyn Store>) -> StatusSink {
     })
 }
 
-/// Writes API keys' `last_used_at` once a second, and once more at shutdown.
+/// Writes API keys' `last_used_at` and reloads plan rates once a second, and writes the usage
+/// once more at shutdown.
 async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
+    keys.refresh_plan_rates().await;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => keys.flush_usage().await,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                keys.flush_usage().await;
+                keys.refresh_plan_rates().await;
+            }
             () = cancel.cancelled() => return keys.flush_usage().await,
         }
     }

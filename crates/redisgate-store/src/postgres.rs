@@ -836,6 +836,37 @@ impl Store for PgStore {
         rows.iter().map(audit_from).collect()
     }
 
+    async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>> {
+        let rows: Vec<(String, i32, i32)> =
+            sqlx::query_as("SELECT plan, per_second, burst FROM plan_rate_limits ORDER BY plan")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(plan, p, b)| {
+                let parsed = Plan::parse(&plan).ok_or_else(|| corrupt("plan", &plan))?;
+                let per_second = u32::try_from(p).map_err(|_| corrupt("per_second", p))?;
+                let burst = u32::try_from(b).map_err(|_| corrupt("burst", b))?;
+                Ok((parsed, Rate { per_second, burst }))
+            })
+            .collect()
+    }
+
+    async fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> StoreResult<()> {
+        let q = match rate {
+            Some(r) => sqlx::query(
+                "INSERT INTO plan_rate_limits (plan, per_second, burst) VALUES ($1, $2, $3) \
+                 ON CONFLICT (plan) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
+            )
+            .bind(plan.as_str())
+            .bind(i32::try_from(r.per_second).unwrap_or(i32::MAX))
+            .bind(i32::try_from(r.burst).unwrap_or(i32::MAX)),
+            None => sqlx::query("DELETE FROM plan_rate_limits WHERE plan = $1").bind(plan.as_str()),
+        };
+        q.execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn counts(&self) -> StoreResult<Counts> {
         let (users, orgs, instances): (i64, i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM organizations), (SELECT count(*) FROM redis_instances)")
             .fetch_one(&self.pool)

@@ -929,6 +929,37 @@ impl Store for SqliteStore {
         all(rows, audit_from)
     }
 
+    // Plan rate limits.
+
+    async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>> {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT plan, per_second, burst FROM plan_rate_limits ORDER BY plan")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.into_iter()
+            .map(|(plan, p, b)| {
+                let plan = Plan::parse(&plan).ok_or_else(|| corrupt("plan", &plan))?;
+                Ok((plan, rate_from(Some(p), Some(b))?.expect("both columns are NOT NULL")))
+            })
+            .collect()
+    }
+
+    async fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> StoreResult<()> {
+        let q = match rate {
+            Some(r) => sqlx::query(
+                "INSERT INTO plan_rate_limits (plan, per_second, burst) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (plan) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
+            )
+            .bind(plan.as_str())
+            .bind(i64::from(r.per_second))
+            .bind(i64::from(r.burst)),
+            None => sqlx::query("DELETE FROM plan_rate_limits WHERE plan = ?1").bind(plan.as_str()),
+        };
+        q.execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+
     // Counters.
 
     async fn counts(&self) -> StoreResult<Counts> {

@@ -8,6 +8,7 @@
 //! - [`audit`]: recording and listing the audit log.
 //! - [`instances`]: Redis instances (provisioned by RedisGate or brought by the user).
 //! - [`keys`]: API keys for the data plane.
+//! - [`plans`]: plans, their quotas and rate limits.
 //!
 //! Handlers are thin: extract, authorize, call the store or a service, map to a response.
 //! Every route is registered through `utoipa_axum`, so `/openapi.json` is generated from the
@@ -19,6 +20,7 @@ pub mod error;
 pub mod instances;
 pub mod keys;
 pub mod orgs;
+pub mod plans;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Instances>,
     /// For revocations to take effect at once on this server.
     pub keys: Arc<crate::gateway::keys::KeyAuth>,
+    /// The configured rates (what a plan gets when the API has not set one).
+    pub rate_limit: crate::config::RateLimitSettings,
     pub auth: AuthSettings,
     pub throttle: auth::LoginThrottle,
 }
@@ -119,6 +123,7 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(audit::routes())
         .merge(instances::routes())
         .merge(keys::routes())
+        .merge(plans::routes())
         .split_for_parts();
     (router.with_state(state), api)
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use redisgate_core::apikey::{ApiKey, looks_like_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId};
 use redisgate_core::quota::Plan;
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{SecretHash, Store, StoreError};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -46,6 +47,9 @@ pub struct KeyAuth {
     cache: moka::future::Cache<SecretHash, (Option<KnownKey>, Instant)>,
     fresh_for: Duration,
     rate_limit: Option<RateLimitSettings>,
+    /// Plan rates set through the API (they win over the configuration's), refreshed from the
+    /// store every second so that all replicas follow.
+    plan_rates: std::sync::RwLock<std::collections::HashMap<Plan, Rate>>,
     used: Mutex<HashMap<ApiKeyId, OffsetDateTime>>,
 }
 
@@ -60,7 +64,15 @@ impl KeyAuth {
             .max_capacity(100_000)
             .time_to_idle(Duration::from_secs(3600))
             .build();
-        KeyAuth { store, instances, cache, fresh_for, rate_limit, used: Mutex::default() }
+        KeyAuth {
+            store,
+            instances,
+            cache,
+            fresh_for,
+            rate_limit,
+            plan_rates: Default::default(),
+            used: Mutex::default(),
+        }
     }
 
     /// The key and its organization's plan (for the plan's rate limit).
@@ -112,17 +124,25 @@ impl KeyAuth {
             return Err(Denied::Unauthorized);
         }
         self.used.lock().expect("usage lock").insert(key.id, now);
-        // The key's own rate, else its organization's plan rate.
-        let limit = self
-            .rate_limit
-            .as_ref()
-            .map(|r| (Bucket::ApiKey(key.id), key.rate_limit.unwrap_or(r.for_plan(plan))));
+        // The key's own rate, else its plan's rate from the API, else from the configuration.
+        let limit = self.rate_limit.as_ref().map(|r| {
+            let plan_rate = self.plan_rates.read().expect("plan rates lock").get(&plan).copied();
+            (Bucket::ApiKey(key.id), key.rate_limit.or(plan_rate).unwrap_or_else(|| r.for_plan(plan)))
+        });
         Ok(Principal { access: key.scope.access(), backend, limit })
     }
 
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Reloads the plan rates set through the API.
+    pub async fn refresh_plan_rates(&self) {
+        match self.store.plan_rates().await {
+            Ok(rates) => *self.plan_rates.write().expect("plan rates lock") = rates.into_iter().collect(),
+            Err(e) => tracing::warn!(error = %e, "could not refresh plan rate limits"),
+        }
     }
 
     /// Writes the collected `last_used_at` times; called every second by a background task.

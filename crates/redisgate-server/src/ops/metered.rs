@@ -13,6 +13,7 @@ use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
     Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
@@ -89,5 +90,7 @@ metered! {
     fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();
     fn append_audit(&self, entry: NewAuditEntry) -> ();
     fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;
+    fn plan_rates(&self) -> Vec<(Plan, Rate)>;
+    fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> ();
     fn counts(&self) -> Counts;
 }

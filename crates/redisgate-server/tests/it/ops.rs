@@ -335,6 +335,26 @@ async fn rate_limits_per_key_and_per_token() {
         )
         .await;
     assert_eq!((s, body["field"].as_str()), (422, Some("rate_limit")), "{body}");
+    // A plan's rate set through the API (ann is the deployment administrator) wins over the
+    // configuration's, for keys without a rate of their own, at once.
+    let (s, set) = t.api.put("/api/plans/free/rate-limit", json!({"per_second": 1, "burst": 2})).await;
+    assert_eq!((s, set), (200, json!({"per_second": 1, "burst": 2})));
+    let (_, plans) = t.api.get("/api/plans").await;
+    assert_eq!(plans[0]["plan"], "free");
+    assert_eq!(
+        (plans[0]["rate_limit"]["burst"].as_u64(), plans[0]["rate_limit_source"].as_str()),
+        (Some(2), Some("api"))
+    );
+    let (e, _) = t.key(json!({"name": "e", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &e, json!(["PING"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &e, json!(["PING"])).await.0, 200);
+    assert_eq!(redis_cmd(&g, &t.instance, &e, json!(["PING"])).await.0, 429, "burst 2 from the plan");
+    let (bob, _) = Api::signup(&g, "bob@example.com").await;
+    let (s, body) = bob.put("/api/plans/pro/rate-limit", json!({"per_second": 5, "burst": 5})).await;
+    assert_eq!((s, body["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(t.api.delete("/api/plans/free/rate-limit").await.0, 204);
+    let (_, plans) = t.api.get("/api/plans").await;
+    assert_eq!(plans[0]["rate_limit_source"], "config");
     let text = scrape(&g).await;
     assert!(
         text.lines().any(|l| l.starts_with("rate_limit_rejections_total ") && !l.ends_with(" 0")),

@@ -971,3 +971,25 @@ pub async fn timestamps_round_trip(store: S) {
         assert_eq!(read.unix_timestamp(), expires.unix_timestamp());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Plan rate limits.
+
+pub async fn plan_rates_are_set_replaced_and_cleared(store: S) {
+    assert_eq!(store.plan_rates().await.unwrap(), []);
+    store.set_plan_rate(Plan::Pro, Some(Rate { per_second: 500, burst: 50 })).await.unwrap();
+    store.set_plan_rate(Plan::Free, Some(Rate { per_second: 10, burst: 10 })).await.unwrap();
+    store.set_plan_rate(Plan::Pro, Some(Rate { per_second: 1000, burst: 100 })).await.unwrap();
+    let mut rates = store.plan_rates().await.unwrap();
+    rates.sort_by_key(|(p, _)| p.as_str());
+    assert_eq!(
+        rates,
+        [
+            (Plan::Free, Rate { per_second: 10, burst: 10 }),
+            (Plan::Pro, Rate { per_second: 1000, burst: 100 })
+        ]
+    );
+    store.set_plan_rate(Plan::Free, None).await.unwrap();
+    store.set_plan_rate(Plan::Enterprise, None).await.unwrap();
+    assert_eq!(store.plan_rates().await.unwrap(), [(Plan::Pro, Rate { per_second: 1000, burst: 100 })]);
+}

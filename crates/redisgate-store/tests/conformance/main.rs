@@ -40,6 +40,7 @@ macro_rules! conformance {
 
 conformance!(
     ping_answers,
+    plan_rates_are_set_replaced_and_cleared,
     // Users and sessions.
     first_user_is_admin_later_ones_are_not,
     concurrent_first_sign_ups_make_exactly_one_admin,
@@ -161,6 +162,7 @@ mod sqlite_only {
                 "audit_logs",
                 "memberships",
                 "organizations",
+                "plan_rate_limits",
                 "redis_instances",
                 "sessions",
                 "users"
