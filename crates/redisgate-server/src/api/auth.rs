@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::gateway::auth::bearer;
+
 use super::{ApiError, ApiJson, ApiResult, ApiState, RequestMeta, State};
 use crate::api::audit;
 
@@ -137,16 +139,10 @@ impl FromRequestParts<Arc<ApiState>> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         let user = state.store.session_user(&hash_secret(token), OffsetDateTime::now_utc()).await?;
         user.map(CurrentUser).ok_or(ApiError::Unauthenticated)
     }
-}
-
-fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -282,12 +278,8 @@ async fn logout(
     CurrentUser(user): CurrentUser,
     headers: http::HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim().to_owned()))
-        .ok_or(ApiError::Unauthenticated)?;
-    state.store.revoke_session(&hash_secret(&token)).await?;
+    let token = bearer(&headers).ok_or(ApiError::Unauthenticated)?;
+    state.store.revoke_session(&hash_secret(token)).await?;
     audit::record(
         &state,
         audit::entry(None, Some(&user), "auth.logout", None, &meta, Outcome::Success, None),

@@ -57,13 +57,15 @@ impl Tokens {
 
 /// The request's token: `Authorization: Bearer` wins over `_token`.
 pub fn token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    bearer(headers).or_else(|| query_token(query))
+    bearer(headers).map(str::to_owned).or_else(|| query_token(query))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case); shared by
+/// the data plane and the management API's sessions.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
