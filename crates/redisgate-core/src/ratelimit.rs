@@ -29,16 +29,39 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
+/// A clock's resolution: nanoseconds for the process clock, microseconds for Redis' `TIME`
+/// (whose timestamps must stay exact in a Lua double, below 2^53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    per_second: u64,
+}
+
+impl Unit {
+    pub const NANOS: Unit = Unit { per_second: 1_000_000_000 };
+    pub const MICROS: Unit = Unit { per_second: 1_000_000 };
+
+    fn duration(self, n: u64) -> Duration {
+        Duration::from_nanos(n.saturating_mul(1_000_000_000 / self.per_second))
+    }
+}
+
 impl Rate {
-    fn interval_nanos(self) -> u64 {
-        1_000_000_000 / u64::from(self.per_second.max(1))
+    /// The emission interval `T` and the tolerance `τ` in `unit`. A rate above the unit's
+    /// resolution still spaces requests by one tick.
+    pub fn params(self, unit: Unit) -> (u64, u64) {
+        let t = (unit.per_second / u64::from(self.per_second.max(1))).max(1);
+        (t, t * u64::from(self.burst.max(1)))
     }
 
     /// Checks one request at `now` (nanoseconds on any monotonic clock) against the stored
     /// `tat` (0 for a key never seen) and returns the decision and the TAT to store.
     pub fn check(self, tat: u64, now: u64) -> (Decision, u64) {
-        let t = self.interval_nanos();
-        let tolerance = t * u64::from(self.burst.max(1));
+        self.check_in(Unit::NANOS, tat, now)
+    }
+
+    /// [`Rate::check`] with times in `unit`.
+    pub fn check_in(self, unit: Unit, tat: u64, now: u64) -> (Decision, u64) {
+        let (t, tolerance) = self.params(unit);
         let base = tat.max(now);
         let new_tat = base + t;
         // Allowed iff new_tat − tolerance ≤ now.
@@ -47,7 +70,7 @@ impl Rate {
             let decision = Decision {
                 allowed: true,
                 remaining,
-                reset_after: Duration::from_nanos(new_tat - now),
+                reset_after: unit.duration(new_tat - now),
                 retry_after: Duration::ZERO,
             };
             (decision, new_tat)
@@ -55,8 +78,8 @@ impl Rate {
             let decision = Decision {
                 allowed: false,
                 remaining: 0,
-                reset_after: Duration::from_nanos(base - now),
-                retry_after: Duration::from_nanos(new_tat - tolerance - now),
+                reset_after: unit.duration(base - now),
+                retry_after: unit.duration(new_tat - tolerance - now),
             };
             (decision, tat)
         }
@@ -149,5 +172,23 @@ mod tests {
             let n = admitted[i..].iter().take_while(|&&t| t < start + window).count() as u64;
             assert!(n <= 50 + 10, "{n} admitted within one second");
         }
+    }
+
+    #[test]
+    fn microseconds_give_the_same_decisions() {
+        let r = Rate { per_second: 10, burst: 3 };
+        let start = 100 * 1_000_000;
+        let mut tat = 0;
+        let mut allowed = Vec::new();
+        for now in [start, start, start, start, start + 100_000 - 1, start + 100_000] {
+            let (d, t) = r.check_in(Unit::MICROS, tat, now);
+            tat = t;
+            allowed.push(d.allowed);
+        }
+        assert_eq!(allowed, [true, true, true, false, false, true]);
+        let (d, _) = r.check_in(Unit::MICROS, tat, start + 100_000);
+        assert_eq!(d.retry_after, Duration::from_millis(100));
+        // Rates finer than the unit still advance the TAT.
+        assert_eq!(Rate { per_second: 5_000_000, burst: 2 }.params(Unit::MICROS), (1, 2));
     }
 }

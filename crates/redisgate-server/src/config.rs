@@ -56,11 +56,35 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// Rates for organizations on a plan, e.g. `[rate_limit.plans.pro] per_second = 1000`.
     pub plans: HashMap<Plan, Rate>,
+    /// `local`: each replica keeps its own budgets. `distributed`: replicas share them in
+    /// `redis_url`, falling back to `local` while that Redis cannot answer.
+    pub mode: RateLimitMode,
+    /// The Redis holding shared budgets: one RedisGate owns, never a tenant's instance.
+    pub redis_url: Option<SecretString>,
+    /// How long a request waits for that Redis before it is judged locally instead.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitMode {
+    #[default]
+    Local,
+    Distributed,
 }
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        Self { enabled: true, per_second: 100, burst: 100, plans: HashMap::new() }
+        Self {
+            enabled: true,
+            per_second: 100,
+            burst: 100,
+            plans: HashMap::new(),
+            mode: RateLimitMode::Local,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+        }
     }
 }
 
@@ -409,6 +433,18 @@ impl Settings {
                 return Err(invalid(key, "per_second and burst must be at least 1"));
             }
         }
+        match (self.rate_limit.mode, &self.rate_limit.redis_url) {
+            (RateLimitMode::Distributed, None) => {
+                return Err(invalid(
+                    "rate_limit.redis_url",
+                    "required with rate_limit.mode = \"distributed\"",
+                ));
+            }
+            (_, Some(url)) if redis::Client::open(url.expose_secret()).is_err() => {
+                return Err(invalid("rate_limit.redis_url", "not a usable redis:// or rediss:// URL"));
+            }
+            _ => {}
+        }
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
@@ -502,5 +538,13 @@ mod tests {
         assert!(e.to_string().contains("max_body_bytes"), "{e}");
         let e = Settings::load(None, &env(&[("SRH_MODE", "weird")])).unwrap_err();
         assert!(e.to_string().contains("SRH_MODE"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_RATE_LIMIT__MODE", "distributed")])).unwrap_err();
+        assert!(e.to_string().contains("rate_limit.redis_url"), "{e}");
+        let e = Settings::load(
+            None,
+            &env(&[("REDISGATE_RATE_LIMIT__MODE", "distributed"), ("REDISGATE_RATE_LIMIT__REDIS_URL", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rate_limit.redis_url"), "{e}");
     }
 }

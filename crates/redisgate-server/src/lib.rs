@@ -40,7 +40,7 @@ use redisgate_provision::{ExternalProvisioner, LocalOptions, LocalProvisioner};
 
 use crate::api::ApiState;
 use crate::api::auth::LoginThrottle;
-use crate::config::{CorsSettings, Settings};
+use crate::config::{BackendSettings, CorsSettings, RateLimitMode, Settings};
 use crate::gateway::auth::{Principal, Tokens};
 use crate::gateway::backend::Backend;
 use crate::gateway::keys::KeyAuth;
@@ -109,7 +109,7 @@ pub async fn launch(
     let gateway = Arc::new(Gateway {
         tokens,
         keys: Arc::clone(&keys),
-        limiter: ops::ratelimit::RateLimiter::new(),
+        limiter: rate_limiter(&settings, &tracker, &cancel)?,
         http: settings.http.clone(),
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),
@@ -189,6 +189,26 @@ async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
             () = cancel.cancelled() => return keys.flush_usage().await,
         }
     }
+}
+
+/// The data plane's limiter; in distributed mode with its own supervised connection, whose
+/// slow answers are not waited for beyond `rate_limit.redis_timeout`.
+fn rate_limiter(
+    settings: &Settings,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ops::ratelimit::RateLimiter> {
+    let rl = &settings.rate_limit;
+    let url = match (rl.enabled, rl.mode, &rl.redis_url) {
+        (true, RateLimitMode::Distributed, Some(url)) => url,
+        _ => return Ok(ops::ratelimit::RateLimiter::local()),
+    };
+    let client =
+        redis::Client::open(url.expose_secret()).context("rate_limit.redis_url is not a valid Redis URL")?;
+    let cfg =
+        BackendSettings { response_timeout: rl.redis_timeout, max_streams: 0, ..settings.backend.clone() };
+    let backend = Backend::start("rate-limit".into(), client, cfg, tracker, cancel.clone());
+    Ok(ops::ratelimit::RateLimiter::distributed(backend))
 }
 
 /// One backend per distinct Redis URL, shared by the tokens that name it.

@@ -3,7 +3,6 @@
 //! # Layout
 //! - [`auth`]: tokens, from `Authorization: Bearer` or `_token`, checked in constant time.
 //! - [`keys`]: API keys for `/redis/{instance_id}`, from an in-memory cache.
-//! - [`keys`]: API keys for `/redis/{instance_id}`, from an in-memory cache.
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
@@ -142,7 +141,7 @@ async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> 
     let Some((bucket, rate)) = principal.limit else {
         return serve_admitted(gw, principal, path, req).await;
     };
-    let decision = gw.limiter.check(bucket, rate);
+    let decision = gw.limiter.check(bucket, rate).await;
     let mut response = if decision.allowed {
         serve_admitted(gw, principal, path, req).await
     } else {

@@ -32,6 +32,7 @@ pub const READY: &str = "redisgate_ready";
 pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
 pub const API_KEY_AUTH_FAILURES: &str = "api_key_auth_failures_total";
 pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
+pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -83,6 +84,10 @@ fn describe() {
     describe_counter!(API_KEY_REQUESTS, "Data-plane requests authenticated by an API key");
     describe_counter!(API_KEY_AUTH_FAILURES, "Data-plane requests refused for a bad key");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by the rate limiter (429)");
+    describe_counter!(
+        RATE_LIMIT_FALLBACKS,
+        "Requests limited locally because the shared (distributed) limiter could not answer"
+    );
 }
 
 /// Folds recorded histogram samples into their buckets every second. The exporter keeps raw

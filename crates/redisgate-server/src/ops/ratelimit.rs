@@ -4,46 +4,94 @@
 //! `http.max_pipeline_commands`). Admitted answers carry `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset`; refused ones get 429, a JSON error and
 //! `Retry-After` too.
+//!
+//! Budgets live in this process (`local` mode), or in a Redis shared by all replicas
+//! (`distributed` mode): there a Lua script runs the same GCRA atomically on Redis' own
+//! clock, so replicas agree on time as well as on the TAT. When that Redis cannot answer in
+//! time the request is judged by the local limiter instead (counted in
+//! `rate_limit_fallbacks_total`): a limiter outage loosens the limit to one per replica, it
+//! never fails a request.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue};
+use redis::Value;
 use redisgate_core::ids::ApiKeyId;
-use redisgate_core::ratelimit::{Decision, Rate};
+use redisgate_core::ratelimit::{Decision, Rate, Unit};
 use tokio::time::Instant;
+
+use super::metrics::RATE_LIMIT_FALLBACKS;
+use crate::gateway::backend::{Backend, BackendError};
 
 /// Whose budget a request spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
-    /// A standalone token, by its position in the configuration.
+    /// A standalone token, by its position in the configuration (the same on every replica).
     Token(usize),
     ApiKey(ApiKeyId),
+}
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bucket::Token(i) => write!(f, "token:{i}"),
+            Bucket::ApiKey(id) => write!(f, "key:{id}"),
+        }
+    }
+}
+
+/// The data plane's limiter: shared budgets when distributed, with the local ones as the
+/// fall-back.
+pub struct RateLimiter {
+    local: LocalLimiter,
+    shared: Option<SharedLimiter>,
+}
+
+impl RateLimiter {
+    pub fn local() -> Self {
+        RateLimiter { local: LocalLimiter::new(), shared: None }
+    }
+
+    /// Budgets kept in the Redis behind `backend`.
+    pub fn distributed(backend: Arc<Backend>) -> Self {
+        // The series exists from the start, so a "no fall-backs" alert has something to read.
+        metrics::counter!(RATE_LIMIT_FALLBACKS).increment(0);
+        RateLimiter { local: LocalLimiter::new(), shared: Some(SharedLimiter { backend }) }
+    }
+
+    /// Spends one request of `bucket` at `rate`.
+    pub async fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
+        if let Some(shared) = &self.shared {
+            match shared.check(bucket, rate).await {
+                Ok(d) => return d,
+                Err(e) => {
+                    metrics::counter!(RATE_LIMIT_FALLBACKS).increment(1);
+                    tracing::debug!(error = %e, "shared rate limit unavailable; limiting locally");
+                }
+            }
+        }
+        self.local.check(bucket, rate)
+    }
 }
 
 const SHARDS: usize = 16;
 
 /// TATs per bucket, sharded so concurrent requests of different keys rarely share a lock.
-pub struct RateLimiter {
+struct LocalLimiter {
     epoch: Instant,
     shards: [Mutex<HashMap<Bucket, u64>>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for RateLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RateLimiter {
-    pub fn new() -> Self {
-        RateLimiter { epoch: Instant::now(), shards: Default::default(), hasher: Default::default() }
+impl LocalLimiter {
+    fn new() -> Self {
+        LocalLimiter { epoch: Instant::now(), shards: Default::default(), hasher: Default::default() }
     }
 
-    /// Spends one request of `bucket` at `rate`. Uses tokio's clock, so tests can pause it.
-    pub fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
+    /// Uses tokio's clock, so tests can pause it.
+    fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
         // Offset by a second so that "never seen" (TAT 0) is always in the past.
         let now = self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000;
         let mut h = self.hasher.build_hasher();
@@ -56,6 +104,57 @@ impl RateLimiter {
             map.insert(bucket, new_tat);
         }
         decision
+    }
+}
+
+/// GCRA as in `Rate::check_in`, in microseconds of Redis' `TIME` (exact in Lua's doubles).
+/// Stores the new TAT only when admitted, expiring when the bucket would be full again, and
+/// returns the TAT it found and the time it used, from which the caller recomputes the same
+/// decision with the same integer arithmetic.
+const GCRA_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new_tat = math.max(tat, now) + tonumber(ARGV[1])
+if new_tat <= now + tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+end
+return {tat, now}
+";
+
+struct SharedLimiter {
+    backend: Arc<Backend>,
+}
+
+impl SharedLimiter {
+    async fn check(&self, bucket: Bucket, rate: Rate) -> Result<Decision, BackendError> {
+        // Never wait for a (re)connect: while the connection is not up, limit locally at once.
+        if !self.backend.is_up() {
+            return Err(BackendError::Unavailable {
+                reason: "not connected".into(),
+                retry_after: std::time::Duration::ZERO,
+            });
+        }
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(GCRA_LUA));
+        let key = format!("redisgate:ratelimit:{bucket}");
+        let (interval, tolerance) = rate.params(Unit::MICROS);
+        let run = |verb: &str, script: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(script).arg(1).arg(&key).arg(interval).arg(tolerance);
+            cmd
+        };
+        let mut reply = self.backend.run(&run("EVALSHA", SCRIPT.get_hash())).await?;
+        // The script cache is empty after a restart of that Redis: send the source once.
+        if matches!(&reply, Value::ServerError(e) if e.code() == "NOSCRIPT") {
+            reply = self.backend.run(&run("EVAL", GCRA_LUA)).await?;
+        }
+        if let Value::Array(v) = &reply
+            && let [Value::Int(tat), Value::Int(now)] = v.as_slice()
+        {
+            return Ok(rate.check_in(Unit::MICROS, *tat as u64, *now as u64).0);
+        }
+        Err(BackendError::Protocol(format!("unexpected rate limit script reply: {reply:?}")))
     }
 }
 
@@ -78,7 +177,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gcra_on_a_paused_clock() {
-        let limiter = RateLimiter::new();
+        let limiter = LocalLimiter::new();
         let rate = Rate { per_second: 10, burst: 5 };
         let key = Bucket::Token(0);
         let admitted = (0..8).filter(|_| limiter.check(key, rate).allowed).count();

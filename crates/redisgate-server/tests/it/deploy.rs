@@ -739,10 +739,14 @@ async fn every_metric_the_deployment_queries_is_exported() {
     let queries = deploy_queries();
     assert!(queries.len() > 30, "too few queries found: {queries:?}");
     let mut redis = Redis::start().await;
+    let limiter = Redis::start().await;
     let mut s = settings(&redis);
-    // A rate this test's bursts exceed (and its other traffic does not).
+    // A rate this test's bursts exceed (and its other traffic does not), shared through a
+    // limiter Redis as in a multi-replica deployment.
     s.rate_limit.per_second = 50;
     s.rate_limit.burst = 50;
+    s.rate_limit.mode = redisgate_server::config::RateLimitMode::Distributed;
+    s.rate_limit.redis_url = Some(limiter.url().into());
     let g = Gate::start(s).await;
 
     // Management API: accounts, an organization with a running local instance, API keys,

@@ -10,5 +10,6 @@ mod limits;
 mod ops;
 mod protocol;
 mod python_sdk;
+mod ratelimit;
 mod resilience;
 mod sse;
