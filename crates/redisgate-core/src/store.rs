@@ -18,6 +18,7 @@ use crate::ids::{ApiKeyId, InstanceId, OrgId, UserId};
 use crate::instance::{Instance, InstanceStatus, ProvisionerKind};
 use crate::org::{Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
+use crate::ratelimit::Rate;
 
 /// A SHA-256 digest of a secret (session token, API key).
 pub type SecretHash = [u8; 32];
@@ -73,7 +74,7 @@ pub struct NewApiKey {
     pub name: String,
     pub scope: Scope,
     pub instance_ids: Option<Vec<InstanceId>>,
-    pub rate_limit: Option<crate::ratelimit::Rate>,
+    pub rate_limit: Option<Rate>,
     pub expires_at: Option<OffsetDateTime>,
     pub secret_hash: SecretHash,
     pub created_by: Option<UserId>,
@@ -149,6 +150,8 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<ApiKey>>;
     async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>>;
     async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey>;
+    /// Sets (or with `None` clears) a key's own rate limit.
+    async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey>;
     /// Records last use, batched off the hot path.
     async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()>;
 
@@ -158,9 +161,9 @@ pub trait Store: Send + Sync + 'static {
 
     // Plan rate limits.
     /// The rates set for plans (plans without one use the configuration).
-    async fn plan_rates(&self) -> StoreResult<Vec<(Plan, crate::ratelimit::Rate)>>;
+    async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>>;
     /// Sets (`Some`) or clears (`None`) a plan's rate.
-    async fn set_plan_rate(&self, plan: Plan, rate: Option<crate::ratelimit::Rate>) -> StoreResult<()>;
+    async fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> StoreResult<()>;
 
     // Counters for metrics.
     /// How many users, organizations and instances exist, in one round trip.

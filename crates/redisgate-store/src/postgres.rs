@@ -753,6 +753,21 @@ impl Store for PgStore {
         key_from(&row)
     }
 
+    async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey> {
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys k SET rate_per_second = $2, rate_burst = $3 WHERE k.id = $1 RETURNING ",
+            key_cols!()
+        ))
+        .bind(id.0)
+        .bind(rate.map(|r| i32::try_from(r.per_second).unwrap_or(i32::MAX)))
+        .bind(rate.map(|r| i32::try_from(r.burst).unwrap_or(i32::MAX)))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
     async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()> {
         if used.is_empty() {
             return Ok(());

@@ -847,6 +847,21 @@ impl Store for SqliteStore {
         key_from(&row)
     }
 
+    async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey> {
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys SET rate_per_second = ?2, rate_burst = ?3 WHERE id = ?1 RETURNING ",
+            key_cols!()
+        ))
+        .bind(id.0)
+        .bind(rate.map(|r| i64::from(r.per_second)))
+        .bind(rate.map(|r| i64::from(r.burst)))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        key_from(&row)
+    }
+
     async fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> StoreResult<()> {
         if used.is_empty() {
             return Ok(());

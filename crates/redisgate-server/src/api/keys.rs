@@ -35,6 +35,32 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+fn check_rate(rate: Option<Rate>) -> Result<(), ApiError> {
+    let ok = |n| (1..=1_000_000_000).contains(&n);
+    if rate.is_some_and(|r| !ok(r.per_second) || !ok(r.burst)) {
+        return Err(ApiError::validation(
+            "rate_limit",
+            "per_second and burst must be between 1 and 1000000000",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUpdate {
+    /// The key's own rate limit; `null` returns the key to its organization's plan rate.
+    /// Required: an absent field is a mistake, not a request to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Rate>)]
+    pub rate_limit: Option<Option<Rate>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     /// The key itself. It is shown this once and cannot be recovered.
@@ -59,14 +85,7 @@ async fn create(
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiError::validation("name", "must be 1 to 100 characters"));
         }
-        if req.rate_limit.is_some_and(|r| {
-            !(1..=1_000_000_000).contains(&r.per_second) || !(1..=1_000_000_000).contains(&r.burst)
-        }) {
-            return Err(ApiError::validation(
-                "rate_limit",
-                "per_second and burst must be between 1 and 1000000000",
-            ));
-        }
+        check_rate(req.rate_limit)?;
         if req.expires_at.is_some_and(|e| e <= OffsetDateTime::now_utc()) {
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
@@ -135,6 +154,35 @@ async fn get(
     Ok(axum::Json(key_of(&state, org, id).await?))
 }
 
+/// Change a key's own rate limit (owner, admin, member). This server applies it at once,
+/// other replicas within `auth.key_cache_ttl`.
+#[utoipa::path(patch, path = "/api/organizations/{org_id}/api-keys/{key_id}", tag = "api-keys", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("key_id" = ApiKeyId, Path)), request_body = KeyUpdate,
+    responses((status = 200, body = ApiKey), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update(
+    state: State,
+    meta: RequestMeta,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, ApiKeyId)>,
+    ApiJson(req): ApiJson<KeyUpdate>,
+) -> ApiResult<axum::Json<ApiKey>> {
+    let result = async {
+        authorize(&state, user.id, org, Action::ManageApiKeys).await?;
+        let rate = req.rate_limit.ok_or_else(|| {
+            ApiError::validation("rate_limit", "required ({\"rate_limit\": null} clears it)")
+        })?;
+        check_rate(rate)?;
+        key_of(&state, org, id).await?;
+        let key = state.store.set_api_key_rate_limit(id, rate).await?;
+        state.keys.invalidate_all();
+        Ok(key)
+    }
+    .await;
+    let key = audit::outcome(&state, &user, Some(org), "api_key.update", Some(id.to_string()), &meta, result)
+        .await?;
+    Ok(axum::Json(key))
+}
+
 /// Revoke a key (owner, admin, member): it stops working within a second everywhere, at once
 /// on this server. The key stays listed with `revoked_at`.
 #[utoipa::path(delete, path = "/api/organizations/{org_id}/api-keys/{key_id}", tag = "api-keys", security(("session" = [])),
@@ -159,5 +207,5 @@ async fn revoke(
 }
 
 pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
-    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get, revoke))
+    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get, update, revoke))
 }

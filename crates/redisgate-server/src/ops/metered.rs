@@ -87,6 +87,7 @@ metered! {
     fn api_key_by_hash(&self, hash: &SecretHash) -> Option<ApiKey>;
     fn api_keys(&self, org: OrgId) -> Vec<ApiKey>;
     fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> ApiKey;
+    fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> ApiKey;
     fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();
     fn append_audit(&self, entry: NewAuditEntry) -> ();
     fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;

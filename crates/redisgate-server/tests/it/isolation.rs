@@ -79,6 +79,12 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/api-keys", None, [200, 200, 200, 200]),
         r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "read-only"})), [201, 201, 201, 403]),
         r(Method::GET, "/api-keys/{key}", None, [200, 200, 200, 200]),
+        r(
+            Method::PATCH,
+            "/api-keys/{key}",
+            Some(json!({"rate_limit": {"per_second": 5, "burst": 5}})),
+            [200, 200, 200, 403],
+        ),
         r(Method::DELETE, "/api-keys/{key}", None, [200, 200, 200, 403]),
     ]
 }

@@ -327,6 +327,18 @@ async fn rate_limits_per_key_and_per_token() {
         t.key(json!({"name": "c", "scope": "read-write", "rate_limit": {"per_second": 1, "burst": 1}})).await;
     assert_eq!(redis_cmd(&g, &t.instance, &c, json!(["PING"])).await.0, 200);
     assert_eq!(redis_cmd(&g, &t.instance, &c, json!(["PING"])).await.0, 429);
+    // Changed through the API, it applies at once: burst 1000 now.
+    let (s, c_id) = t.api.get(&format!("/api/organizations/{}/api-keys", t.org)).await;
+    assert_eq!(s, 200);
+    let c_id = c_id.as_array().unwrap().iter().find(|k| k["name"] == "c").unwrap()["id"].clone();
+    let c_url = format!("/api/organizations/{}/api-keys/{}", t.org, c_id.as_str().unwrap());
+    let (s, body) = t.api.patch(&c_url, json!({"rate_limit": {"per_second": 1000, "burst": 1000}})).await;
+    assert_eq!((s, body["rate_limit"].clone()), (200, json!({"per_second": 1000, "burst": 1000})), "{body}");
+    assert_eq!(redis_cmd(&g, &t.instance, &c, json!(["PING"])).await.0, 200);
+    let (s, body) = t.api.patch(&c_url, json!({})).await;
+    assert_eq!((s, body["field"].as_str()), (422, Some("rate_limit")), "absent is not null: {body}");
+    let (s, body) = t.api.patch(&c_url, json!({"rate_limit": null})).await;
+    assert_eq!((s, body["rate_limit"].clone()), (200, serde_json::Value::Null), "{body}");
     let (s, body) = t
         .api
         .post(

@@ -639,6 +639,18 @@ pub async fn api_keys_round_trip_their_optional_fields(store: S) {
     }
 }
 
+pub async fn a_keys_own_rate_is_changed_and_cleared(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let key = store.create_api_key(new_key(org.id)).await.unwrap();
+    let rate = Rate { per_second: 3, burst: 9 };
+    let set = store.set_api_key_rate_limit(key.id, Some(rate)).await.unwrap();
+    assert_eq!(set, ApiKey { rate_limit: Some(rate), ..key.clone() });
+    assert_eq!(store.api_key(key.id).await.unwrap(), set);
+    assert_eq!(store.set_api_key_rate_limit(key.id, None).await.unwrap(), key);
+    assert_eq!(store.set_api_key_rate_limit(ApiKeyId::new(), Some(rate)).await, Err(StoreError::NotFound));
+}
+
 pub async fn unknown_api_key_is_not_found(store: S) {
     let id = ApiKeyId::new();
     assert_eq!(store.api_key(id).await, Err(StoreError::NotFound));

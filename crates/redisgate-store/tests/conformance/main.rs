@@ -76,6 +76,7 @@ conformance!(
     instances_are_listed_per_org_and_overall,
     // API keys.
     api_keys_round_trip_their_optional_fields,
+    a_keys_own_rate_is_changed_and_cleared,
     unknown_api_key_is_not_found,
     api_key_quota_counts_only_unrevoked_keys,
     concurrent_api_key_creates_never_exceed_the_quota,
