@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use redisgate_server::config::{self, Settings};
-use tracing_subscriber::EnvFilter;
 
 // The hot path allocates a few small buffers per request from many threads; glibc's malloc
 // spent ~10 % of the gateway's CPU there (arena locks included) in profiles, mimalloc less.
@@ -85,13 +84,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config, listen, log_json } => {
-            init_tracing(log_json);
+            // The log, and OpenTelemetry export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+            let telemetry = redisgate_server::ops::telemetry::init(log_json)?;
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let mut settings = Settings::load(config.as_deref(), &env)?;
             if let Some(addr) = listen {
                 settings.listen = addr;
             }
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings))
+            let served =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(settings));
+            // The last spans (the exporter has its own runtime, so this works after ours).
+            telemetry.shutdown();
+            served
         }
     }
 }
@@ -138,14 +142,4 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
-}
-
-fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_env("REDISGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -5,8 +5,10 @@
 use redis::Value;
 use redisgate_core::command::Command;
 use redisgate_core::compat::{self, Plan};
+use tracing::{Instrument as _, Span};
 
 use super::backend::{Backend, BackendError};
+use crate::ops::metrics::command_label;
 
 fn packed(cmd: &Command) -> redis::Cmd {
     let mut c = redis::Cmd::new();
@@ -16,12 +18,42 @@ fn packed(cmd: &Command) -> redis::Cmd {
     c
 }
 
+/// The client span of one call to Redis: the operation is a command name from the closed set
+/// of [`command_label`], `PIPELINE` or `MULTI`; never a key or a value. `operation` runs only
+/// when the span is enabled.
+fn redis_span(operation: impl Fn() -> &'static str, batch_size: Option<usize>) -> Span {
+    tracing::debug_span!(
+        "redis",
+        otel.name = operation(),
+        otel.kind = "client",
+        db.system = "redis",
+        db.system.name = "redis",
+        db.operation.name = operation(),
+        // As i64: the OpenTelemetry layer would turn an unsigned value into text.
+        db.operation.batch.size = batch_size.and_then(|n| i64::try_from(n).ok()),
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Marks the span failed when Redis could not be asked or answered with an error.
+fn record_outcome<T>(span: &Span, result: &Result<T, BackendError>, failed: impl FnOnce(&T) -> bool) {
+    if !span.is_disabled() && result.as_ref().map_or(true, failed) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Runs one command.
 pub async fn single(backend: &Backend, cmd: Command) -> Result<Value, BackendError> {
-    match compat::plan(cmd) {
-        Plan::Reply(v) => Ok(v),
-        Plan::Forward(cmd) => backend.run(&packed(&cmd)).await,
-    }
+    let span = redis_span(|| command_label(cmd.name()), None);
+    let run = async {
+        match compat::plan(cmd) {
+            Plan::Reply(v) => Ok(v),
+            Plan::Forward(cmd) => backend.run(&packed(&cmd)).await,
+        }
+    };
+    let result = run.instrument(span.clone()).await;
+    record_outcome(&span, &result, |v| matches!(v, Value::ServerError(_)));
+    result
 }
 
 /// Plans a batch: the commands to send, and for each position either the index of its reply
@@ -55,9 +87,15 @@ fn splice(slots: Vec<Result<usize, Value>>, mut replies: Vec<Value>) -> Vec<Valu
 
 /// Runs a `/pipeline`: in order, not atomically; one failing command does not stop the others.
 pub async fn pipeline(backend: &Backend, cmds: Vec<Command>) -> Result<Vec<Value>, BackendError> {
-    let (pipe, slots, sent) = plan_batch(cmds);
-    let replies = if sent == 0 { Vec::new() } else { backend.run_batch(&pipe, sent).await? };
-    Ok(splice(slots, replies))
+    let span = redis_span(|| "PIPELINE", Some(cmds.len()));
+    let run = async {
+        let (pipe, slots, sent) = plan_batch(cmds);
+        let replies = if sent == 0 { Vec::new() } else { backend.run_batch(&pipe, sent).await? };
+        Ok(splice(slots, replies))
+    };
+    let result = run.instrument(span.clone()).await;
+    record_outcome(&span, &result, |_| false);
+    result
 }
 
 /// The outcome of a `/multi-exec`.
@@ -71,6 +109,13 @@ pub enum TxOutcome {
 /// Runs a `/multi-exec` as MULTI, the commands, EXEC in one contiguous write (see
 /// [`Backend::run_batch`] for why that is atomic on the shared connection).
 pub async fn transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutcome, BackendError> {
+    let span = redis_span(|| "MULTI", Some(cmds.len()));
+    let result = run_transaction(backend, cmds).instrument(span.clone()).await;
+    record_outcome(&span, &result, |out| matches!(out, TxOutcome::Discarded(_)));
+    result
+}
+
+async fn run_transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutcome, BackendError> {
     let (inner, slots, sent) = plan_batch(cmds);
     if sent == 0 {
         return Ok(TxOutcome::Committed(splice(slots, Vec::new())));

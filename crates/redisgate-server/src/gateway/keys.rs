@@ -19,6 +19,7 @@ use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{SecretHash, Store, StoreError};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use tracing::{Instrument as _, Span};
 
 use super::auth::Principal;
 use crate::config::RateLimitSettings;
@@ -109,6 +110,29 @@ impl KeyAuth {
 
     /// The principal for `token` on `instance`.
     pub async fn principal(&self, token: &str, instance: InstanceId) -> Result<Principal, Denied> {
+        let span = tracing::debug_span!(
+            "auth",
+            auth.method = "api_key",
+            instance.id = %instance,
+            key.id = tracing::field::Empty,
+            auth.outcome = tracing::field::Empty,
+        );
+        let result = self.authenticate(token, instance, &span).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Denied::Unauthorized) => "denied",
+            Err(Denied::StoreDown) => "store_down",
+        };
+        span.record("auth.outcome", outcome);
+        result
+    }
+
+    async fn authenticate(
+        &self,
+        token: &str,
+        instance: InstanceId,
+        span: &Span,
+    ) -> Result<Principal, Denied> {
         if !looks_like_key(token) {
             return Err(Denied::Unauthorized);
         }
@@ -123,6 +147,7 @@ impl KeyAuth {
         if org != key.org_id {
             return Err(Denied::Unauthorized);
         }
+        span.record("key.id", tracing::field::display(key.id));
         self.used.lock().expect("usage lock").insert(key.id, now);
         // The key's own rate, else its plan's rate from the API, else from the configuration.
         let limit = self.rate_limit.as_ref().map(|r| {

@@ -31,6 +31,7 @@ use redisgate_core::codec::{self, Encoding};
 use redisgate_core::policy::{self, Access, Refusal};
 use redisgate_core::request::{self, ParseLimits, Request as Rq};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use self::auth::{Principal, Tokens};
 use self::exec::TxOutcome;
@@ -96,8 +97,11 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     if !allowed_method(req.method()) {
         return method_not_allowed(req.method(), &gw.sync);
     }
-    let token = auth::token(req.headers(), req.uri().query());
-    let Some(principal) = token.and_then(|t| gw.tokens.find(&t)) else {
+    let span = tracing::debug_span!("auth", auth.method = "token", auth.outcome = tracing::field::Empty);
+    let principal =
+        span.in_scope(|| auth::token(req.headers(), req.uri().query()).and_then(|t| gw.tokens.find(&t)));
+    span.record("auth.outcome", if principal.is_some() { "ok" } else { "denied" });
+    let Some(principal) = principal else {
         return unauthorized(&gw.sync);
     };
     let path = req.uri().path().to_owned();
@@ -141,7 +145,9 @@ async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> 
     let Some((bucket, rate)) = principal.limit else {
         return serve_admitted(gw, principal, path, req).await;
     };
-    let decision = gw.limiter.check(bucket, rate).await;
+    let span = tracing::debug_span!("rate_limit", ratelimit.allowed = tracing::field::Empty);
+    let decision = gw.limiter.check(bucket, rate).instrument(span.clone()).await;
+    span.record("ratelimit.allowed", decision.allowed);
     let mut response = if decision.allowed {
         serve_admitted(gw, principal, path, req).await
     } else {

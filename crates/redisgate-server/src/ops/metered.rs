@@ -1,6 +1,7 @@
 //! A [`Store`] that times and counts every operation (`database_queries_total{type}`,
 //! `database_query_errors_total{type}`, `database_query_duration_seconds{type}`), where
-//! `type` is the operation's name: a closed set, whatever the arguments.
+//! `type` is the operation's name: a closed set, whatever the arguments. Each operation run
+//! for a request also gets a `store` span (see [`super::telemetry`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use redisgate_core::store::{
     Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
 };
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
 use super::metrics::{DB_DURATION, DB_ERRORS, DB_QUERIES};
 
@@ -40,6 +42,18 @@ fn record<T>(op: &'static str, started: Instant, result: &StoreResult<T>) {
     metrics::histogram!(DB_DURATION, "type" => op).record(started.elapsed().as_secs_f64());
 }
 
+/// The span of one store operation: its name only, never its arguments. Requests' queries
+/// only: see [`super::telemetry`], whose filter knows the span by its name.
+fn store_span(op: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        super::telemetry::STORE_SPAN,
+        otel.name = op,
+        otel.kind = "client",
+        db.operation.name = op,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
 /// Implements every `Store` method as "time the inner call, record it, return it".
 macro_rules! metered {
     ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
@@ -47,9 +61,13 @@ macro_rules! metered {
         impl Store for MeteredStore {
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> StoreResult<$ret> {
+                    let span = store_span(stringify!($name));
                     let started = Instant::now();
-                    let result = self.inner.$name($($arg),*).await;
+                    let result = self.inner.$name($($arg),*).instrument(span.clone()).await;
                     record(stringify!($name), started, &result);
+                    if matches!(result, Err(StoreError::Unavailable(_))) {
+                        span.record("otel.status_code", "ERROR");
+                    }
                     result
                 }
             )*

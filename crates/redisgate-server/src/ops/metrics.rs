@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::Method;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument as _;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_ERRORS: &str = "http_request_errors_total";
@@ -181,12 +182,16 @@ fn http_series(method: &'static str, path: &'static str, status: u16) -> Arc<Htt
     Arc::clone(map.write().expect("series lock").entry((method, path, status)).or_insert(series))
 }
 
-/// Outer layer: counts and times every request by method, route template and status.
+/// Outer layer: counts and times every request by method, route template and status, and
+/// runs it in its server span (see [`super::telemetry`]; disabled, so free, unless exported).
 pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
-    let res = next.run(req).await;
-    let path = res.extensions().get::<RouteLabel>().map_or(fallback.0, |r| r.0);
+    let span = super::telemetry::http_span(method, req.headers());
+    let res = next.run(req).instrument(span.clone()).await;
+    let route = res.extensions().get::<RouteLabel>().map(|r| r.0);
+    super::telemetry::finish_http_span(&span, method, route, res.status().as_u16());
+    let path = route.unwrap_or(fallback.0);
     let series = http_series(method, path, res.status().as_u16());
     series.requests.increment(1);
     if let Some(errors) = &series.errors {

@@ -1,4 +1,4 @@
-//! Operations: Prometheus metrics and health probes.
+//! Operations: Prometheus metrics, health probes and tracing.
 //!
 //! # Layout
 //! - [`metrics`]: metric names (defined once), the recorder, the HTTP middleware, label
@@ -6,8 +6,10 @@
 //! - [`metered`]: the store decorator that times every metadata query.
 //! - [`health`]: `/health/live`, `/health/ready`, `/health` and the background checks
 //!   behind them.
+//! - [`telemetry`]: the log and the OpenTelemetry spans (OTLP export when configured).
 
 pub mod health;
 pub mod metered;
 pub mod metrics;
 pub mod ratelimit;
+pub mod telemetry;
