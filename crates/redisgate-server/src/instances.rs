@@ -156,6 +156,42 @@ impl Instances {
         futures_util::future::join_all(starts).await;
     }
 
+    /// Follows what other replicas sharing the metadata store did: serves the external
+    /// instances they started, and stops serving instances they deleted. (Local instances
+    /// are `redis-server` children of the replica that created them, on its machine; other
+    /// replicas cannot reach them, so they are not adopted.)
+    pub async fn follow_store(&self) {
+        let records = match self.store.all_instances().await {
+            Ok(r) => r,
+            Err(e) => return tracing::debug!(error = %e, "could not list instances to follow"),
+        };
+        let known: Vec<InstanceId> = self.backends.read().expect("backends lock").keys().copied().collect();
+        for id in known.iter().filter(|id| !records.iter().any(|r| r.instance.id == **id)) {
+            // Created here after the list was read, or really deleted? Ask again.
+            if !matches!(self.store.instance(*id).await, Err(redisgate_core::store::StoreError::NotFound)) {
+                continue;
+            }
+            let removed = self.backends.write().expect("backends lock").remove(id);
+            if removed.is_some() {
+                tracing::info!(instance.id = %id, "instance deleted by another replica; no longer served");
+                // Stops a local server of ours that was deleted through another replica.
+                let _ = self.local.destroy(*id).await;
+            }
+        }
+        for rec in records {
+            let inst = &rec.instance;
+            // Running: started by its creator, which is done with it (a pending one is
+            // still being started, possibly here).
+            if inst.provisioner == ProvisionerKind::External
+                && inst.status == InstanceStatus::Running
+                && !known.contains(&inst.id)
+            {
+                let (status, _) = self.start(&rec).await;
+                tracing::info!(instance.id = %inst.id, status = status.as_str(), "instance started by another replica; now served here too");
+            }
+        }
+    }
+
     /// Live stats of a running instance.
     pub async fn stats(&self, id: InstanceId) -> Option<Stats> {
         let (_, backend) = self.backend(id)?;

@@ -95,12 +95,19 @@ pub async fn launch(
     );
     tracker.spawn(Arc::clone(&health).run(settings.backend.health_check_interval, cancel.clone()));
     // Instances come back in the background: the API answers meanwhile, each instance's status
-    // says where it is, and readiness waits for all of them.
+    // says where it is, and readiness waits for all of them. Then, every second, the instances
+    // other replicas started or deleted are followed.
     tracker.spawn({
-        let (instances, health) = (Arc::clone(&instances), Arc::clone(&health));
+        let (instances, health, cancel) = (Arc::clone(&instances), Arc::clone(&health), cancel.clone());
         async move {
             instances.restore_all().await;
             health.startup_complete();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => instances.follow_store().await,
+                    () = cancel.cancelled() => return,
+                }
+            }
         }
     });
     // Streams end as soon as shutdown starts (they would otherwise hold the drain open);
