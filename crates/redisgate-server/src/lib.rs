@@ -282,7 +282,8 @@ fn router(
         .merge(operations)
         .route_layer(axum::middleware::from_fn(ops::metrics::expose_route));
     let (app, unmatched) = if standalone {
-        (app.fallback_service(Router::new().fallback(gateway::handle).with_state(gw)), "standalone")
+        // A plain closure, not a nested router: one routing step less on every request.
+        (app.fallback(move |req| gateway::handle(axum::extract::State(Arc::clone(&gw)), req)), "standalone")
     } else {
         (app.fallback(|| async { api::ApiError::NotFound("route") }), "unmatched")
     };

@@ -104,8 +104,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let Some(principal) = principal else {
         return unauthorized(&gw.sync);
     };
-    let path = req.uri().path().to_owned();
-    serve(&gw, principal, &path, req).await
+    serve(&gw, principal, 0, req).await
 }
 
 /// `/redis/{instance_id}/…`: the protocol for one instance, reached with an API key. A wrong
@@ -115,16 +114,17 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
     if !allowed_method(req.method()) {
         return method_not_allowed(req.method(), &gw.sync);
     }
-    let full = req.uri().path().to_owned();
-    let rest = full.strip_prefix("/redis/").unwrap_or("");
-    let (id, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let rest = req.uri().path().strip_prefix("/redis/").unwrap_or("");
+    let id = &rest[..rest.find('/').unwrap_or(rest.len())];
+    // The protocol path (`/get/k`, `/pipeline`, …) starts after the id.
+    let path_start = "/redis/".len() + id.len();
     let (Ok(id), Some(token)) = (id.parse(), auth::token(req.headers(), req.uri().query())) else {
         return unauthorized(&gw.sync);
     };
     match gw.keys.principal(&token, id).await {
         Ok(principal) => {
             metrics::counter!(crate::ops::metrics::API_KEY_REQUESTS).increment(1);
-            serve(&gw, principal, path, req).await
+            serve(&gw, principal, path_start, req).await
         }
         Err(keys::Denied::Unauthorized) => {
             metrics::counter!(crate::ops::metrics::API_KEY_AUTH_FAILURES).increment(1);
@@ -140,16 +140,17 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
     }
 }
 
-/// Everything after authentication: format headers, body, parse, policy, run, encode.
-async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> Response {
+/// Everything after authentication: rate limit, format headers, body, parse, policy, run,
+/// encode. The protocol path is the request's path from `path_start` on.
+async fn serve(gw: &Gateway, principal: Principal, path_start: usize, req: Request) -> Response {
     let Some((bucket, rate)) = principal.limit else {
-        return serve_admitted(gw, principal, path, req).await;
+        return serve_admitted(gw, principal, path_start, req).await;
     };
     let span = tracing::debug_span!("rate_limit", ratelimit.allowed = tracing::field::Empty);
     let decision = gw.limiter.check(bucket, rate).instrument(span.clone()).await;
     span.record("ratelimit.allowed", decision.allowed);
     let mut response = if decision.allowed {
-        serve_admitted(gw, principal, path, req).await
+        serve_admitted(gw, principal, path_start, req).await
     } else {
         metrics::counter!(crate::ops::metrics::RATE_LIMIT_REJECTIONS).increment(1);
         let text = format!(
@@ -162,20 +163,20 @@ async fn serve(gw: &Gateway, principal: Principal, path: &str, req: Request) -> 
     response
 }
 
-async fn serve_admitted(gw: &Gateway, principal: Principal, path: &str, req: Request) -> Response {
+async fn serve_admitted(gw: &Gateway, principal: Principal, path_start: usize, req: Request) -> Response {
     let sync = &gw.sync;
-    let method = req.method().clone();
-    let fmt = match format(req.headers()) {
+    let (parts, body) = req.into_parts();
+    let fmt = match format(&parts.headers) {
         Ok(f) => f,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, e, sync),
     };
-    let query = req.uri().query().map(str::to_owned);
-    let body = match read_body(&gw.http, req.into_body()).await {
+    let body = match read_body(&gw.http, body).await {
         Ok(b) => b,
         Err((status, text)) => return reply::error(status, text, sync),
     };
     let limits = ParseLimits { max_batch_commands: gw.http.max_pipeline_commands };
-    let parsed = match request::parse(path, query.as_deref(), &body, limits) {
+    let path = parts.uri.path().get(path_start..).unwrap_or("");
+    let parsed = match request::parse(path, parts.uri.query(), &body, limits) {
         Ok(p) => p,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, &e.to_string(), sync),
     };
@@ -184,7 +185,7 @@ async fn serve_admitted(gw: &Gateway, principal: Principal, path: &str, req: Req
         return reply::error(StatusCode::BAD_REQUEST, &refusal.to_string(), sync);
     }
     let mut response = dispatch(gw, &principal, parsed, fmt).await;
-    if method == Method::HEAD {
+    if parts.method == Method::HEAD {
         *response.body_mut() = Body::empty();
     }
     response
@@ -217,7 +218,7 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
 }
 
 /// Records a batch's commands: each gets its own outcome and an equal share of the time.
-fn record_commands(labels: &[&str], started: std::time::Instant, outcomes: Option<&[Value]>) {
+fn record_commands(labels: &[&'static str], started: std::time::Instant, outcomes: Option<&[Value]>) {
     let share = started.elapsed().as_secs_f64() / labels.len().max(1) as f64;
     for (i, name) in labels.iter().enumerate() {
         let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
@@ -230,7 +231,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let backend = &p.backend;
     let keepalive = gw.http.sse_keepalive;
     let started = std::time::Instant::now();
-    let labels: Vec<&str> =
+    let labels: Vec<&'static str> =
         req.commands().iter().map(|c| crate::ops::metrics::command_label(c.name())).collect();
     let result = match req {
         Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {

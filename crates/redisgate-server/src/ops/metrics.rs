@@ -166,7 +166,9 @@ struct HttpSeries {
 }
 
 fn http_series(method: &'static str, path: &'static str, status: u16) -> Arc<HttpSeries> {
-    type Map = HashMap<(&'static str, &'static str, u16), Arc<HttpSeries>>;
+    // Keys are interned labels from closed sets: the fast hash is safe, and SipHash cost
+    // more than the rest of this function.
+    type Map = HashMap<(&'static str, &'static str, u16), Arc<HttpSeries>, rustc_hash::FxBuildHasher>;
     static SERIES: OnceLock<RwLock<Map>> = OnceLock::new();
     let map = SERIES.get_or_init(Default::default);
     if let Some(s) = map.read().expect("series lock").get(&(method, path, status)) {
@@ -416,9 +418,9 @@ fn command_series(label: &'static str) -> &'static CommandSeries {
     })
 }
 
-/// Records one Redis command's outcome (`name` upper case, as from [`command_label`]).
-pub fn redis_command(name: &str, seconds: f64, failed: bool) {
-    let series = command_series(command_label(name));
+/// Records one Redis command's outcome under its `label` (from [`command_label`]).
+pub fn redis_command(label: &'static str, seconds: f64, failed: bool) {
+    let series = command_series(label);
     series.commands.increment(1);
     // Touched on success too, so the error series exists (at 0) for every command seen.
     series.errors.increment(u64::from(failed));

@@ -13,10 +13,10 @@
 //! never fails a request.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use redis::Value;
 use redisgate_core::ids::ApiKeyId;
 use redisgate_core::ratelimit::{Decision, Rate, Unit};
@@ -64,7 +64,9 @@ impl RateLimiter {
     /// Spends one request of `bucket` at `rate`.
     pub async fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
         if let Some(shared) = &self.shared {
-            match shared.check(bucket, rate).await {
+            // Boxed: the shared path's future is large, and inline it would be moved with every
+            // request's future in local mode too.
+            match Box::pin(shared.check(bucket, rate)).await {
                 Ok(d) => return d,
                 Err(e) => {
                     metrics::counter!(RATE_LIMIT_FALLBACKS).increment(1);
@@ -81,22 +83,21 @@ const SHARDS: usize = 16;
 /// TATs per bucket, sharded so concurrent requests of different keys rarely share a lock.
 struct LocalLimiter {
     epoch: Instant,
-    shards: [Mutex<HashMap<Bucket, u64>>; SHARDS],
-    hasher: std::collections::hash_map::RandomState,
+    // Buckets are ids of authenticated keys or token positions, not attacker-chosen input:
+    // the fast hash is safe here.
+    shards: [Mutex<HashMap<Bucket, u64, rustc_hash::FxBuildHasher>>; SHARDS],
 }
 
 impl LocalLimiter {
     fn new() -> Self {
-        LocalLimiter { epoch: Instant::now(), shards: Default::default(), hasher: Default::default() }
+        LocalLimiter { epoch: Instant::now(), shards: Default::default() }
     }
 
     /// Uses tokio's clock, so tests can pause it.
     fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
         // Offset by a second so that "never seen" (TAT 0) is always in the past.
         let now = self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000;
-        let mut h = self.hasher.build_hasher();
-        bucket.hash(&mut h);
-        let shard = &self.shards[(std::hash::Hasher::finish(&h) as usize) % SHARDS];
+        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(bucket) as usize) % SHARDS];
         let mut map = shard.lock().expect("rate limiter lock");
         let tat = map.get(&bucket).copied().unwrap_or(0);
         let (decision, new_tat) = rate.check(tat, now);
@@ -158,12 +159,16 @@ impl SharedLimiter {
     }
 }
 
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// The `RateLimit-*` headers (and `Retry-After` when refused) for a decision.
 pub fn headers(rate: Rate, d: &Decision, h: &mut HeaderMap) {
     let secs = |dur: std::time::Duration| dur.as_secs() + u64::from(dur.subsec_nanos() > 0);
-    h.insert("ratelimit-limit", HeaderValue::from(rate.per_second));
-    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(secs(d.reset_after)));
+    h.insert(LIMIT, HeaderValue::from(rate.per_second));
+    h.insert(REMAINING, HeaderValue::from(d.remaining));
+    h.insert(RESET, HeaderValue::from(secs(d.reset_after)));
     if !d.allowed {
         h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs(d.retry_after).max(1)));
     }
