@@ -142,8 +142,8 @@ pub async fn launch(
         ),
         None => None,
     };
-    let app =
-        router(api, gateway, health, !settings.tokens.is_empty(), metrics_listener.is_none(), &settings.cors);
+    let app = router(api, health, metrics_listener.is_none(), &settings.cors);
+    let data_plane = serve::DataPlane::new(gateway, !settings.tokens.is_empty(), cors_layer(&settings.cors));
     if let Some(listener) = metrics_listener {
         let metrics =
             Router::new().route("/metrics", axum::routing::get(|| async { ops::metrics::render() }));
@@ -162,7 +162,7 @@ pub async fn launch(
         shutdown.await;
         streams_end.cancel();
     };
-    serve::serve(listener, app, &settings.http, shutdown).await;
+    serve::serve(listener, app, data_plane, &settings.http, shutdown).await;
     cancel.cancel();
     instances.shutdown().await;
     tracker.close();
@@ -251,23 +251,16 @@ fn build_tokens(
     Ok(tokens)
 }
 
-/// The management API, its OpenAPI document and docs page, the protocol for instances under
-/// `/redis/{instance_id}`, and — in standalone mode — the protocol at `/` for every path the
-/// others do not own.
+/// The management API, its OpenAPI document and docs page, and the health and metrics
+/// endpoints. (The data plane is served beside it: see [`serve`].)
 fn router(
     api: Arc<ApiState>,
-    gw: Arc<Gateway>,
     health: Arc<ops::health::Health>,
-    standalone: bool,
     metrics_here: bool,
     cors: &CorsSettings,
 ) -> Router {
     let (management, openapi) = api::router(api);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi);
-    let data_plane = Router::new()
-        .route("/redis/{instance_id}", axum::routing::any(gateway::handle_instance))
-        .route("/redis/{instance_id}/{*rest}", axum::routing::any(gateway::handle_instance))
-        .with_state(Arc::clone(&gw));
     let mut operations = Router::new()
         .route("/health/live", axum::routing::get(ops::health::live))
         .route("/health/ready", axum::routing::get(ops::health::ready))
@@ -278,26 +271,19 @@ fn router(
     let operations = operations.with_state(health);
     let app = management
         .merge(docs)
-        .merge(data_plane)
         .merge(operations)
-        .route_layer(axum::middleware::from_fn(ops::metrics::expose_route));
-    let (app, unmatched) = if standalone {
-        // A plain closure, not a nested router: one routing step less on every request.
-        (app.fallback(move |req| gateway::handle(axum::extract::State(Arc::clone(&gw)), req)), "standalone")
-    } else {
-        (app.fallback(|| async { api::ApiError::NotFound("route") }), "unmatched")
-    };
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        ops::metrics::FallbackLabel(unmatched),
-        ops::metrics::track_http,
-    ));
+        .route_layer(axum::middleware::from_fn(ops::metrics::expose_route))
+        .fallback(|| async { api::ApiError::NotFound("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            ops::metrics::FallbackLabel("unmatched"),
+            ops::metrics::track_http,
+        ));
     match cors_layer(cors) {
         Some(layer) => app.layer(layer),
         None => app,
     }
 }
 
-/// CORS for browsers. `*` never goes with credentials (the config refuses that combination).
 fn cors_layer(cors: &CorsSettings) -> Option<CorsLayer> {
     if cors.allowed_origins.is_empty() {
         return None;

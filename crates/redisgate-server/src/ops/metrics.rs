@@ -184,22 +184,51 @@ fn http_series(method: &'static str, path: &'static str, status: u16) -> Arc<Htt
     Arc::clone(map.write().expect("series lock").entry((method, path, status)).or_insert(series))
 }
 
-/// Outer layer: counts and times every request by method, route template and status, and
-/// runs it in its server span (see [`super::telemetry`]; disabled, so free, unless exported).
-pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let span = super::telemetry::http_span(method, req.headers());
-    let res = next.run(req).instrument(span.clone()).await;
-    let route = res.extensions().get::<RouteLabel>().map(|r| r.0);
-    super::telemetry::finish_http_span(&span, method, route, res.status().as_u16());
-    let path = route.unwrap_or(fallback.0);
-    let series = http_series(method, path, res.status().as_u16());
-    series.requests.increment(1);
-    if let Some(errors) = &series.errors {
-        errors.increment(1);
+/// One request being counted, timed and traced: what the router's [`track_http`] layer and
+/// the data plane's direct path ([`crate::serve`]) share.
+pub struct Observation {
+    started: Instant,
+    method: &'static str,
+    span: tracing::Span,
+}
+
+impl Observation {
+    /// Starts the clock and the server span (see [`super::telemetry`]; disabled, so free,
+    /// unless exported).
+    pub fn start<B>(req: &http::Request<B>) -> Self {
+        let method = method_label(req.method());
+        Observation {
+            started: Instant::now(),
+            method,
+            span: super::telemetry::http_span(method, req.headers()),
+        }
     }
-    series.duration.record(started.elapsed().as_secs_f64());
+
+    /// The request's server span, to run its handling in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records the answer under `route` (a route template), or `unrouted` when there is none.
+    pub fn finish(self, route: Option<&'static str>, unrouted: &'static str, res: &Response) {
+        let status = res.status().as_u16();
+        super::telemetry::finish_http_span(&self.span, self.method, route, status);
+        let series = http_series(self.method, route.unwrap_or(unrouted), status);
+        series.requests.increment(1);
+        if let Some(errors) = &series.errors {
+            errors.increment(1);
+        }
+        series.duration.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Outer layer: counts and times every request by method, route template and status, and
+/// runs it in its server span.
+pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
+    let observation = Observation::start(&req);
+    let res = next.run(req).instrument(observation.span().clone()).await;
+    let route = res.extensions().get::<RouteLabel>().map(|r| r.0);
+    observation.finish(route, fallback.0, &res);
     res
 }
 

@@ -314,6 +314,11 @@ async fn openapi_document_and_docs_page() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from /openapi.json");
     }
+    // The data plane is served beside the router, by path: no API path may fall to it.
+    for p in paths.keys() {
+        let first = p.trim_start_matches('/').split('/').next().unwrap();
+        assert!(redisgate_server::serve::ROUTER_SEGMENTS.contains(&first), "{p} is not routed to the API");
+    }
     let r = g.http.get(g.url("/docs/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();

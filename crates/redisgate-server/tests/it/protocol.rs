@@ -497,3 +497,21 @@ async fn upstash_specific_semantics() {
         json!([{"result": 0}, {"result": ["m2"]}, {"result": "v"}])
     );
 }
+
+/// Standalone mode shares the listener with the API: paths the router owns go to it, every
+/// other path is a command.
+#[tokio::test]
+async fn standalone_paths_beside_the_router() {
+    let redis = Redis::start().await;
+    let g = Gate::start(settings(&redis)).await;
+    let r = g.post("/echo/hello", "").await;
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, r#"{"result":"hello"}"#.to_owned()));
+    let r = g.http.get(g.url("/health/live")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/api/nothing-here", "/redis/", "/auth"] {
+        let r = g.http.get(g.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+}
