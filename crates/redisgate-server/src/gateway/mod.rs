@@ -231,25 +231,35 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let backend = &p.backend;
     let keepalive = gw.http.sse_keepalive;
     let started = std::time::Instant::now();
-    let labels: Vec<&'static str> =
-        req.commands().iter().map(|c| crate::ops::metrics::command_label(c.name())).collect();
+    let (one, many): ([&'static str; 1], Vec<&'static str>);
+    let labels: &[&'static str] = match &req {
+        // Most requests carry one command: no allocation for its label.
+        Rq::Single(c) => {
+            one = [crate::ops::metrics::command_label(c.name())];
+            &one
+        }
+        _ => {
+            many = req.commands().iter().map(|c| crate::ops::metrics::command_label(c.name())).collect();
+            &many
+        }
+    };
     let result = match req {
         Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
-            record_commands(&labels, started, Some(std::slice::from_ref(&v)));
+            record_commands(labels, started, Some(std::slice::from_ref(&v)));
             single_reply(&v, fmt, sync)
         }),
         Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| {
-            record_commands(&labels, started, Some(&vs));
+            record_commands(labels, started, Some(&vs));
             batch_reply(&vs, fmt, sync)
         }),
         Rq::Transaction(cmds) => exec::transaction(backend, cmds).await.map(|out| match out {
             // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
             TxOutcome::Committed(vs) => {
-                record_commands(&labels, started, Some(&vs));
+                record_commands(labels, started, Some(&vs));
                 batch_reply(&vs, Format { resp2: false, ..fmt }, sync)
             }
             TxOutcome::Discarded(text) => {
-                record_commands(&labels, started, None);
+                record_commands(labels, started, None);
                 reply::error(StatusCode::BAD_REQUEST, &text, sync)
             }
         }),
@@ -258,7 +268,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         Rq::Monitor => sse::monitor(backend, keepalive, gw.shutdown.clone()).await,
     };
     result.unwrap_or_else(|e| {
-        record_commands(&labels, started, None);
+        record_commands(labels, started, None);
         tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
         reply::backend_error(&e, sync)
     })

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use redisgate_core::codec;
 
 use super::backend::BackendError;
@@ -42,13 +42,15 @@ impl Default for SyncTokens {
     }
 }
 
-const SYNC_TOKEN: &str = "upstash-sync-token";
+const SYNC_TOKEN: HeaderName = HeaderName::from_static("upstash-sync-token");
 
 /// A response with a body already encoded.
 pub fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>, sync: &SyncTokens) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
+    // Room for the RateLimit and CORS headers added on the way out, without regrowing.
+    h.reserve(12);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(SYNC_TOKEN, sync.next());
     r
