@@ -88,10 +88,12 @@ pub async fn launch(
         rate_limit,
     ));
     tracker.spawn(record_key_usage(Arc::clone(&keys), cancel.clone()));
+    let limiter = Arc::new(rate_limiter(&settings, &tracker, &cancel)?);
     let health = ops::health::Health::new(
         Arc::clone(&store),
         Arc::clone(&instances),
         &settings.instances.redis_server,
+        Arc::clone(&limiter),
     );
     tracker.spawn(Arc::clone(&health).run(settings.backend.health_check_interval, cancel.clone()));
     // Instances come back in the background: the API answers meanwhile, each instance's status
@@ -116,7 +118,7 @@ pub async fn launch(
     let gateway = Arc::new(Gateway {
         tokens,
         keys: Arc::clone(&keys),
-        limiter: rate_limiter(&settings, &tracker, &cancel)?,
+        limiter,
         http: settings.http.clone(),
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),

@@ -44,7 +44,7 @@ pub struct Gateway {
     pub tokens: Tokens,
     /// API keys, served at `/redis/{instance_id}`.
     pub keys: Arc<keys::KeyAuth>,
-    pub limiter: crate::ops::ratelimit::RateLimiter,
+    pub limiter: Arc<crate::ops::ratelimit::RateLimiter>,
     pub http: HttpSettings,
     pub sync: SyncTokens,
     pub shutdown: CancellationToken,

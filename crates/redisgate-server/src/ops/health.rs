@@ -5,8 +5,8 @@
 //! - `GET /health/live`: 200 whenever the process serves.
 //! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
 //!   answered; else 503 with a JSON reason.
-//! - `GET /health`: every component with `healthy` / `degraded` / `unhealthy`, plus
-//!   `uptime_seconds` and `version`.
+//! - `GET /health`: every component (metadata store, provisioner, instances, rate limiter)
+//!   with `healthy` / `degraded` / `unhealthy`, plus `uptime_seconds` and `version`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -38,6 +38,7 @@ pub struct Health {
     /// Instances the store says exist and the unhealthy ones among them, from the last sweep.
     instance_counts: RwLock<(u64, Vec<String>)>,
     redis_server_found: bool,
+    limiter: Arc<super::ratelimit::RateLimiter>,
 }
 
 impl Health {
@@ -45,6 +46,7 @@ impl Health {
         store: Arc<dyn Store>,
         instances: Arc<Instances>,
         redis_server: &std::path::Path,
+        limiter: Arc<super::ratelimit::RateLimiter>,
     ) -> Arc<Self> {
         Arc::new(Health {
             started: Instant::now(),
@@ -54,6 +56,7 @@ impl Health {
             store_check: RwLock::default(),
             instance_counts: RwLock::default(),
             redis_server_found: binary_exists(redis_server),
+            limiter,
         })
     }
 
@@ -156,9 +159,23 @@ pub async fn health(State(h): State<Arc<Health>>) -> Response {
         "total": total,
         "unhealthy": unhealthy,
     });
+    let limiter_up = h.limiter.shared_up();
+    let rate_limiter = match limiter_up {
+        None => json!({"status": "healthy", "mode": "local"}),
+        Some(true) => json!({"status": "healthy", "mode": "distributed"}),
+        Some(false) => json!({
+            "status": "degraded",
+            "mode": "distributed",
+            "error": "the shared rate-limit Redis does not answer; each replica limits on its own",
+        }),
+    };
     let status = if !store_ok {
         "unhealthy"
-    } else if !unhealthy.is_empty() || !h.redis_server_found || h.ready().is_err() {
+    } else if !unhealthy.is_empty()
+        || !h.redis_server_found
+        || h.ready().is_err()
+        || limiter_up == Some(false)
+    {
         "degraded"
     } else {
         "healthy"
@@ -168,7 +185,12 @@ pub async fn health(State(h): State<Arc<Health>>) -> Response {
         "status": status,
         "uptime_seconds": h.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-        "components": {"metadata_store": store, "provisioner": provisioner, "instances": instances},
+        "components": {
+            "metadata_store": store,
+            "provisioner": provisioner,
+            "instances": instances,
+            "rate_limiter": rate_limiter,
+        },
     });
     if !store_ok {
         body["error"] = json!("the metadata store is unavailable");

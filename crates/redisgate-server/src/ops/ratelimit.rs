@@ -61,6 +61,12 @@ impl RateLimiter {
         RateLimiter { local: LocalLimiter::new(), shared: Some(SharedLimiter { backend }) }
     }
 
+    /// `None` in local mode; in distributed mode whether the shared limiter's Redis is
+    /// connected (when not, requests are limited per replica).
+    pub fn shared_up(&self) -> Option<bool> {
+        self.shared.as_ref().map(|s| s.backend.is_up())
+    }
+
     /// Spends one request of `bucket` at `rate`.
     pub async fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
         if let Some(shared) = &self.shared {

@@ -40,6 +40,13 @@ async fn metric(g: &Gate, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
+/// The `rate_limiter` component of `GET /health`.
+async fn health_of_limiter(g: &Gate) -> String {
+    let body: serde_json::Value = g.http.get(g.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["components"]["rate_limiter"]["mode"], "distributed", "{body}");
+    body["components"]["rate_limiter"]["status"].as_str().unwrap().to_owned()
+}
+
 /// Two replicas on one PostgreSQL serve the same API key under constant overload for 3 s.
 /// Each replica alone would admit `burst + rate·t`; together, with one shared budget, they
 /// must admit that once (±10 %), not twice.
@@ -146,6 +153,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
     }
     let before = metric(&g, "rate_limit_fallbacks_total").await;
 
+    assert_eq!(health_of_limiter(&g).await, "healthy");
     limiter.kill();
     let started = Instant::now();
     let mut statuses = Vec::new();
@@ -160,6 +168,11 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
     assert!(admitted >= 1.0 && admitted <= 5.0 + 5.0 * elapsed.as_secs_f64() + 1.0, "{statuses:?}");
     let during = metric(&g, "rate_limit_fallbacks_total").await;
     assert!(during >= before + 30.0, "every request judged locally is counted: {before} -> {during}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health_of_limiter(&g).await != "degraded" {
+        assert!(Instant::now() < deadline, "/health never said the shared limiter is away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Back: the script is loaded again (NOSCRIPT -> EVAL) and the shared bucket reappears.
     limiter.restart().await;
@@ -176,6 +189,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
         assert!(s == 200 || s == 429, "{s}");
     }
     assert_eq!(metric(&g, "rate_limit_fallbacks_total").await, after, "no fall-backs once it is back");
+    assert_eq!(health_of_limiter(&g).await, "healthy");
     g.shutdown().await;
 }
 
