@@ -298,6 +298,16 @@ impl PgDatabase {
         }
     }
 
+    /// Settings of one RedisGate replica among several on this database (sharing the secret
+    /// key, as replicas must).
+    pub fn replica(&self) -> Settings {
+        Settings {
+            database_url: Some(self.url(None).into()),
+            secret_key: Some("ab".repeat(32).into()),
+            ..Settings::default()
+        }
+    }
+
     /// The server's port.
     pub fn port(&self) -> u16 {
         let host = self.admin_url.rsplit_once('@').unwrap().1.split('/').next().unwrap();

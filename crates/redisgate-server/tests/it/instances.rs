@@ -33,6 +33,23 @@ impl<'a> Tenant<'a> {
         Tenant { api, org, instance }
     }
 
+    /// An organization of `email`'s with one external instance: the Redis at `url`.
+    pub async fn external(g: &'a Gate, email: &str, url: &str) -> Tenant<'a> {
+        let (api, _) = Api::signup(g, email).await;
+        let (s, org) = api.post("/api/organizations", json!({"name": "Acme"})).await;
+        assert_eq!(s, 201, "{org}");
+        let org = org["id"].as_str().unwrap().to_owned();
+        let (s, inst) = api
+            .post(
+                &format!("/api/organizations/{org}/redis-instances"),
+                json!({"name": "ext", "provisioner": "external", "url": url}),
+            )
+            .await;
+        assert_eq!((s, inst["status"].as_str()), (201, Some("running")), "{inst}");
+        let instance = inst["id"].as_str().unwrap().to_owned();
+        Tenant { api, org, instance }
+    }
+
     pub async fn key(&self, body: Value) -> (String, String) {
         let (s, k) = self.api.post(&format!("/api/organizations/{}/api-keys", self.org), body).await;
         assert_eq!(s, 201, "{k}");
@@ -371,29 +388,11 @@ async fn the_platform_on_postgresql() {
 async fn replicas_follow_instances_created_and_deleted_elsewhere() {
     let db = crate::common::PgDatabase::create().await;
     let redis = Redis::start().await;
-    let replica = || Settings {
-        database_url: Some(db.url(None).into()),
-        secret_key: Some("cd".repeat(32).into()),
-        ..Settings::default()
-    };
-    let a = Gate::start_unchecked(replica()).await;
-    let b = Gate::start_unchecked(replica()).await;
-    let (ann, _) = Api::signup(&a, "ann@example.com").await;
-    let (_, org) = ann.post("/api/organizations", json!({"name": "Acme"})).await;
-    let org = org["id"].as_str().unwrap();
-    let (s, inst) = ann
-        .post(
-            &format!("/api/organizations/{org}/redis-instances"),
-            json!({"name": "ext", "provisioner": "external", "url": redis.url()}),
-        )
-        .await;
-    assert_eq!(s, 201, "{inst}");
-    let id = inst["id"].as_str().unwrap();
-    let (s, key) = ann
-        .post(&format!("/api/organizations/{org}/api-keys"), json!({"name": "k", "scope": "read-write"}))
-        .await;
-    assert_eq!(s, 201);
-    let key = key["key"].as_str().unwrap();
+    let a = Gate::start_unchecked(db.replica()).await;
+    let b = Gate::start_unchecked(db.replica()).await;
+    let t = Tenant::external(&a, "ann@example.com", &redis.url()).await;
+    let (key, _) = t.key(json!({"name": "k", "scope": "read-write"})).await;
+    let (id, key) = (t.instance.as_str(), key.as_str());
     assert_eq!(redis_cmd(&a, id, key, json!(["SET", "k", "from a"])).await.0, 200);
     let until = |want: u16, what: &'static str| {
         let b = &b;
@@ -410,7 +409,7 @@ async fn replicas_follow_instances_created_and_deleted_elsewhere() {
         }
     };
     assert_eq!(until(200, "never served by the other replica").await, json!({"result": "from a"}));
-    assert_eq!(ann.delete(&format!("/api/organizations/{org}/redis-instances/{id}")).await.0, 204);
+    assert_eq!(t.api.delete(&format!("/api/organizations/{}/redis-instances/{id}", t.org)).await.0, 204);
     assert_eq!(redis_cmd(&a, id, key, json!(["GET", "k"])).await.0, 401);
     until(401, "still served by the other replica after its deletion").await;
     a.shutdown().await;

@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 use redisgate_server::config::{RateLimitMode, Settings};
 use serde_json::json;
 
-use crate::api::Api;
 use crate::common::{Gate, PgDatabase, Redis, TOKEN, settings};
-use crate::instances::redis_cmd;
+use crate::instances::{Tenant, redis_cmd};
 
 fn distributed(s: &mut Settings, limiter: &Redis, per_second: u32, burst: u32) {
     s.rate_limit.mode = RateLimitMode::Distributed;
@@ -58,41 +57,22 @@ async fn one_limit_across_two_replicas() {
     let tenant_redis = Redis::start().await;
     let limiter = Redis::start().await;
     let replica = || {
-        let mut s = Settings {
-            database_url: Some(db.url(None).into()),
-            secret_key: Some("ab".repeat(32).into()),
-            ..Settings::default()
-        };
+        let mut s = db.replica();
         distributed(&mut s, &limiter, RATE, BURST);
         s
     };
     let a = Gate::start_unchecked(replica()).await;
-    let (ann, _) = Api::signup(&a, "ann@example.com").await;
-    let (_, org) = ann.post("/api/organizations", json!({"name": "Acme"})).await;
-    let org = org["id"].as_str().unwrap();
-    let (s, inst) = ann
-        .post(
-            &format!("/api/organizations/{org}/redis-instances"),
-            json!({"name": "shared", "provisioner": "external", "url": tenant_redis.url()}),
-        )
-        .await;
-    assert_eq!(s, 201, "{inst}");
-    let instance = inst["id"].as_str().unwrap().to_owned();
+    let t = Tenant::external(&a, "ann@example.com", &tenant_redis.url()).await;
+    let instance = t.instance.clone();
     // The second replica finds the instance in the shared store when it starts.
     let b = Gate::start_unchecked(replica()).await;
-    let (s, warmup) = ann
-        .post(&format!("/api/organizations/{org}/api-keys"), json!({"name": "warmup", "scope": "read-write"}))
-        .await;
-    assert_eq!(s, 201);
-    let warmup = warmup["key"].as_str().unwrap();
+    let (warmup, _) = t.key(json!({"name": "warmup", "scope": "read-write"})).await;
+    let warmup = warmup.as_str();
     wait_served(&a, &instance, warmup).await;
     wait_served(&b, &instance, warmup).await;
 
     // A fresh key: its bucket is full when the load starts.
-    let (_, key) = ann
-        .post(&format!("/api/organizations/{org}/api-keys"), json!({"name": "app", "scope": "read-write"}))
-        .await;
-    let key = key["key"].as_str().unwrap().to_owned();
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
     let started = Instant::now();
     let run_for = Duration::from_secs(3);
     let client = |g: &Gate| {
