@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use crate::api::{Api, control_plane};
 use crate::common::{Gate, Redis};
 
-/// An organization with one running local instance, ready for keys.
+/// An organization with one running instance (local, or external with [`Tenant::external`]),
+/// ready for keys.
 pub struct Tenant<'a> {
     pub api: Api<'a>,
     pub org: String,
@@ -18,33 +19,20 @@ pub struct Tenant<'a> {
 
 impl<'a> Tenant<'a> {
     pub async fn new(g: &'a Gate, email: &str) -> Tenant<'a> {
-        let (api, _) = Api::signup(g, email).await;
-        let (s, org) = api.post("/api/organizations", json!({"name": "Acme"})).await;
-        assert_eq!(s, 201, "{org}");
-        let org = org["id"].as_str().unwrap().to_owned();
-        let (s, inst) = api
-            .post(
-                &format!("/api/organizations/{org}/redis-instances"),
-                json!({"name": "cache", "memory_mb": 16}),
-            )
-            .await;
-        assert_eq!((s, inst["status"].as_str()), (201, Some("running")), "{inst}");
-        let instance = inst["id"].as_str().unwrap().to_owned();
-        Tenant { api, org, instance }
+        Tenant::with_instance(g, email, json!({"name": "cache", "memory_mb": 16})).await
     }
 
     /// An organization of `email`'s with one external instance: the Redis at `url`.
     pub async fn external(g: &'a Gate, email: &str, url: &str) -> Tenant<'a> {
+        Tenant::with_instance(g, email, json!({"name": "ext", "provisioner": "external", "url": url})).await
+    }
+
+    async fn with_instance(g: &'a Gate, email: &str, instance: Value) -> Tenant<'a> {
         let (api, _) = Api::signup(g, email).await;
         let (s, org) = api.post("/api/organizations", json!({"name": "Acme"})).await;
         assert_eq!(s, 201, "{org}");
         let org = org["id"].as_str().unwrap().to_owned();
-        let (s, inst) = api
-            .post(
-                &format!("/api/organizations/{org}/redis-instances"),
-                json!({"name": "ext", "provisioner": "external", "url": url}),
-            )
-            .await;
+        let (s, inst) = api.post(&format!("/api/organizations/{org}/redis-instances"), instance).await;
         assert_eq!((s, inst["status"].as_str()), (201, Some("running")), "{inst}");
         let instance = inst["id"].as_str().unwrap().to_owned();
         Tenant { api, org, instance }
