@@ -4,7 +4,8 @@
 //! - [`config`]: the typed configuration tree (defaults → TOML → environment, SRH variables).
 //! - [`api`]: the control plane, a JSON management API with its OpenAPI document.
 //! - [`gateway`]: the data plane, the Upstash REST protocol over real Redis.
-//! - [`serve`]: the HTTP listener (timeouts, graceful shutdown).
+//! - [`serve`]: the HTTP listener (timeouts, graceful shutdown), which sends data-plane requests
+//!   straight to the gateway and the rest through the router.
 //!
 //! [`launch`] builds and runs the whole application the same way in production and in tests:
 //! tests bind port 0 and pass the listener in.
