@@ -14,7 +14,7 @@
 //! enable. Without an OTLP endpoint the OpenTelemetry layer does not exist, the subscriber's
 //! maximum level is the log's, and `debug_span!` stops at its static level check: no span is
 //! created, nothing allocated, nothing exported. With an endpoint, the OpenTelemetry layer has
-//! its own filter ([`otel_filter`]) that enables exactly these spans (plus warnings and errors
+//! its own filter (`otel_filter`) that enables exactly these spans (plus warnings and errors
 //! inside them, as span events), whatever `REDISGATE_LOG` says.
 //!
 //! # Configuration (environment only, the OpenTelemetry names)
