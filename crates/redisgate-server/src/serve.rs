@@ -4,8 +4,9 @@
 //! Requests go two ways. The data plane (`/redis/{instance_id}/…`, and in standalone mode
 //! every path the router does not own) is called directly, with CORS, metrics and its span
 //! but without the router: routing through ~40 routes, a boxed route service per request and
-//! the middleware's boxing cost it a quarter of its CPU in instruction counts. Everything
-//! else (management API, docs, health, metrics) goes through the [`Router`].
+//! the middleware's boxing were a fifth of its instructions per request (callgrind, see
+//! bench/README.md). Everything else (management API, docs, health, metrics) goes through the
+//! [`Router`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,8 +68,10 @@ enum Target {
     Standalone,
 }
 
+/// The gateway's handlers as one service, each request counted and traced as the router's
+/// layers would.
 #[derive(Clone)]
-pub struct Direct {
+struct Direct {
     gateway: Arc<Gateway>,
     standalone: bool,
 }
