@@ -275,7 +275,6 @@ fn router(
     let app = management
         .merge(docs)
         .merge(operations)
-        .route_layer(axum::middleware::from_fn(ops::metrics::expose_route))
         .fallback(|| async { api::ApiError::NotFound("route") })
         .layer(axum::middleware::from_fn_with_state(
             ops::metrics::FallbackLabel("unmatched"),

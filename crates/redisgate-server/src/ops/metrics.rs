@@ -144,19 +144,6 @@ fn path_label(template: &str) -> &'static str {
 #[derive(Clone, Copy)]
 pub struct FallbackLabel(pub &'static str);
 
-/// Inner layer (on matched routes only): hands the route template out to [`track_http`].
-pub async fn expose_route(req: Request, next: Next) -> Response {
-    let template = req.extensions().get::<MatchedPath>().map(|p| path_label(p.as_str()));
-    let mut res = next.run(req).await;
-    if let Some(t) = template {
-        res.extensions_mut().insert(RouteLabel(t));
-    }
-    res
-}
-
-#[derive(Clone, Copy)]
-struct RouteLabel(&'static str);
-
 /// The HTTP series of one (method, route, status), registered once and reused: building a
 /// labelled key per request cost more than the rest of the metrics work together.
 struct HttpSeries {
@@ -222,12 +209,13 @@ impl Observation {
     }
 }
 
-/// Outer layer: counts and times every request by method, route template and status, and
-/// runs it in its server span.
+/// The router's layer: counts and times every request by method, route template and status,
+/// and runs it in its server span. It runs after routing (a `Router::layer`), so a matched
+/// request already carries its template.
 pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| path_label(p.as_str()));
     let observation = Observation::start(&req);
     let res = next.run(req).instrument(observation.span().clone()).await;
-    let route = res.extensions().get::<RouteLabel>().map(|r| r.0);
     observation.finish(route, fallback.0, &res);
     res
 }
