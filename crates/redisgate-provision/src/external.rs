@@ -8,9 +8,6 @@ use async_trait::async_trait;
 use redisgate_core::ids::InstanceId;
 use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
 
-use crate::probe;
-use crate::redact::Redactor;
-
 /// Checks a user-supplied server with an authenticated PING and hands its URL back.
 #[derive(Debug)]
 pub struct ExternalProvisioner {
@@ -40,10 +37,9 @@ impl Provisioner for ExternalProvisioner {
         if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
             return Err(ProvisionError::Failed("the URL must start with redis:// or rediss://".to_owned()));
         }
-        match probe::ping(text, self.timeout).await {
-            Ok(()) => Ok(url.clone()),
-            Err(e) => {
-                let reason = Redactor::for_url(text).redact(&e.describe());
+        match crate::ping(text, self.timeout).await {
+            Ok(_) => Ok(url.clone()),
+            Err(reason) => {
                 tracing::info!(instance.id = %spec.id, reason = %reason, "external Redis check failed");
                 Err(ProvisionError::Failed(reason))
             }

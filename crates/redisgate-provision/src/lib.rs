@@ -24,3 +24,13 @@ mod redact;
 
 pub use external::ExternalProvisioner;
 pub use local::{LocalOptions, LocalProvisioner};
+
+/// One authenticated PING to `url` within `timeout`: how long it took, or why it failed, with
+/// the URL and its password redacted (safe for owners, logs and `redisgate check`).
+pub async fn ping(url: &str, timeout: std::time::Duration) -> Result<std::time::Duration, String> {
+    let started = std::time::Instant::now();
+    probe::ping(url, timeout)
+        .await
+        .map(|()| started.elapsed())
+        .map_err(|e| redact::Redactor::for_url(url).redact(&e.describe()))
+}

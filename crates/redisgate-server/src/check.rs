@@ -32,25 +32,6 @@ impl std::fmt::Display for Line {
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn ping(url: &str) -> Result<Duration, String> {
-    let started = Instant::now();
-    let client = redis::Client::open(url).map_err(|_| "not a usable Redis URL".to_owned())?;
-    let attempt = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(TIMEOUT, attempt).await {
-        Ok(Ok(_)) => Ok(started.elapsed()),
-        // The error kind only: the message could echo a URL with its password.
-        Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
-            Err("authentication failed".into())
-        }
-        Ok(Err(e)) if e.is_connection_refusal() => Err("connection refused".into()),
-        Ok(Err(_)) => Err("no answer to PING".into()),
-        Err(_) => Err(format!("timed out after {TIMEOUT:?}")),
-    }
-}
-
 /// Checks everything `settings` names.
 pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
     let mut lines = vec![Line { component: format!("config ({config_source})"), result: Ok(Duration::ZERO) }];
@@ -58,7 +39,7 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         let name = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
         lines.push(Line {
             component: format!("standalone redis {name}"),
-            result: ping(t.url.expose_secret()).await,
+            result: redisgate_provision::ping(t.url.expose_secret(), TIMEOUT).await,
         });
     }
     // Opening SQLite creates the file: a check must not, so a missing file is reported.
@@ -119,7 +100,7 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
             },
         };
         let result = match url {
-            Ok(url) => ping(url.expose()).await,
+            Ok(url) => redisgate_provision::ping(url.expose(), TIMEOUT).await,
             Err(e) => Err(e),
         };
         lines.push(Line { component, result });
