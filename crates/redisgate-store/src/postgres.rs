@@ -215,6 +215,11 @@ fn key_from(row: &PgRow) -> StoreResult<ApiKey> {
     })
 }
 
+/// A rate's number as PostgreSQL's `integer` (the API caps rates at 10^9, below `i32::MAX`).
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 fn audit_from(row: &PgRow) -> StoreResult<AuditEntry> {
     let outcome: String = get(row, "outcome")?;
     Ok(AuditEntry {
@@ -696,8 +701,8 @@ impl Store for PgStore {
         .bind(&new.secret_hash[..])
         .bind(new.created_by.map(|u| u.0))
         .bind(OffsetDateTime::now_utc())
-        .bind(new.rate_limit.map(|r| i32::try_from(r.per_second).unwrap_or(i32::MAX)))
-        .bind(new.rate_limit.map(|r| i32::try_from(r.burst).unwrap_or(i32::MAX)))
+        .bind(new.rate_limit.map(|r| int(r.per_second)))
+        .bind(new.rate_limit.map(|r| int(r.burst)))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| db_error(e, "api key"))?;
@@ -759,8 +764,8 @@ impl Store for PgStore {
             key_cols!()
         ))
         .bind(id.0)
-        .bind(rate.map(|r| i32::try_from(r.per_second).unwrap_or(i32::MAX)))
-        .bind(rate.map(|r| i32::try_from(r.burst).unwrap_or(i32::MAX)))
+        .bind(rate.map(|r| int(r.per_second)))
+        .bind(rate.map(|r| int(r.burst)))
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?
@@ -874,8 +879,8 @@ impl Store for PgStore {
                  ON CONFLICT (plan) DO UPDATE SET per_second = excluded.per_second, burst = excluded.burst",
             )
             .bind(plan.as_str())
-            .bind(i32::try_from(r.per_second).unwrap_or(i32::MAX))
-            .bind(i32::try_from(r.burst).unwrap_or(i32::MAX)),
+            .bind(int(r.per_second))
+            .bind(int(r.burst)),
             None => sqlx::query("DELETE FROM plan_rate_limits WHERE plan = $1").bind(plan.as_str()),
         };
         q.execute(&self.pool).await.map_err(unavailable)?;
