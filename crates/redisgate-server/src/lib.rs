@@ -276,6 +276,7 @@ fn router(
         .merge(docs)
         .merge(operations)
         .fallback(|| async { api::ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
             ops::metrics::FallbackLabel("unmatched"),
             ops::metrics::track_http,

@@ -125,5 +125,21 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(keys::routes())
         .merge(plans::routes())
         .split_for_parts();
+    let mut api = api;
+    qualify_operation_ids(&mut api);
     (router.with_state(state), api)
+}
+
+/// utoipa names an operation after its handler, and most modules have a `list`, a `get` and a
+/// `delete`; OpenAPI wants operation ids unique (generators and fuzzers key on them), so each
+/// is qualified by its tag, which is its module: `redis_instances_list`.
+fn qualify_operation_ids(api: &mut utoipa::openapi::OpenApi) {
+    for item in api.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            if let (Some(id), Some(tag)) = (&op.operation_id, op.tags.as_ref().and_then(|t| t.first())) {
+                op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ const PYTEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The interpreter to run pytest with. A relative path with a `/` is taken from the repository
 /// root (cargo runs tests from the crate directory); a bare name is looked up in `PATH`.
-fn python() -> OsString {
+pub fn python() -> OsString {
     let Some(p) = std::env::var_os("REDISGATE_TEST_PYTHON").filter(|p| !p.is_empty()) else {
         panic!(
             "REDISGATE_TEST_PYTHON is not set, so the Python SDK tests (tests/python) cannot run. \
