@@ -4,9 +4,14 @@
 //!
 //! - `GET /health/live`: 200 whenever the process serves.
 //! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
-//!   answered; else 503 with a JSON reason.
-//! - `GET /health`: every component (metadata store, provisioner, instances, rate limiter)
-//!   with `healthy` / `degraded` / `unhealthy`, plus `uptime_seconds` and `version`.
+//!   answered; else 503 with a JSON reason (a fixed text: never the store's error, which can
+//!   name hosts, users or paths).
+//! - `GET /health`: `status`, `uptime_seconds` and `version` for anyone; every component
+//!   (metadata store, provisioner, instances, rate limiter) with `healthy` / `degraded` /
+//!   `unhealthy`, unhealthy instances' ids and the store's error text only for a deployment
+//!   administrator's session, and on the metrics listener (`metrics_listen`, the operators'
+//!   side), which needs no session: it must answer while the store, which holds sessions,
+//!   does not.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use redisgate_core::store::Store;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +77,7 @@ impl Health {
         }
         match &self.store_check.read().expect("health lock").result {
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("metadata store: {e}")),
+            Some(Err(_)) => Err("metadata store unreachable".into()),
             None => Err("metadata store not checked yet".into()),
         }
     }
@@ -141,7 +146,34 @@ pub async fn ready(State(h): State<Arc<Health>>) -> Response {
     }
 }
 
-pub async fn health(State(h): State<Arc<Health>>) -> Response {
+/// How long `/health` waits for the store to tell whether a session is an administrator's.
+const SESSION_WAIT: Duration = Duration::from_millis(250);
+
+impl Health {
+    /// Whether `token` is the session of a deployment administrator. `false` when the store
+    /// cannot say in time: the details are then only on the metrics listener.
+    async fn administrator(&self, token: &str) -> bool {
+        let hash = crate::api::auth::hash_secret(token);
+        let user = self.store.session_user(&hash, time::OffsetDateTime::now_utc());
+        matches!(tokio::time::timeout(SESSION_WAIT, user).await, Ok(Ok(Some(u))) if u.is_admin)
+    }
+}
+
+/// `GET /health` on the main listener: the details for deployment administrators only.
+pub async fn health(State(h): State<Arc<Health>>, headers: HeaderMap) -> Response {
+    let detailed = match crate::gateway::auth::bearer(&headers) {
+        Some(token) => h.administrator(token).await,
+        None => false,
+    };
+    report(&h, detailed)
+}
+
+/// `GET /health` on the metrics listener: always the details.
+pub async fn operator_health(State(h): State<Arc<Health>>) -> Response {
+    report(&h, true)
+}
+
+fn report(h: &Health, detailed: bool) -> Response {
     let store = match &h.store_check.read().expect("health lock").result {
         Some(Ok(d)) => json!({"status": "healthy", "latency_ms": d.as_secs_f64() * 1000.0}),
         Some(Err(e)) => json!({"status": "unhealthy", "error": e}),
@@ -185,13 +217,15 @@ pub async fn health(State(h): State<Arc<Health>>) -> Response {
         "status": status,
         "uptime_seconds": h.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-        "components": {
+    });
+    if detailed {
+        body["components"] = json!({
             "metadata_store": store,
             "provisioner": provisioner,
             "instances": instances,
             "rate_limiter": rate_limiter,
-        },
-    });
+        });
+    }
     if !store_ok {
         body["error"] = json!("the metadata store is unavailable");
     }
