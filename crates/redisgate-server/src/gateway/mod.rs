@@ -10,8 +10,8 @@
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
 //! - [`slots`]: requests in flight and SSE streams per caller.
 //!
-//! A request goes: method check → token → body (size and time bounded) → parse → policy for
-//! every command → backend → encode.
+//! A request goes: method check → token → the caller's in-flight slot → rate limit → body
+//! (size and time bounded) → parse → policy for every command → backend → encode.
 
 pub mod auth;
 pub mod backend;
@@ -144,8 +144,8 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
     }
 }
 
-/// Everything after authentication: rate limit, format headers, body, parse, policy, run,
-/// encode. The protocol path is the request's path from `path_start` on.
+/// Everything after authentication: in-flight slot, rate limit, format headers, body, parse,
+/// policy, run, encode. The protocol path is the request's path from `path_start` on.
 async fn serve(gw: &Gateway, principal: Principal, path_start: usize, req: Request) -> Response {
     let Some(_in_flight) = gw.slots.request(principal.caller) else {
         return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_REQUESTS, &gw.sync);
@@ -251,14 +251,14 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         }
     };
     // A stream holds its caller's stream slot for as long as it lasts.
-    let stream_slot = match &req {
+    let slot = match &req {
         Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => match gw.slots.stream(p.caller) {
             Some(slot) => Some(slot),
             None => return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_STREAMS, sync),
         },
         _ => None,
     };
-    let (shutdown, slot) = (gw.shutdown.clone(), stream_slot);
+    let shutdown = gw.shutdown.clone();
     let result = match req {
         Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
             record_commands(labels, started, Some(std::slice::from_ref(&v)));
