@@ -52,6 +52,12 @@ impl Drop for Served {
     }
 }
 
+/// How many of `records` are local instances, and the memory they reserve together.
+pub fn local_usage(records: &[InstanceRecord]) -> (u64, u64) {
+    let local = records.iter().filter(|r| r.instance.provisioner == ProvisionerKind::Local);
+    local.fold((0, 0), |(n, bytes), r| (n + 1, bytes.saturating_add(r.instance.memory_bytes)))
+}
+
 /// Why a local instance cannot be created.
 #[derive(Debug)]
 pub enum Refused {
@@ -109,11 +115,14 @@ impl Instances {
     pub async fn admit_local(&self, memory_bytes: u64) -> Result<tokio::sync::MutexGuard<'_, ()>, Refused> {
         let guard = self.admission.lock().await;
         let all = self.store.all_instances().await.map_err(Refused::Store)?;
-        let local = all.iter().filter(|r| r.instance.provisioner == ProvisionerKind::Local);
-        let (count, bytes) =
-            local.fold((0u64, 0u64), |(n, b), r| (n + 1, b.saturating_add(r.instance.memory_bytes)));
+        let (count, bytes) = local_usage(&all);
         self.capacity.admits(count, bytes, memory_bytes).map_err(Refused::Host)?;
         Ok(guard)
+    }
+
+    /// The host caps on local instances.
+    pub fn capacity(&self) -> HostCapacity {
+        self.capacity
     }
 
     fn provisioner(&self, kind: ProvisionerKind) -> &Arc<dyn Provisioner> {

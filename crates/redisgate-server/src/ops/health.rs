@@ -42,6 +42,8 @@ pub struct Health {
     store_check: RwLock<Check>,
     /// Instances the store says exist and the unhealthy ones among them, from the last sweep.
     instance_counts: RwLock<(u64, Vec<String>)>,
+    /// Local instances and the memory they reserve, from the last sweep.
+    local_usage: RwLock<(u64, u64)>,
     redis_server_found: bool,
     limiter: Arc<super::ratelimit::RateLimiter>,
 }
@@ -60,6 +62,7 @@ impl Health {
             instances,
             store_check: RwLock::default(),
             instance_counts: RwLock::default(),
+            local_usage: RwLock::default(),
             redis_server_found: binary_exists(redis_server),
             limiter,
         })
@@ -121,6 +124,7 @@ impl Health {
                 .collect();
             metrics::gauge!(INSTANCES_UNHEALTHY).set(unhealthy.len() as f64);
             *self.instance_counts.write().expect("health lock") = (all.len() as u64, unhealthy);
+            *self.local_usage.write().expect("health lock") = crate::instances::local_usage(&all);
         }
     }
 }
@@ -186,10 +190,19 @@ fn report(h: &Health, detailed: bool) -> Response {
         json!({"status": "unhealthy", "kind": "local", "error": "redis-server binary not found"})
     };
     let (total, unhealthy) = h.instance_counts.read().expect("health lock").clone();
+    let (local, local_bytes) = *h.local_usage.read().expect("health lock");
+    let cap = h.instances.capacity();
     let instances = json!({
         "status": if unhealthy.is_empty() { "healthy" } else { "degraded" },
         "total": total,
         "unhealthy": unhealthy,
+        // How full the host is against `instances.max_local_*`.
+        "local": {
+            "count": local,
+            "max_count": cap.max_local_instances,
+            "memory_mb": local_bytes / (1024 * 1024),
+            "max_memory_mb": cap.max_local_memory_bytes / (1024 * 1024),
+        },
     });
     let limiter_up = h.limiter.shared_up();
     let rate_limiter = match limiter_up {

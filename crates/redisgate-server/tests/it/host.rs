@@ -287,6 +287,9 @@ async fn anonymous_health_says_only_status_and_version() {
     let r = g.http.get(format!("http://127.0.0.1:{metrics_port}/health")).send().await.unwrap();
     let body: Value = r.json().await.unwrap();
     assert!(body["components"]["instances"]["unhealthy"].to_string().contains(&admin.instance), "{body}");
+    let local = &body["components"]["instances"]["local"];
+    assert_eq!((local["count"].as_u64(), local["memory_mb"].as_u64()), (Some(0), Some(0)), "{body}");
+    assert!(local["max_count"].as_u64().is_some_and(|n| n > 0), "{body}");
     let ready: Value = g.http.get(g.url("/health/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready, json!({"status": "ready"}));
 }
