@@ -23,7 +23,8 @@ pub struct Settings {
     /// Address to listen on. Port 0 picks a free port (tests do this).
     pub listen: SocketAddr,
     /// Serve `/metrics` on this address instead of on `listen` (e.g. a port only Prometheus
-    /// reaches). Unset: `/metrics` is on the main listener.
+    /// reaches), with `/health` showing every component without a session (operators' side).
+    /// Unset: `/metrics` is on the main listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Standalone mode: each token maps straight to one Redis server, served at `/`.
     pub tokens: Vec<TokenConfig>,

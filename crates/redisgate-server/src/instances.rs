@@ -212,7 +212,7 @@ impl Instances {
     pub async fn delete(&self, rec: &InstanceRecord) -> Result<(), String> {
         let id = rec.instance.id;
         let served = self.backends.write().expect("backends lock").remove(&id);
-        drop(served);
+        drop(served); // stops its backend: see `Served`
         self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
     }
 
@@ -252,7 +252,7 @@ impl Instances {
             }
             let removed = self.backends.write().expect("backends lock").remove(id);
             if let Some(served) = removed {
-                drop(served);
+                drop(served); // stops its backend
                 tracing::info!(instance.id = %id, "instance deleted by another replica; no longer served");
                 // Stops a local server of ours that was deleted through another replica.
                 let _ = self.local.destroy(*id).await;
