@@ -8,7 +8,8 @@
 //! - [`compat`]: the places where Upstash answers differently from plain Redis, emulated.
 //! - [`codec`]: Redis replies written as Upstash JSON (plain or base64) or as raw RESP2.
 //! - Tenancy, one module per noun: [`ids`], [`account`] (users), [`org`] (organizations,
-//!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`audit`].
+//!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`capacity`]
+//!   (host-wide caps on local instances), [`audit`].
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod account;
 pub mod apikey;
 pub mod audit;
+pub mod capacity;
 pub mod codec;
 pub mod command;
 pub mod compat;

@@ -5,18 +5,29 @@
 //! says the server answers, `running` once the gateway holds a backend for it, and `error`
 //! with the provisioner's reason otherwise (also later, when a supervised process crashes).
 //! There is no fallback: an instance without a backend of its own is not served.
+//!
+//! A backend lives exactly as long as its instance is served here: the entry holding it stops
+//! it when dropped (deleted through the API, with its organization, through another replica,
+//! or replaced), so a deleted instance leaves no supervisor reconnecting, logging or counting
+//! retries behind, and its streams end.
+//!
+//! Local instances are bounded host-wide ([`HostCapacity`]), across organizations. Creates are
+//! admitted one at a time under an in-process lock, counting what the store holds: local
+//! instances are single-replica (their `redis-server` is a child of this process), so this
+//! process is the only one creating them on this host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use redisgate_core::capacity::{HostCapacity, HostLimit};
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
 use redisgate_core::provision::{InstanceSpec, Provisioner, RedisUrl};
-use redisgate_core::store::{InstanceRecord, Store};
+use redisgate_core::store::{InstanceRecord, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BackendSettings;
+use crate::config::{BackendSettings, Settings};
 use crate::gateway::backend::Backend;
 use crate::secrets::Sealer;
 
@@ -29,28 +40,89 @@ pub struct Stats {
     pub connected_clients: u64,
 }
 
+/// A served instance's backend, stopped when the entry goes.
+struct Served {
+    org: OrgId,
+    backend: Arc<Backend>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.backend.stop();
+    }
+}
+
+/// How many of `records` are local instances, and the memory they reserve together.
+pub fn local_usage(records: &[InstanceRecord]) -> (u64, u64) {
+    let local = records.iter().filter(|r| r.instance.provisioner == ProvisionerKind::Local);
+    local.fold((0, 0), |(n, bytes), r| (n + 1, bytes.saturating_add(r.instance.memory_bytes)))
+}
+
+/// Why a local instance cannot be created.
+#[derive(Debug)]
+pub enum Refused {
+    /// A host-wide cap.
+    Host(HostLimit),
+    Store(StoreError),
+}
+
 pub struct Instances {
     store: Arc<dyn Store>,
     local: Arc<dyn Provisioner>,
     external: Arc<dyn Provisioner>,
     pub sealer: Sealer,
-    backends: RwLock<HashMap<InstanceId, (OrgId, Arc<Backend>)>>,
+    backends: RwLock<HashMap<InstanceId, Served>>,
     settings: BackendSettings,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    capacity: HostCapacity,
+    /// Held from the capacity check until the new instance is in the store.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl Instances {
+    /// `settings` gives the backends' settings and the host caps (`instances.max_local_*`).
     pub fn new(
         store: Arc<dyn Store>,
         local: Arc<dyn Provisioner>,
         external: Arc<dyn Provisioner>,
         sealer: Sealer,
-        settings: BackendSettings,
+        settings: &Settings,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        Instances { store, local, external, sealer, backends: RwLock::default(), settings, tracker, cancel }
+        let capacity = HostCapacity {
+            max_local_instances: settings.instances.max_local_instances,
+            max_local_memory_bytes: settings.instances.max_local_memory_mb.saturating_mul(1024 * 1024),
+        };
+        Instances {
+            store,
+            local,
+            external,
+            sealer,
+            backends: RwLock::default(),
+            settings: settings.backend.clone(),
+            tracker,
+            cancel,
+            capacity,
+            admission: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Admits a new local instance of `memory_bytes` if the host has room for it. Hold the
+    /// guard until the instance is in the store: parallel creates are decided one at a time,
+    /// each seeing the ones before it.
+    pub async fn admit_local(&self, memory_bytes: u64) -> Result<tokio::sync::MutexGuard<'_, ()>, Refused> {
+        let guard = self.admission.lock().await;
+        let all = self.store.all_instances().await.map_err(Refused::Store)?;
+        let (count, bytes) = local_usage(&all);
+        self.capacity.admits(count, bytes, memory_bytes).map_err(Refused::Host)?;
+        Ok(guard)
+    }
+
+    /// The host caps on local instances.
+    pub fn capacity(&self) -> HostCapacity {
+        self.capacity
     }
 
     fn provisioner(&self, kind: ProvisionerKind) -> &Arc<dyn Provisioner> {
@@ -63,7 +135,7 @@ impl Instances {
     /// The owning organization and backend of a running instance; the data plane's only way
     /// to reach one.
     pub fn backend(&self, id: InstanceId) -> Option<(OrgId, Arc<Backend>)> {
-        self.backends.read().expect("backends lock").get(&id).cloned()
+        self.backends.read().expect("backends lock").get(&id).map(|s| (s.org, Arc::clone(&s.backend)))
     }
 
     /// `healthy` when its Redis answers the backend's health checks, `unhealthy` when the
@@ -114,7 +186,12 @@ impl Instances {
         let label = format!("instance {}", inst.id);
         let backend =
             Backend::start(label, client, self.settings.clone(), &self.tracker, self.cancel.clone());
-        self.backends.write().expect("backends lock").insert(inst.id, (inst.org_id, backend));
+        let replaced = self
+            .backends
+            .write()
+            .expect("backends lock")
+            .insert(inst.id, Served { org: inst.org_id, backend });
+        drop(replaced); // stops a backend this instance had before, if any
         self.set(inst.id, InstanceStatus::Running, None).await
     }
 
@@ -130,10 +207,12 @@ impl Instances {
         (status, reason)
     }
 
-    /// Stops serving an instance, destroys its server and data (local), forgets it.
+    /// Stops serving an instance (its backend stops, its streams end), destroys its server
+    /// and data (local), forgets it.
     pub async fn delete(&self, rec: &InstanceRecord) -> Result<(), String> {
         let id = rec.instance.id;
-        self.backends.write().expect("backends lock").remove(&id);
+        let served = self.backends.write().expect("backends lock").remove(&id);
+        drop(served); // stops its backend: see `Served`
         self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
     }
 
@@ -168,11 +247,12 @@ impl Instances {
         let known: Vec<InstanceId> = self.backends.read().expect("backends lock").keys().copied().collect();
         for id in known.iter().filter(|id| !records.iter().any(|r| r.instance.id == **id)) {
             // Created here after the list was read, or really deleted? Ask again.
-            if !matches!(self.store.instance(*id).await, Err(redisgate_core::store::StoreError::NotFound)) {
+            if !matches!(self.store.instance(*id).await, Err(StoreError::NotFound)) {
                 continue;
             }
             let removed = self.backends.write().expect("backends lock").remove(id);
-            if removed.is_some() {
+            if let Some(served) = removed {
+                drop(served); // stops its backend
                 tracing::info!(instance.id = %id, "instance deleted by another replica; no longer served");
                 // Stops a local server of ours that was deleted through another replica.
                 let _ = self.local.destroy(*id).await;

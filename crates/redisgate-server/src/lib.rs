@@ -63,6 +63,7 @@ pub async fn launch(
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
     ops::metrics::handle();
     tracker.spawn(ops::metrics::upkeep(cancel.clone()));
+    private_dir(&settings.data_dir)?;
     let store =
         redisgate_store::connect(&settings.store_url()).await.context("opening the metadata store")?;
     let store = ops::metered::MeteredStore::wrap(store);
@@ -72,12 +73,12 @@ pub async fn launch(
         Arc::clone(&store),
         LocalProvisioner::new(
             settings.data_dir.join("instances"),
-            status_sink(&store),
+            status_sink(&store, &tracker),
             LocalOptions { redis_server: settings.instances.redis_server.clone(), ..LocalOptions::default() },
         ),
         ExternalProvisioner::new(),
         sealer,
-        settings.backend.clone(),
+        &settings,
         tracker.clone(),
         cancel.clone(),
     ));
@@ -123,6 +124,10 @@ pub async fn launch(
         http: settings.http.clone(),
         sync: SyncTokens::new(),
         shutdown: streams_end.clone(),
+        slots: gateway::slots::Slots::new(
+            settings.http.max_requests_in_flight_per_key,
+            settings.http.max_streams_per_key,
+        ),
     });
     let a = &settings.auth;
     let api = Arc::new(ApiState {
@@ -145,11 +150,14 @@ pub async fn launch(
         ),
         None => None,
     };
-    let app = router(api, health, metrics_listener.is_none(), &settings.cors);
+    let app = router(api, Arc::clone(&health), metrics_listener.is_none(), &settings.cors);
     let data_plane = serve::DataPlane::new(gateway, !settings.tokens.is_empty(), cors_layer(&settings.cors));
     if let Some(listener) = metrics_listener {
-        let metrics =
-            Router::new().route("/metrics", axum::routing::get(|| async { ops::metrics::render() }));
+        // The operators' side: metrics, and health with every component's details.
+        let metrics = Router::new()
+            .route("/metrics", axum::routing::get(|| async { ops::metrics::render() }))
+            .route("/health", axum::routing::get(ops::health::operator_health))
+            .with_state(health);
         let stop = cancel.clone();
         tracker.spawn(async move {
             let serving = axum::serve(listener, metrics).with_graceful_shutdown(stop.cancelled_owned());
@@ -165,7 +173,7 @@ pub async fn launch(
         shutdown.await;
         streams_end.cancel();
     };
-    serve::serve(listener, app, data_plane, &settings.http, shutdown).await;
+    serve::serve(listener, app, data_plane, &settings.http, &tracker, shutdown).await;
     cancel.cancel();
     instances.shutdown().await;
     tracker.close();
@@ -173,12 +181,33 @@ pub async fn launch(
     Ok(())
 }
 
-/// Provisioners report status changes (a crashed process, a restart) through this.
-fn status_sink(store: &Arc<dyn Store>) -> StatusSink {
-    let store = Arc::clone(store);
+/// `data_dir` holds the metadata store, the secret key and every local instance's data and
+/// password: created 0700, and put back to 0700 at start if it was loosened. A directory we
+/// may not chmod (a volume owned by root with a group for us, as Kubernetes' `fsGroup` makes)
+/// is only warned about: the files in it are 0600 regardless.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(path = %dir.display(), error = %e, "data_dir could not be made private (0700)");
+        }
+    }
+    Ok(())
+}
+
+/// Provisioners report status changes (a crashed process, a restart) through this; each
+/// write is a task on the tracker, so shutdown waits for it.
+fn status_sink(store: &Arc<dyn Store>, tracker: &TaskTracker) -> StatusSink {
+    let (store, tracker) = (Arc::clone(store), tracker.clone());
     Arc::new(move |id, status: InstanceStatus, reason: Option<String>| {
         let store = Arc::clone(&store);
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             if let Err(e) = store.set_instance_status(id, status, reason.as_deref()).await {
                 tracing::error!(instance.id = %id, error = %e, "could not record instance status");
             }
@@ -249,7 +278,10 @@ fn build_tokens(
             .rate_limit
             .enabled
             .then(|| (ops::ratelimit::Bucket::Token(i), settings.rate_limit.default_rate()));
-        tokens.add(t.token.expose_secret(), Principal { access, backend, limit });
+        tokens.add(
+            t.token.expose_secret(),
+            Principal { access, backend, caller: ops::ratelimit::Bucket::Token(i), limit },
+        );
     }
     Ok(tokens)
 }

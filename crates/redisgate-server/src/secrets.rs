@@ -4,7 +4,7 @@
 //!
 //! The key is `REDISGATE_SECRET_KEY` (64 hex digits; every replica sharing a PostgreSQL store
 //! needs the same one) or, by default, `<data_dir>/secret.key`, created with 256 random bits
-//! and mode 0600 on first start.
+//! and mode 0600 on first start (and put back to 0600 at every start).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -41,9 +41,12 @@ impl Sealer {
         }
         let path = data_dir.join("secret.key");
         match std::fs::read_to_string(&path) {
-            Ok(text) => parse_hex(text.trim())
-                .map(Self::from_key)
-                .ok_or_else(|| SealError::Key(format!("{} does not hold 64 hex digits", path.display()))),
+            Ok(text) => {
+                tighten(&path)?;
+                parse_hex(text.trim())
+                    .map(Self::from_key)
+                    .ok_or_else(|| SealError::Key(format!("{} does not hold 64 hex digits", path.display())))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 getrandom::fill(&mut key).map_err(|e| SealError::Key(e.to_string()))?;
@@ -78,6 +81,19 @@ impl Sealer {
         let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| SealError::Open)?;
         self.cipher.decrypt(&XNonce::from(nonce), body).map_err(|_| SealError::Open)
     }
+}
+
+/// A key file loosened since it was created (by hand, a restore from backup) goes back to 0600.
+fn tighten(path: &Path) -> Result<(), SealError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| SealError::Key(format!("{}: {e}", path.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn parse_hex(s: &str) -> Option<[u8; 32]> {

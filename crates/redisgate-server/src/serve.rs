@@ -1,5 +1,10 @@
 //! The HTTP listener: hyper with header-read timeouts (which also close idle keep-alive
-//! connections) and graceful shutdown that lets in-flight requests finish.
+//! connections), at most `http.max_connections` open connections, and graceful shutdown that
+//! lets in-flight requests finish.
+//!
+//! The connection cap is a semaphore taken *before* `accept`: past it, new clients wait in
+//! the kernel's listen backlog (and beyond that are refused by the kernel), so a flood of
+//! connections costs this process no task, buffer or descriptor until a slot frees.
 //!
 //! Requests go two ways. The data plane (`/redis/{instance_id}/…`, and in standalone mode
 //! every path the router does not own) is called directly, with CORS, metrics and its span
@@ -24,6 +29,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
@@ -119,12 +127,14 @@ impl Service<http::Request<Body>> for Direct {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, waits up to
-/// `shutdown_grace` for open requests to finish, and returns.
+/// `shutdown_grace` for open requests to finish, closes what is left, and returns. Every
+/// connection is a task on `tracker`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     data_plane: DataPlane,
     http: &HttpSettings,
+    tracker: &TaskTracker,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -135,8 +145,15 @@ pub async fn serve(
         .keep_alive_interval(Some(http.header_read_timeout))
         .keep_alive_timeout(http.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(http.max_connections));
+    // Fired when the grace period is over: the connections still open are dropped (closed).
+    let closing = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -162,9 +179,14 @@ pub async fn serve(
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let closing = closing.clone();
+        tracker.spawn(async move {
             // Errors here are clients going away mid-request; nothing to do about them.
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn => {}
+                () = closing.cancelled() => {}
+            }
+            drop(slot);
         });
     }
     drop(listener);
@@ -173,4 +195,5 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(http.shutdown_grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
+    closing.cancel();
 }

@@ -50,8 +50,42 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// The database holds password hashes, session and key digests and the audit log: only its
+/// owner may read it. Creates the missing parent directories 0700 (an existing one is left
+/// as it is: it may be shared, like `/tmp`), creates the file 0600 before SQLite does (which
+/// would follow the umask; SQLite gives its `-wal` and `-shm` files the database file's mode),
+/// and tightens the file and its `-wal`/`-shm` to 0600 when they exist already.
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    let failed = |what: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", what.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(parent).map_err(|e| failed(parent, e))?;
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    file.open(path).map_err(|e| failed(path, e))?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let p = Path::new(&name);
+        match std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(p, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating the file and its parent directory if needed) the database at `path`
+    /// Opens (creating the file and its parent directory if needed, private: see
+    /// [`private_files`]) the database at `path`
     /// and brings its schema up to date. `":memory:"` gives a private in-memory database,
     /// for tests.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
@@ -70,11 +104,7 @@ impl SqliteStore {
                 .connect_with(base.in_memory(true))
                 .await
         } else {
-            if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
+            private_files(Path::new(path))?;
             SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
                 .connect_with(

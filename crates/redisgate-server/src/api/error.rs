@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use redisgate_core::capacity::HostLimit;
 use redisgate_core::quota::Limit;
 use redisgate_core::store::StoreError;
 use serde::Serialize;
@@ -29,6 +30,10 @@ pub enum ApiError {
     Validation { field: String, message: String },
     #[error("quota exceeded: {}", .0.as_str())]
     QuotaExceeded(Limit),
+    /// A deployment-wide cap (`instances.max_local_*`): this host has no room, whatever the
+    /// organization's quota says.
+    #[error("this deployment has no room for it: {} reached", .0.as_str())]
+    HostCapacity(HostLimit),
     #[error("too many attempts; retry later")]
     TooManyRequests { retry_after: Duration },
     #[error("the metadata store is unavailable; retry later")]
@@ -52,6 +57,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            ApiError::HostCapacity(_) => (StatusCode::FORBIDDEN, "host_capacity_exceeded"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -70,12 +76,14 @@ pub struct ErrorBody {
     /// What went wrong, for people.
     pub error: String,
     /// Stable code for programs: `unauthenticated`, `forbidden`, `not_found`,
-    /// `validation_failed`, `quota_exceeded`, `email_taken`, `last_owner`, …
+    /// `validation_failed`, `quota_exceeded`, `host_capacity_exceeded`, `email_taken`,
+    /// `last_owner`, …
     pub code: &'static str,
     /// The request field a validation error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The quota a `quota_exceeded` error is about.
+    /// The quota a `quota_exceeded` error is about, or the host cap of a
+    /// `host_capacity_exceeded` one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
 }
@@ -92,6 +100,7 @@ impl IntoResponse for ApiError {
             },
             limit: match &self {
                 ApiError::QuotaExceeded(l) => Some(l.as_str()),
+                ApiError::HostCapacity(l) => Some(l.as_str()),
                 _ => None,
             },
         };
@@ -120,6 +129,15 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %detail, "metadata store failed");
                 ApiError::Unavailable
             }
+        }
+    }
+}
+
+impl From<crate::instances::Refused> for ApiError {
+    fn from(r: crate::instances::Refused) -> Self {
+        match r {
+            crate::instances::Refused::Host(limit) => ApiError::HostCapacity(limit),
+            crate::instances::Refused::Store(e) => e.into(),
         }
     }
 }

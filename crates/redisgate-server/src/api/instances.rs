@@ -52,7 +52,7 @@ fn view(state: &ApiState, instance: Instance) -> InstanceView {
 /// says whether that worked (`running`) or why not (`error`).
 #[utoipa::path(post, path = "/api/organizations/{org_id}/redis-instances", tag = "redis-instances", security(("session" = [])),
     params(("org_id" = OrgId, Path)), request_body = NewRedisInstance,
-    responses((status = 201, body = InstanceView), (status = 403, description = "role or quota", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = InstanceView), (status = 403, description = "role, quota or host capacity", body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     state: State,
     meta: RequestMeta,
@@ -100,7 +100,13 @@ async fn create(
             memory_bytes,
             sealed_url,
         };
+        // Host-wide caps on local instances, decided one create at a time.
+        let admitted = match provisioner {
+            ProvisionerKind::Local => Some(state.instances.admit_local(memory_bytes).await?),
+            ProvisionerKind::External => None,
+        };
         let rec = state.store.create_instance(new).await?;
+        drop(admitted);
         state.instances.start(&rec).await;
         Ok(state.store.instance(rec.instance.id).await?.instance)
     }

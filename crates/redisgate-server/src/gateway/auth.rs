@@ -18,6 +18,8 @@ use super::backend::Backend;
 pub struct Principal {
     pub access: Access,
     pub backend: Arc<Backend>,
+    /// Who is calling, for the per-caller concurrency limits ([`super::slots`]).
+    pub caller: crate::ops::ratelimit::Bucket,
     /// Whose rate-limit budget the request spends, at which rate (`None`: unlimited).
     pub limit: Option<(crate::ops::ratelimit::Bucket, redisgate_core::ratelimit::Rate)>,
 }

@@ -54,11 +54,15 @@ pub struct Backend {
     state: watch::Sender<State>,
     check_now: Notify,
     streams: Arc<Semaphore>,
+    /// This backend's own stop: a child of the application's, fired earlier by [`Backend::stop`]
+    /// when its instance is deleted.
+    stop: CancellationToken,
 }
 
 impl Backend {
     /// Creates the backend and starts its connection supervisor on `tracker`; the supervisor
-    /// stops when `cancel` fires. `label` names it in logs (never the URL: it may hold a password).
+    /// stops when `cancel` fires or [`Backend::stop`] is called. `label` names it in logs
+    /// (never the URL: it may hold a password).
     pub fn start(
         label: String,
         client: Client,
@@ -73,9 +77,22 @@ impl Backend {
             cfg,
             state: watch::Sender::new(State::Connecting),
             check_now: Notify::new(),
+            stop: cancel.child_token(),
         });
-        tracker.spawn(Arc::clone(&backend).supervise(cancel));
+        tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
         backend
+    }
+
+    /// Stops serving for good: the supervisor ends (no more reconnects, retries or logs), the
+    /// shared connection closes, requests still holding the backend get 503, and its SSE
+    /// streams end (see [`Backend::stopped`]).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once the backend is stopped (or the application shuts down).
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stop.clone().cancelled_owned()
     }
 
     pub fn label(&self) -> &str {
@@ -176,6 +193,13 @@ impl Backend {
     }
 
     async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
+        self.connect_until(&cancel).await;
+        // The state must not keep the last connection alive: its handle is what holds the
+        // socket open.
+        self.state.send_replace(State::Down("stopped".into()));
+    }
+
+    async fn connect_until(&self, cancel: &CancellationToken) {
         let mut failures = 0u32;
         let mut lost_before = false;
         loop {
@@ -195,7 +219,7 @@ impl Backend {
                     failures = 0;
                     self.state.send_replace(State::Up(conn.clone()));
                     let active = ActiveConnection::open();
-                    let keep_going = self.watch(conn, &cancel).await;
+                    let keep_going = self.watch(conn, cancel).await;
                     drop(active);
                     if !keep_going {
                         return;

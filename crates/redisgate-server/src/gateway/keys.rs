@@ -154,7 +154,7 @@ impl KeyAuth {
             let plan_rate = self.plan_rates.read().expect("plan rates lock").get(&plan).copied();
             (Bucket::ApiKey(key.id), key.rate_limit.or(plan_rate).unwrap_or_else(|| r.for_plan(plan)))
         });
-        Ok(Principal { access: key.scope.access(), backend, limit })
+        Ok(Principal { access: key.scope.access(), backend, caller: Bucket::ApiKey(key.id), limit })
     }
 
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.

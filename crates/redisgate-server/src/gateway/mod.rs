@@ -8,15 +8,17 @@
 //! - [`exec`]: running one command, a pipeline or a transaction.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
+//! - [`slots`]: requests in flight and SSE streams per caller.
 //!
-//! A request goes: method check → token → body (size and time bounded) → parse → policy for
-//! every command → backend → encode.
+//! A request goes: method check → token → the caller's in-flight slot → rate limit → body
+//! (size and time bounded) → parse → policy for every command → backend → encode.
 
 pub mod auth;
 pub mod backend;
 pub mod exec;
 pub mod keys;
 pub mod reply;
+pub mod slots;
 pub mod sse;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct Gateway {
     pub http: HttpSettings,
     pub sync: SyncTokens,
     pub shutdown: CancellationToken,
+    /// Requests in flight and streams per caller.
+    pub slots: Arc<slots::Slots>,
 }
 
 /// What the client asked the answer to look like (PROTOCOL.md §4.3, §4.4).
@@ -140,9 +144,12 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
     }
 }
 
-/// Everything after authentication: rate limit, format headers, body, parse, policy, run,
-/// encode. The protocol path is the request's path from `path_start` on.
+/// Everything after authentication: in-flight slot, rate limit, format headers, body, parse,
+/// policy, run, encode. The protocol path is the request's path from `path_start` on.
 async fn serve(gw: &Gateway, principal: Principal, path_start: usize, req: Request) -> Response {
+    let Some(_in_flight) = gw.slots.request(principal.caller) else {
+        return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_REQUESTS, &gw.sync);
+    };
     let Some((bucket, rate)) = principal.limit else {
         return serve_admitted(gw, principal, path_start, req).await;
     };
@@ -243,6 +250,15 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
             &many
         }
     };
+    // A stream holds its caller's stream slot for as long as it lasts.
+    let slot = match &req {
+        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => match gw.slots.stream(p.caller) {
+            Some(slot) => Some(slot),
+            None => return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_STREAMS, sync),
+        },
+        _ => None,
+    };
+    let shutdown = gw.shutdown.clone();
     let result = match req {
         Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
             record_commands(labels, started, Some(std::slice::from_ref(&v)));
@@ -263,9 +279,9 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 reply::error(StatusCode::BAD_REQUEST, &text, sync)
             }
         }),
-        Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, gw.shutdown.clone()).await,
-        Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, gw.shutdown.clone()).await,
-        Rq::Monitor => sse::monitor(backend, keepalive, gw.shutdown.clone()).await,
+        Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, shutdown, slot).await,
+        Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, shutdown, slot).await,
+        Rq::Monitor => sse::monitor(backend, keepalive, shutdown, slot).await,
     };
     result.unwrap_or_else(|e| {
         record_commands(labels, started, None);

@@ -11,7 +11,9 @@
 //! Each stream owns one dedicated Redis connection, so subscription counts are per stream
 //! as the SDK tests expect. When the client goes away hyper drops the body stream, which
 //! drops the connection and so the subscription; periodic `: keepalive` comments make a dead
-//! peer show up on quiet channels.
+//! peer show up on quiet channels. A stream also ends when its backend stops (the instance
+//! was deleted) and at shutdown, and holds its caller's stream slot (see [`super::slots`])
+//! for as long as it lasts.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -25,6 +27,7 @@ use http::{HeaderValue, header};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BackendError};
+use super::slots::Slot;
 
 /// One SSE event carrying `text`. Line breaks inside it become further `data:` lines, so a
 /// payload can never break the framing.
@@ -45,13 +48,21 @@ fn joined(parts: &[&[u8]]) -> Bytes {
 }
 
 /// The streamed response: `first` events, then `rest`, with keep-alive comments in between,
-/// ending when the backend stream ends or the server shuts down.
+/// ending when the backend stream ends, the backend stops or the server shuts down.
 fn respond(
     first: Vec<Bytes>,
     rest: impl Stream<Item = Bytes> + Send + 'static,
     keepalive: Duration,
+    backend: &Backend,
     shutdown: CancellationToken,
 ) -> Response {
+    let stopped = backend.stopped();
+    let end = async move {
+        tokio::select! {
+            () = stopped => {}
+            () = shutdown.cancelled() => {}
+        }
+    };
     let ticks = stream::unfold(
         tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive),
         |mut i| async {
@@ -67,7 +78,7 @@ fn respond(
                 .take_while(|b| std::future::ready(b.is_some()))
                 .map(|b| b.unwrap_or_default()),
         )
-        .take_until(shutdown.cancelled_owned())
+        .take_until(end)
         .map(Ok::<_, Infallible>);
     let mut r = Response::new(Body::from_stream(body));
     let h = r.headers_mut();
@@ -84,6 +95,7 @@ pub async fn subscribe(
     pattern: bool,
     keepalive: Duration,
     shutdown: CancellationToken,
+    slot: Option<Slot>,
 ) -> Result<Response, BackendError> {
     let (mut pubsub, permit) = backend.pubsub().await?;
     let sub = if pattern { pubsub.psubscribe(&names).await } else { pubsub.subscribe(&names).await };
@@ -99,7 +111,7 @@ pub async fn subscribe(
         })
         .collect();
     let messages = pubsub.into_on_message().map(move |msg| {
-        let _held = &permit;
+        let _held = (&permit, &slot);
         let channel = msg.get_channel_name().as_bytes();
         let payload = msg.get_payload_bytes();
         match msg.from_pattern().then(|| msg.get_pattern::<Vec<u8>>().ok()).flatten() {
@@ -107,7 +119,7 @@ pub async fn subscribe(
             None => joined(&[b"message", channel, payload]),
         }
     });
-    Ok(respond(first, messages, keepalive, shutdown))
+    Ok(respond(first, messages, keepalive, backend, shutdown))
 }
 
 /// MONITOR as a stream: `"OK"` first, then one line per command Redis runs.
@@ -115,17 +127,18 @@ pub async fn monitor(
     backend: &Backend,
     keepalive: Duration,
     shutdown: CancellationToken,
+    slot: Option<Slot>,
 ) -> Result<Response, BackendError> {
     let (mon, permit) = backend.monitor().await?;
     let lines = mon.into_on_message::<redis::Value>().map(move |line| {
-        let _held = &permit;
+        let _held = (&permit, &slot);
         match line {
             redis::Value::SimpleString(s) => event(s.as_bytes()),
             redis::Value::BulkString(b) => event(&b),
             other => event(format!("{other:?}").as_bytes()),
         }
     });
-    Ok(respond(vec![event(b"\"OK\"")], lines, keepalive, shutdown))
+    Ok(respond(vec![event(b"\"OK\"")], lines, keepalive, backend, shutdown))
 }
 
 #[cfg(test)]

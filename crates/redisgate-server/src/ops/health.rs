@@ -4,9 +4,14 @@
 //!
 //! - `GET /health/live`: 200 whenever the process serves.
 //! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
-//!   answered; else 503 with a JSON reason.
-//! - `GET /health`: every component (metadata store, provisioner, instances, rate limiter)
-//!   with `healthy` / `degraded` / `unhealthy`, plus `uptime_seconds` and `version`.
+//!   answered; else 503 with a JSON reason (a fixed text: never the store's error, which can
+//!   name hosts, users or paths).
+//! - `GET /health`: `status`, `uptime_seconds` and `version` for anyone; every component
+//!   (metadata store, provisioner, instances, rate limiter) with `healthy` / `degraded` /
+//!   `unhealthy`, unhealthy instances' ids and the store's error text only for a deployment
+//!   administrator's session, and on the metrics listener (`metrics_listen`, the operators'
+//!   side), which needs no session: it must answer while the store, which holds sessions,
+//!   does not.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use redisgate_core::store::Store;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +42,8 @@ pub struct Health {
     store_check: RwLock<Check>,
     /// Instances the store says exist and the unhealthy ones among them, from the last sweep.
     instance_counts: RwLock<(u64, Vec<String>)>,
+    /// Local instances and the memory they reserve, from the last sweep.
+    local_usage: RwLock<(u64, u64)>,
     redis_server_found: bool,
     limiter: Arc<super::ratelimit::RateLimiter>,
 }
@@ -55,6 +62,7 @@ impl Health {
             instances,
             store_check: RwLock::default(),
             instance_counts: RwLock::default(),
+            local_usage: RwLock::default(),
             redis_server_found: binary_exists(redis_server),
             limiter,
         })
@@ -72,7 +80,7 @@ impl Health {
         }
         match &self.store_check.read().expect("health lock").result {
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("metadata store: {e}")),
+            Some(Err(_)) => Err("metadata store unreachable".into()),
             None => Err("metadata store not checked yet".into()),
         }
     }
@@ -116,6 +124,7 @@ impl Health {
                 .collect();
             metrics::gauge!(INSTANCES_UNHEALTHY).set(unhealthy.len() as f64);
             *self.instance_counts.write().expect("health lock") = (all.len() as u64, unhealthy);
+            *self.local_usage.write().expect("health lock") = crate::instances::local_usage(&all);
         }
     }
 }
@@ -141,7 +150,34 @@ pub async fn ready(State(h): State<Arc<Health>>) -> Response {
     }
 }
 
-pub async fn health(State(h): State<Arc<Health>>) -> Response {
+/// How long `/health` waits for the store to tell whether a session is an administrator's.
+const SESSION_WAIT: Duration = Duration::from_millis(250);
+
+impl Health {
+    /// Whether `token` is the session of a deployment administrator. `false` when the store
+    /// cannot say in time: the details are then only on the metrics listener.
+    async fn administrator(&self, token: &str) -> bool {
+        let hash = crate::api::auth::hash_secret(token);
+        let user = self.store.session_user(&hash, time::OffsetDateTime::now_utc());
+        matches!(tokio::time::timeout(SESSION_WAIT, user).await, Ok(Ok(Some(u))) if u.is_admin)
+    }
+}
+
+/// `GET /health` on the main listener: the details for deployment administrators only.
+pub async fn health(State(h): State<Arc<Health>>, headers: HeaderMap) -> Response {
+    let detailed = match crate::gateway::auth::bearer(&headers) {
+        Some(token) => h.administrator(token).await,
+        None => false,
+    };
+    report(&h, detailed)
+}
+
+/// `GET /health` on the metrics listener: always the details.
+pub async fn operator_health(State(h): State<Arc<Health>>) -> Response {
+    report(&h, true)
+}
+
+fn report(h: &Health, detailed: bool) -> Response {
     let store = match &h.store_check.read().expect("health lock").result {
         Some(Ok(d)) => json!({"status": "healthy", "latency_ms": d.as_secs_f64() * 1000.0}),
         Some(Err(e)) => json!({"status": "unhealthy", "error": e}),
@@ -154,10 +190,19 @@ pub async fn health(State(h): State<Arc<Health>>) -> Response {
         json!({"status": "unhealthy", "kind": "local", "error": "redis-server binary not found"})
     };
     let (total, unhealthy) = h.instance_counts.read().expect("health lock").clone();
+    let (local, local_bytes) = *h.local_usage.read().expect("health lock");
+    let cap = h.instances.capacity();
     let instances = json!({
         "status": if unhealthy.is_empty() { "healthy" } else { "degraded" },
         "total": total,
         "unhealthy": unhealthy,
+        // How full the host is against `instances.max_local_*`.
+        "local": {
+            "count": local,
+            "max_count": cap.max_local_instances,
+            "memory_mb": local_bytes / (1024 * 1024),
+            "max_memory_mb": cap.max_local_memory_bytes / (1024 * 1024),
+        },
     });
     let limiter_up = h.limiter.shared_up();
     let rate_limiter = match limiter_up {
@@ -185,13 +230,15 @@ pub async fn health(State(h): State<Arc<Health>>) -> Response {
         "status": status,
         "uptime_seconds": h.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-        "components": {
+    });
+    if detailed {
+        body["components"] = json!({
             "metadata_store": store,
             "provisioner": provisioner,
             "instances": instances,
             "rate_limiter": rate_limiter,
-        },
-    });
+        });
+    }
     if !store_ok {
         body["error"] = json!("the metadata store is unavailable");
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use redisgate_server::config::{RateLimitMode, Settings};
 use serde_json::json;
 
+use crate::api::Api;
 use crate::common::{Gate, PgDatabase, Redis, TOKEN, settings};
 use crate::instances::{Tenant, redis_cmd};
 
@@ -39,9 +40,9 @@ async fn metric(g: &Gate, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
-/// The `rate_limiter` component of `GET /health`.
-async fn health_of_limiter(g: &Gate) -> String {
-    let body: serde_json::Value = g.http.get(g.url("/health")).send().await.unwrap().json().await.unwrap();
+/// The `rate_limiter` component of `GET /health`, as a deployment administrator sees it.
+async fn health_of_limiter(admin: &Api<'_>) -> String {
+    let (_, body) = admin.get("/health").await;
     assert_eq!(body["components"]["rate_limiter"]["mode"], "distributed", "{body}");
     body["components"]["rate_limiter"]["status"].as_str().unwrap().to_owned()
 }
@@ -119,6 +120,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
     let mut s = settings(&data);
     distributed(&mut s, &limiter, 5, 5);
     let g = Gate::start_unchecked(s).await;
+    let (admin, _) = Api::signup(&g, "root@example.com").await; // the first account
     let post = || g.http.post(g.url("/")).bearer_auth(TOKEN).body(r#"["PING"]"#).send();
     // Shared: the bucket lives in the limiter's Redis.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -133,7 +135,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
     }
     let before = metric(&g, "rate_limit_fallbacks_total").await;
 
-    assert_eq!(health_of_limiter(&g).await, "healthy");
+    assert_eq!(health_of_limiter(&admin).await, "healthy");
     limiter.kill();
     let started = Instant::now();
     let mut statuses = Vec::new();
@@ -149,7 +151,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
     let during = metric(&g, "rate_limit_fallbacks_total").await;
     assert!(during >= before + 30.0, "every request judged locally is counted: {before} -> {during}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while health_of_limiter(&g).await != "degraded" {
+    while health_of_limiter(&admin).await != "degraded" {
         assert!(Instant::now() < deadline, "/health never said the shared limiter is away");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -169,7 +171,7 @@ async fn falls_back_to_local_limits_while_the_limiter_redis_is_down() {
         assert!(s == 200 || s == 429, "{s}");
     }
     assert_eq!(metric(&g, "rate_limit_fallbacks_total").await, after, "no fall-backs once it is back");
-    assert_eq!(health_of_limiter(&g).await, "healthy");
+    assert_eq!(health_of_limiter(&admin).await, "healthy");
     g.shutdown().await;
 }
 
