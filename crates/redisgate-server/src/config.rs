@@ -171,6 +171,10 @@ pub struct HttpSettings {
     /// Interval of `: keepalive` comments on SSE streams; a dead peer shows up at the next one.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// Largest data-plane reply encoded (an upper bound of its encoded size, checked before
+    /// encoding); a larger one is answered with a JSON error. Local instances' output buffer
+    /// limit is derived from it.
+    pub max_response_bytes: usize,
 }
 
 impl Default for HttpSettings {
@@ -182,6 +186,7 @@ impl Default for HttpSettings {
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             sse_keepalive: Duration::from_secs(15),
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -207,6 +212,11 @@ pub struct BackendSettings {
     pub health_check_interval: Duration,
     /// Most concurrent SSE streams per backend, each holding its own Redis connection.
     pub max_streams: usize,
+    /// Time an EVAL/EVALSHA/FCALL (or _RO) may run before the gateway kills it with SCRIPT
+    /// KILL / FUNCTION KILL. Local instances accept the kill only after their 1 s
+    /// `busy-reply-threshold`, so a smaller value acts as 1 s there.
+    #[serde(with = "humantime_serde")]
+    pub script_timeout: Duration,
 }
 
 impl Default for BackendSettings {
@@ -218,6 +228,7 @@ impl Default for BackendSettings {
             response_timeout: Duration::from_secs(10),
             health_check_interval: Duration::from_secs(1),
             max_streams: 256,
+            script_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -410,6 +421,12 @@ impl Settings {
         }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be greater than 0"));
+        }
+        if self.http.max_response_bytes == 0 {
+            return Err(invalid("http.max_response_bytes", "must be greater than 0"));
+        }
+        if self.backend.script_timeout.is_zero() {
+            return Err(invalid("backend.script_timeout", "must be greater than 0"));
         }
         if self.http.max_pipeline_commands == 0 {
             return Err(invalid("http.max_pipeline_commands", "must be greater than 0"));
