@@ -12,4 +12,5 @@ mod protocol;
 mod python_sdk;
 mod ratelimit;
 mod resilience;
+mod scripts;
 mod sse;
