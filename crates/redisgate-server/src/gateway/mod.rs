@@ -6,6 +6,7 @@
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
+//! - [`script`]: scripts' time bound (SCRIPT KILL) and per-scope ACL users.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
 //!
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod exec;
 pub mod keys;
 pub mod reply;
+pub mod script;
 pub mod sse;
 
 use std::sync::Arc;
@@ -245,15 +247,15 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         }
     };
     let result = match req {
-        Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
+        Rq::Single(cmd) => exec::single(backend, cmd, p.access).await.map(|v| {
             record_commands(labels, started, Some(std::slice::from_ref(&v)));
             single_reply(&v, fmt, max_reply, sync)
         }),
-        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| {
+        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds, p.access).await.map(|vs| {
             record_commands(labels, started, Some(&vs));
             batch_reply(&vs, fmt, max_reply, sync)
         }),
-        Rq::Transaction(cmds) => exec::transaction(backend, cmds).await.map(|out| match out {
+        Rq::Transaction(cmds) => exec::transaction(backend, cmds, p.access).await.map(|out| match out {
             // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
             TxOutcome::Committed(vs) => {
                 record_commands(labels, started, Some(&vs));

@@ -2,9 +2,13 @@
 //! `http.max_response_bytes`, scripts by `backend.script_timeout`, and scripts' inner calls
 //! by the calling key's scope.
 
+use std::time::{Duration, Instant};
+
+use redisgate_server::config::Settings;
 use serde_json::{Value, json};
 
 use crate::common::{Gate, Redis, TOKEN, settings};
+use crate::instances::{Tenant, redis_cmd};
 
 const MIB: usize = 1024 * 1024;
 
@@ -68,4 +72,164 @@ async fn replies_above_max_response_bytes_are_refused_in_every_form() {
     // Nothing broke on the shared connection.
     let (status, body) = post(&g, "/", &json!(["PING"]), &[]).await;
     assert_eq!((status, body), (200, br#"{"result":"PONG"}"#.to_vec()));
+}
+
+/// A control plane whose scripts are killed after 1 s (local instances' busy-reply-threshold).
+async fn gate_with_script_timeout() -> Gate {
+    let mut s = Settings::default();
+    s.backend.script_timeout = Duration::from_secs(1);
+    Gate::start_unchecked(s).await
+}
+
+/// Refused by an ACL: the gateway's or Redis' NOPERM, or Redis 7.0's text for a script's
+/// inner call ("The user executing the script can't run this command").
+fn is_acl_refusal(e: &str) -> bool {
+    e.contains("NOPERM") || e.contains("can't run this command")
+}
+
+fn assert_refused(reply: &(u16, Value)) {
+    let (status, body) = reply;
+    assert_eq!(*status, 400, "{body}");
+    let e = body["error"].as_str().unwrap_or_else(|| panic!("an error field: {body}"));
+    assert!(is_acl_refusal(e), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_script_is_killed_and_never_stalls_another_tenant() {
+    let g = gate_with_script_timeout().await;
+    let a = Tenant::new(&g, "a@example.com").await;
+    let b = Tenant::new(&g, "b@example.com").await;
+    let (a_key, _) = a.key(json!({"name": "a", "scope": "admin"})).await;
+    let (b_key, _) = b.key(json!({"name": "b", "scope": "read-only"})).await;
+    assert_eq!(redis_cmd(&g, &b.instance, &b_key, json!(["PING"])).await, (200, json!({"result": "PONG"})));
+
+    let started = Instant::now();
+    let endless = {
+        let (g, instance, key) = (&g, a.instance.clone(), a_key.clone());
+        async move {
+            let r = redis_cmd(g, &instance, &key, json!(["EVAL", "while true do end", "0"])).await;
+            (r, started.elapsed())
+        }
+    };
+    let pings = async {
+        let mut slowest = Duration::ZERO;
+        let mut count = 0;
+        // Until well after the kill, so B is also measured while A's server is BUSY.
+        while started.elapsed() < Duration::from_millis(2500) {
+            let t = Instant::now();
+            let r = redis_cmd(&g, &b.instance, &b_key, json!(["PING"])).await;
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r, (200, json!({"result": "PONG"})));
+            count += 1;
+        }
+        (slowest, count)
+    };
+    let (((status, body), took), (slowest, count)) = tokio::join!(endless, pings);
+    eprintln!("A answered after {took:?}; B: {count} PINGs meanwhile, the slowest took {slowest:?}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Script killed by user with SCRIPT KILL"), "{body}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(slowest < Duration::from_millis(100), "B's slowest PING took {slowest:?} ({count} PINGs)");
+    // A's instance (and its shared connection) serves again.
+    assert_eq!(redis_cmd(&g, &a.instance, &a_key, json!(["PING"])).await, (200, json!({"result": "PONG"})));
+    assert_eq!(
+        redis_cmd(&g, &a.instance, &a_key, json!(["EVAL", "return 7", "0"])).await,
+        (200, json!({"result": 7}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_wrote_cannot_be_killed_and_gets_a_504_while_it_runs_on() {
+    let g = gate_with_script_timeout().await;
+    let a = Tenant::new(&g, "a@example.com").await;
+    let (key, _) = a.key(json!({"name": "a", "scope": "admin"})).await;
+    // Writes, then spins for 3 s of server time: SCRIPT KILL must refuse (UNKILLABLE).
+    let script = "redis.call('SET', KEYS[1], 'written') local t0 = redis.call('TIME')[1] \
+                  while redis.call('TIME')[1] - t0 < 3 do end return 1";
+    let started = Instant::now();
+    let (status, body) = redis_cmd(&g, &a.instance, &key, json!(["EVAL", script, "1", "k"])).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("backend.script_timeout"), "{body}");
+    assert!(took < Duration::from_millis(2500), "answered after {took:?}");
+    // Once the script has ended on its own, the instance serves again, with its write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = redis_cmd(&g, &a.instance, &key, json!(["GET", "k"])).await;
+        if r == (200, json!({"result": "written"})) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance still busy: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_script_can_migrate_or_reconfigure_the_server() {
+    let g = gate_with_script_timeout().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(json!({"name": "admin", "scope": "admin"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", "k", "v"])).await.0, 200);
+
+    // MIGRATE would have the Redis server connect to any host; here a loopback listener.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let migrate = "return redis.call('MIGRATE', '127.0.0.1', ARGV[1], KEYS[1], 0, 500)";
+    let r = redis_cmd(&g, &t.instance, &key, json!(["EVAL", migrate, "1", "k", port])).await;
+    assert_refused(&r);
+    let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "the server connected out");
+
+    for script in [
+        "return redis.call('CONFIG', 'SET', 'maxmemory', '0')",
+        "return redis.call('DEBUG', 'SLEEP', '0')",
+        "return redis.call('SHUTDOWN', 'NOSAVE')",
+        "return redis.call('ACL', 'SETUSER', 'x', 'on', '>p', '+@all')",
+        "return redis.call('REPLICAOF', '127.0.0.1', '1')",
+        "return redis.call('SWAPDB', '0', '1')",
+    ] {
+        let (status, body) = redis_cmd(&g, &t.instance, &key, json!(["EVAL", script, "0"])).await;
+        assert_eq!(status, 400, "{script}: {body}");
+    }
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["GET", "k"])).await, (200, json!({"result": "v"})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_with_the_rights_of_the_keys_scope() {
+    let g = gate_with_script_timeout().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (admin, _) = t.key(json!({"name": "admin", "scope": "admin"})).await;
+    let (rw, _) = t.key(json!({"name": "rw", "scope": "read-write"})).await;
+    let (ro, _) = t.key(json!({"name": "ro", "scope": "read-only"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, json!(["SET", "k", "v"])).await.0, 200);
+
+    // Read-only keys run read-only scripts, with read-only rights: no keyspace walk.
+    let get = json!(["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k"]);
+    assert_eq!(redis_cmd(&g, &t.instance, &ro, get).await, (200, json!({"result": "v"})));
+    let keys = json!(["EVAL_RO", "return redis.call('KEYS', '*')", "0"]);
+    assert_refused(&redis_cmd(&g, &t.instance, &ro, keys.clone()).await);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, keys).await, (200, json!({"result": ["k"]})));
+
+    // A read-write key's script cannot flush (refused by the gateway until read-write keys
+    // may send EVAL, by the read-write ACL user after that).
+    let flush = json!(["EVAL", "return redis.call('FLUSHALL')", "0"]);
+    assert_refused(&redis_cmd(&g, &t.instance, &rw, flush.clone()).await);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, json!(["GET", "k"])).await, (200, json!({"result": "v"})));
+    // The same script in a pipeline and a transaction.
+    for path in ["pipeline", "multi-exec"] {
+        let r = g
+            .http
+            .post(g.url(&format!("/redis/{}/{path}", t.instance)))
+            .bearer_auth(&ro)
+            .json(&json!([["GET", "k"], ["EVAL_RO", "return redis.call('KEYS', '*')", "0"]]))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        assert!(body[1]["error"].as_str().is_some_and(is_acl_refusal), "{path}: {body}");
+    }
+    // Admin keys may flush, from a script too.
+    let r = redis_cmd(&g, &t.instance, &admin, flush).await;
+    assert_eq!(r, (200, json!({"result": "OK"})));
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, json!(["GET", "k"])).await, (200, json!({"result": null})));
 }
