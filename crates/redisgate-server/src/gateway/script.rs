@@ -19,7 +19,7 @@
 //! ([`ScopeUsers`]), allowed exactly the commands the scope may run, and sends scripts of a
 //! key over a connection authenticated as its scope's user. The users are (re)written with
 //! ACL SETUSER through the default user each time such a connection opens, from the server's
-//! own `COMMAND LIST`: a conf file could not know the commands of the server it configures,
+//! own `COMMAND` list: a conf file could not know the commands of the server it configures,
 //! and a restarted server (or RedisGate) gets them back with fresh passwords. Passwords are
 //! random, live only in this process, and are never logged or shown. External instances run
 //! scripts with the rights of their URL's user: the owner's own server, the owner's rules.
@@ -82,20 +82,65 @@ pub async fn kill(conn: &mut MultiplexedConnection, kinds: Kinds) -> Killed {
     Killed::Done
 }
 
-/// The one place that decides what a script of a key with `access` may call.
+/// The one place that decides what a script of a key with `access` may call: `sub` is the
+/// subcommand (`get` of `CONFIG GET`) for commands that have them.
 // When core gains `policy::allowed_in_script(name, sub, access)` (the command table), this
 // becomes a call to it; until then a script may call what the key could send itself.
-fn allowed_in_script(name: &str, access: Access) -> bool {
-    Command::from_strs(&[name]).is_some_and(|c| policy::check(&c, access).is_ok())
+fn allowed_in_script(name: &str, sub: Option<&str>, access: Access) -> bool {
+    let parts: &[&str] = match sub {
+        Some(sub) => &[name, sub],
+        None => &[name],
+    };
+    Command::from_strs(parts).is_some_and(|c| policy::check(&c, access).is_ok())
+}
+
+/// One command of the server's `COMMAND` reply: its name and its subcommands' (lower case,
+/// without the `name|` prefix).
+#[derive(Debug, PartialEq)]
+struct ServerCommand {
+    name: String,
+    subs: Vec<String>,
+}
+
+/// Reads Redis 7's `COMMAND` reply: one array per command, the name first and the
+/// subcommands (each described the same way, named `parent|sub`) at index 9.
+fn server_commands(reply: Value) -> Option<Vec<ServerCommand>> {
+    let Value::Array(entries) = reply else { return None };
+    let name_of = |entry: &Value| match entry {
+        Value::Array(fields) => match fields.first() {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            Some(Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let name = name_of(entry)?;
+            let subs = match entry {
+                Value::Array(fields) => match fields.get(9) {
+                    Some(Value::Array(subs)) => subs
+                        .iter()
+                        .filter_map(|s| name_of(s)?.split_once('|').map(|(_, sub)| sub.to_owned()))
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            Some(ServerCommand { name, subs })
+        })
+        .collect()
 }
 
 /// The `ACL SETUSER` arguments of a scope's user: every key and channel (isolation is per
-/// server), no command but the allowed ones among `commands` (the server's `COMMAND LIST`).
+/// server), no command but the allowed ones among `commands` (the server's own): `+name` when
+/// the whole command is allowed, `+name|sub` for each allowed subcommand otherwise.
 fn setuser_args<'a>(
     user: &'a str,
     password: &str,
     access: Access,
-    commands: &'a [String],
+    commands: &'a [ServerCommand],
 ) -> Vec<std::borrow::Cow<'a, str>> {
     use std::borrow::Cow::{Borrowed, Owned};
     let mut args = vec![Borrowed("SETUSER"), Borrowed(user), Borrowed("reset"), Borrowed("on")];
@@ -103,7 +148,17 @@ fn setuser_args<'a>(
     // MULTI and EXEC frame the gateway's own /multi-exec batches (clients cannot send them,
     // and scripts cannot call them); without them a batch would run unframed, not atomically.
     args.extend(["~*", "&*", "-@all", "+multi", "+exec"].map(Borrowed));
-    args.extend(commands.iter().filter(|c| allowed_in_script(c, access)).map(|c| Owned(format!("+{c}"))));
+    for c in commands {
+        let allowed: Vec<&String> =
+            c.subs.iter().filter(|sub| allowed_in_script(&c.name, Some(sub), access)).collect();
+        if c.subs.is_empty() && allowed_in_script(&c.name, None, access)
+            || !c.subs.is_empty() && allowed.len() == c.subs.len()
+        {
+            args.push(Owned(format!("+{}", c.name)));
+        } else {
+            args.extend(allowed.into_iter().map(|sub| Owned(format!("+{}|{sub}", c.name))));
+        }
+    }
     args
 }
 
@@ -162,15 +217,9 @@ impl ScopeUsers {
             return Ok(conn.clone());
         }
         *slot = None;
-        let commands = match shared.send_packed_command(redis::cmd("COMMAND").arg("LIST")).await {
-            Ok(Value::Array(names)) => names
-                .into_iter()
-                .filter_map(|n| match n {
-                    Value::BulkString(b) => String::from_utf8(b).ok(),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-            _ => return Err(ScopeError::Setup("COMMAND LIST failed")),
+        let commands = match shared.send_packed_command(&redis::cmd("COMMAND")).await {
+            Ok(reply) => server_commands(reply).ok_or(ScopeError::Setup("unexpected COMMAND reply"))?,
+            Err(_) => return Err(ScopeError::Setup("COMMAND failed")),
         };
         let mut setuser = redis::cmd("ACL");
         for a in setuser_args(user.name, &user.password, access, &commands) {
@@ -231,12 +280,31 @@ mod tests {
         assert_eq!(both.kills().collect::<Vec<_>>(), ["SCRIPT", "FUNCTION"]);
     }
 
+    fn server(names: &[(&str, &[&str])]) -> Vec<ServerCommand> {
+        names
+            .iter()
+            .map(|(n, subs)| ServerCommand {
+                name: (*n).to_owned(),
+                subs: subs.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .collect()
+    }
+
     #[test]
     fn scope_users_get_only_what_their_scope_may_run() {
-        let commands: Vec<String> =
-            ["get", "set", "keys", "flushall", "migrate", "config", "debug", "eval_ro", "acl", "json.get"]
-                .map(String::from)
-                .to_vec();
+        let commands = server(&[
+            ("get", &[]),
+            ("set", &[]),
+            ("keys", &[]),
+            ("flushall", &[]),
+            ("migrate", &[]),
+            ("config", &["get", "set"]),
+            ("debug", &[]),
+            ("eval_ro", &[]),
+            ("acl", &["setuser"]),
+            ("object", &["encoding", "freq"]),
+            ("json.get", &[]),
+        ]);
         let allowed = |access| -> Vec<String> {
             setuser_args("u", "pw", access, &commands)
                 .iter()
@@ -244,14 +312,39 @@ mod tests {
                 .filter_map(|a| a.strip_prefix('+').map(str::to_owned))
                 .collect()
         };
-        assert_eq!(allowed(Access::ReadOnly), ["get", "eval_ro", "json.get"]);
-        assert_eq!(allowed(Access::ReadWrite), ["get", "set", "keys", "eval_ro", "json.get"]);
-        assert_eq!(allowed(Access::Admin), ["get", "set", "keys", "flushall", "eval_ro", "json.get"]);
+        assert_eq!(allowed(Access::ReadOnly), ["get", "eval_ro", "object", "json.get"]);
+        assert_eq!(allowed(Access::ReadWrite), ["get", "set", "keys", "eval_ro", "object", "json.get"]);
+        assert_eq!(
+            allowed(Access::Admin),
+            ["get", "set", "keys", "flushall", "eval_ro", "object", "json.get"]
+        );
         let args = setuser_args("u", "pw", Access::Admin, &commands);
         assert_eq!(
             &args[..10],
             ["SETUSER", "u", "reset", "on", ">pw", "~*", "&*", "-@all", "+multi", "+exec"]
         );
+    }
+
+    #[test]
+    fn the_command_reply_is_read_with_its_subcommands() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let entry = |name: &str, subs: Vec<Value>| {
+            let mut fields = vec![bulk(name), Value::Int(-1), Value::Array(vec![])];
+            fields.extend(std::iter::repeat_n(Value::Int(0), 6));
+            fields.push(Value::Array(subs));
+            Value::Array(fields)
+        };
+        let reply = Value::Array(vec![
+            entry("get", vec![]),
+            entry("config", vec![entry("config|get", vec![]), entry("config|set", vec![])]),
+            // Redis 6 has no subcommand field.
+            Value::Array(vec![bulk("ping"), Value::Int(-1)]),
+        ]);
+        assert_eq!(
+            server_commands(reply).unwrap(),
+            server(&[("get", &[]), ("config", &["get", "set"]), ("ping", &[])])
+        );
+        assert_eq!(server_commands(Value::Array(vec![Value::Int(1)])), None);
     }
 
     #[test]
