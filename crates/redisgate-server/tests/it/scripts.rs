@@ -138,6 +138,64 @@ async fn an_endless_script_is_killed_and_never_stalls_another_tenant() {
     );
 }
 
+/// On an external instance the script runs on the shared connection, which must serve again
+/// once the script is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_script_on_an_external_instance_is_killed_over_a_connection_of_its_own() {
+    let redis = Redis::start().await;
+    // The owner's server: its own threshold (Redis' default is 5 s) decides when a kill lands.
+    redis.cmd::<()>(&["CONFIG", "SET", "busy-reply-threshold", "1000"]).await;
+    let g = gate_with_script_timeout().await;
+    let a = Tenant::external(&g, "a@example.com", &redis.url()).await;
+    let (key, _) = a.key(json!({"name": "a", "scope": "admin"})).await;
+    let started = Instant::now();
+    let endless = redis_cmd(&g, &a.instance, &key, json!(["EVAL", "while true do end", "0"]));
+    // Queued behind the script on the shared connection: answered once it is killed.
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis_cmd(&g, &a.instance, &key, json!(["SET", "after", "1"])).await
+    };
+    let ((status, body), queued) = tokio::join!(endless, queued);
+    let took = started.elapsed();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Script killed by user with SCRIPT KILL"), "{body}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(queued, (200, json!({"result": "OK"})));
+    assert_eq!(redis_cmd(&g, &a.instance, &key, json!(["PING"])).await, (200, json!({"result": "PONG"})));
+}
+
+/// The scope users live in the server's memory: after the server restarts, the next script
+/// gets them back (with a 503 at most while the gateway notices, never a re-sent command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_users_come_back_after_the_local_server_restarts() {
+    let g = gate_with_script_timeout().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (ro, _) = t.key(json!({"name": "ro", "scope": "read-only"})).await;
+    let keys = json!(["EVAL_RO", "return redis.call('KEYS', '*')", "0"]);
+    assert_refused(&redis_cmd(&g, &t.instance, &ro, keys.clone()).await);
+    let (_, info) = redis_cmd(&g, &t.instance, &ro, json!(["INFO", "server"])).await;
+    let info = info["result"].as_str().unwrap().to_owned();
+    let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")).unwrap().trim().to_owned();
+    // Our own grandchild, the instance's redis-server: its supervisor restarts it.
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+
+    let get = json!(["EVAL_RO", "return redis.call('GET', 'missing')", "0"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = redis_cmd(&g, &t.instance, &ro, get.clone()).await;
+        if status == 200 {
+            assert_eq!(body, json!({"result": null}));
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+        assert!(Instant::now() < deadline, "scripts never served again: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The restarted server got the read-only user back, with its limits.
+    assert_refused(&redis_cmd(&g, &t.instance, &ro, keys).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_that_wrote_cannot_be_killed_and_gets_a_504_while_it_runs_on() {
     let g = gate_with_script_timeout().await;
