@@ -390,10 +390,10 @@ impl Backend {
 }
 
 /// Counts one open Redis connection in `redis_connections_active` while it lives.
-struct ActiveConnection;
+pub(super) struct ActiveConnection;
 
 impl ActiveConnection {
-    fn open() -> Self {
+    pub(super) fn open() -> Self {
         metrics::gauge!(REDIS_CONNECTIONS_ACTIVE).increment(1.0);
         ActiveConnection
     }

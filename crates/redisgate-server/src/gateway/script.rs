@@ -170,7 +170,13 @@ struct ScopeUser {
     /// The connection, with the backend state it was opened in: when the shared connection
     /// has reconnected since, the server may have restarted (without our users) and this
     /// connection is stale.
-    conn: Mutex<Option<(MultiplexedConnection, watch::Receiver<super::backend::State>)>>,
+    conn: Mutex<Option<OpenConnection>>,
+}
+
+struct OpenConnection {
+    conn: MultiplexedConnection,
+    opened_in: watch::Receiver<super::backend::State>,
+    _active: super::backend::ActiveConnection,
 }
 
 /// The per-scope ACL users of a local instance.
@@ -211,10 +217,10 @@ impl ScopeUsers {
     {
         let user = self.user(access);
         let mut slot = user.conn.lock().await;
-        if let Some((conn, opened_in)) = &*slot
-            && !opened_in.has_changed().unwrap_or(true)
+        if let Some(open) = &*slot
+            && !open.opened_in.has_changed().unwrap_or(true)
         {
-            return Ok(conn.clone());
+            return Ok(open.conn.clone());
         }
         *slot = None;
         let commands = match shared.send_packed_command(&redis::cmd("COMMAND")).await {
@@ -240,7 +246,8 @@ impl ScopeUsers {
             .map_err(|_| ScopeError::Setup("unusable connection info"))?;
         let conn = open(client).await.map_err(ScopeError::Backend)?;
         tracing::debug!(scope.user = user.name, "script connection opened");
-        *slot = Some((conn.clone(), state));
+        let _active = super::backend::ActiveConnection::open();
+        *slot = Some(OpenConnection { conn: conn.clone(), opened_in: state, _active });
         Ok(conn)
     }
 
