@@ -168,6 +168,99 @@ fn write_resp_bulk(b: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// An upper bound of the bytes [`write_envelope`] writes for `v`, exact for valid UTF-8 text:
+/// the gateway checks a reply's size with it before encoding anything. A walk over the value,
+/// no allocation.
+pub fn envelope_len_bound(v: &Value, enc: Encoding) -> usize {
+    match v {
+        Value::ServerError(e) => r#"{"error":}"#.len() + error_len_bound(e),
+        _ => r#"{"result":}"#.len() + value_len_bound(v, enc, true),
+    }
+}
+
+/// An upper bound of the bytes [`write_value`] writes for `v`.
+pub fn value_len_bound(v: &Value, enc: Encoding, top: bool) -> usize {
+    match v {
+        Value::Nil => 4,
+        // "-9223372036854775808"
+        Value::Int(_) => 20,
+        Value::BulkString(b) => bytes_len_bound(b, enc),
+        Value::Okay if top || enc == Encoding::Plain => 4,
+        Value::Okay => bytes_len_bound(b"OK", enc),
+        Value::SimpleString(s) => bytes_len_bound(s.as_bytes(), enc),
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
+            array_len_bound(items.len(), items.iter().map(|i| value_len_bound(i, enc, false)).sum())
+        }
+        Value::Map(pairs) => array_len_bound(
+            pairs.len() * 2,
+            pairs.iter().map(|(k, v)| value_len_bound(k, enc, false) + value_len_bound(v, enc, false)).sum(),
+        ),
+        Value::Attribute { data, .. } => value_len_bound(data, enc, top),
+        // The longest `f64` Display is under 330 digits (1e308 written out); never on RESP2.
+        Value::Double(_) => bytes_len_bound(&[b'0'; 330], enc),
+        Value::Boolean(_) => 1,
+        Value::VerbatimString { text, .. } => bytes_len_bound(text.as_bytes(), enc),
+        Value::BigNumber(n) => bytes_len_bound(n, enc),
+        Value::ServerError(e) => error_len_bound(e),
+        _ => 4,
+    }
+}
+
+/// `[`, `]` and the commas between `n` items of `items` bytes.
+fn array_len_bound(n: usize, items: usize) -> usize {
+    2 + n.saturating_sub(1) + items
+}
+
+fn error_len_bound(e: &ServerError) -> usize {
+    let text = e.code().len() + e.details().map_or(0, |d| 1 + d.len());
+    // Every byte escaped as \u00XX at worst.
+    2 + 6 * text
+}
+
+fn bytes_len_bound(b: &[u8], enc: Encoding) -> usize {
+    match enc {
+        Encoding::Base64 => 2 + b.len().div_ceil(3) * 4,
+        Encoding::Plain => 2 + json_text_len(b),
+    }
+}
+
+/// What serde_json writes for the text of `b` (after `from_utf8_lossy`), without the quotes:
+/// exact for valid UTF-8; otherwise each byte ≥ 0x80 is counted as a 3-byte U+FFFD.
+fn json_text_len(b: &[u8]) -> usize {
+    let valid = std::str::from_utf8(b).is_ok();
+    b.iter()
+        .map(|&c| match c {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            0x80.. if !valid => 3,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// An upper bound of the bytes [`write_resp2`] writes for `v`.
+pub fn resp2_len_bound(v: &Value) -> usize {
+    // A type byte, a length or integer of up to 20 characters, CRLF.
+    const HEADER: usize = 1 + 20 + 2;
+    let bulk = |n: usize| HEADER + n + 2;
+    match v {
+        Value::Nil | Value::Okay | Value::Boolean(_) | Value::Int(_) => HEADER,
+        Value::BulkString(b) | Value::BigNumber(b) => bulk(b.len()),
+        Value::SimpleString(s) => bulk(s.len()),
+        Value::VerbatimString { text, .. } => bulk(text.len()),
+        Value::ServerError(e) => bulk(e.code().len() + e.details().map_or(0, |d| 1 + d.len())),
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
+            HEADER + items.iter().map(resp2_len_bound).sum::<usize>()
+        }
+        Value::Map(pairs) => {
+            HEADER + pairs.iter().map(|(k, v)| resp2_len_bound(k) + resp2_len_bound(v)).sum::<usize>()
+        }
+        Value::Attribute { data, .. } => resp2_len_bound(data),
+        Value::Double(_) => bulk(330),
+        _ => HEADER,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +310,44 @@ mod tests {
         let mut out = Vec::new();
         assert!(write_envelope(&err, Encoding::Base64, &mut out));
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"error":"WRONGTYPE Operation against a key"}"#);
+    }
+
+    /// The bounds hold for every shape, and are exact for valid UTF-8 in JSON and for RESP2
+    /// bulk strings up to the length digits.
+    #[test]
+    fn length_bounds_cover_what_the_encoders_write() {
+        let err = redis::parse_redis_value(b"-ERR \"quoted\" \x01\r\n").unwrap();
+        let values = [
+            Value::Okay,
+            Value::Nil,
+            Value::Int(i64::MIN),
+            bulk("plain"),
+            bulk("quote \" slash \\ nl \n tab \t bell \x07 é ✓"),
+            Value::BulkString(vec![0x61, 0xff, 0xfe, 0x80]),
+            Value::SimpleString("PONG".into()),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Okay, bulk("ab"), Value::Array(vec![Value::Int(1), Value::Nil])]),
+            Value::Map(vec![(bulk("k"), bulk("v"))]),
+            Value::Double(f64::MAX),
+            Value::Double(-f64::MIN_POSITIVE),
+            Value::Boolean(true),
+            err.clone(),
+            Value::Array(vec![err]),
+        ];
+        for v in &values {
+            for enc in [Encoding::Plain, Encoding::Base64] {
+                let mut out = Vec::new();
+                write_envelope(v, enc, &mut out);
+                assert!(envelope_len_bound(v, enc) >= out.len(), "{v:?} {enc:?}");
+            }
+            let mut out = Vec::new();
+            write_resp2(v, &mut out);
+            assert!(resp2_len_bound(v) >= out.len(), "{v:?}");
+        }
+        let text = bulk("quote \" slash \\ nl \n bell \x07 é ✓");
+        assert_eq!(envelope_len_bound(&text, Encoding::Plain), env(&text, Encoding::Plain).len());
+        let b = Value::BulkString(vec![0; 1000]);
+        assert_eq!(envelope_len_bound(&b, Encoding::Base64), env(&b, Encoding::Base64).len());
     }
 
     #[test]

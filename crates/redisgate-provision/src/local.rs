@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::conf::BUSY_REPLY_THRESHOLD;
 use self::conf::{CONF_FILE, ConfValues};
 use self::process::{LaunchError, Launcher};
 use self::supervisor::Supervisor;
@@ -45,6 +46,9 @@ pub struct LocalOptions {
     pub restart_window: Duration,
     /// How long a server gets to exit after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// The largest reply the gateway serves (`http.max_response_bytes`); Redis' output buffer
+    /// limit for clients is derived from it.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for LocalOptions {
@@ -57,6 +61,7 @@ impl Default for LocalOptions {
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(3),
+            max_reply_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -176,9 +181,15 @@ impl LocalProvisioner {
         for _ in 0..PORT_ATTEMPTS {
             let port = conf::pick_port(preferred.take())
                 .map_err(|e| failed(format!("could not find a free port on 127.0.0.1: {e}")))?;
-            let text = ConfValues { password: &password, port, memory_bytes: spec.memory_bytes, dir: &dir }
-                .render()
-                .map_err(|e| failed(format!("could not write {CONF_FILE}: {e}")))?;
+            let text = ConfValues {
+                password: &password,
+                port,
+                memory_bytes: spec.memory_bytes,
+                dir: &dir,
+                max_reply_bytes: self.options.max_reply_bytes,
+            }
+            .render()
+            .map_err(|e| failed(format!("could not write {CONF_FILE}: {e}")))?;
             {
                 let conf_path = conf_path.clone();
                 tokio::task::spawn_blocking(move || conf::write_private_file(&conf_path, &text))

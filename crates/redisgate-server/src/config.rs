@@ -222,6 +222,10 @@ pub struct HttpSettings {
     pub max_streams_per_key: usize,
     /// Most requests of one API key (or standalone token) being served at once; more get 429.
     pub max_requests_in_flight_per_key: usize,
+    /// Largest data-plane reply encoded (an upper bound of its encoded size, checked before
+    /// encoding); a larger one is answered with a JSON error. Local instances' output buffer
+    /// limit is derived from it.
+    pub max_response_bytes: usize,
 }
 
 impl Default for HttpSettings {
@@ -243,6 +247,7 @@ impl Default for HttpSettings {
             // The default burst: more at once than the rate limit admits is only useful to
             // someone holding requests open (slow bodies) to starve others.
             max_requests_in_flight_per_key: 100,
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -268,6 +273,11 @@ pub struct BackendSettings {
     pub health_check_interval: Duration,
     /// Most concurrent SSE streams per backend, each holding its own Redis connection.
     pub max_streams: usize,
+    /// Time an EVAL/EVALSHA/FCALL (or _RO) may run before the gateway kills it with SCRIPT
+    /// KILL / FUNCTION KILL. Local instances accept the kill only after their 1 s
+    /// `busy-reply-threshold`, so a smaller value acts as 1 s there.
+    #[serde(with = "humantime_serde")]
+    pub script_timeout: Duration,
 }
 
 impl Default for BackendSettings {
@@ -279,6 +289,7 @@ impl Default for BackendSettings {
             response_timeout: Duration::from_secs(10),
             health_check_interval: Duration::from_secs(1),
             max_streams: 256,
+            script_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -474,6 +485,7 @@ impl Settings {
         }
         let at_least_one = [
             ("http.max_pipeline_commands", self.http.max_pipeline_commands as u64),
+            ("http.max_response_bytes", self.http.max_response_bytes as u64),
             ("http.max_connections", self.http.max_connections as u64),
             ("http.max_streams_per_key", self.http.max_streams_per_key as u64),
             ("http.max_requests_in_flight_per_key", self.http.max_requests_in_flight_per_key as u64),
@@ -492,6 +504,9 @@ impl Settings {
                     self.instances.max_local_memory_mb
                 ),
             ));
+        }
+        if self.backend.script_timeout.is_zero() {
+            return Err(invalid("backend.script_timeout", "must be greater than 0"));
         }
         if let Some(url) = &self.database_url {
             let url = url.expose_secret();

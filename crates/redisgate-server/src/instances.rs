@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendSettings, Settings};
 use crate::gateway::backend::Backend;
+use crate::gateway::script::ScopeUsers;
 use crate::secrets::Sealer;
 
 /// Live instance stats, from Redis' own INFO.
@@ -183,9 +184,25 @@ impl Instances {
                     .await;
             }
         };
+        // Our own server: scripts run as their key scope's ACL user, created through the
+        // default user. (An external server's users are its owner's business.)
+        let scope_users = match inst.provisioner {
+            ProvisionerKind::Local => match ScopeUsers::new() {
+                Ok(users) => Some(users),
+                Err(e) => {
+                    return self
+                        .set(inst.id, InstanceStatus::Error, Some(format!("no script users: {e}")))
+                        .await;
+                }
+            },
+            ProvisionerKind::External => None,
+        };
         let label = format!("instance {}", inst.id);
         let backend =
             Backend::start(label, client, self.settings.clone(), &self.tracker, self.cancel.clone());
+        if let Some(users) = scope_users {
+            backend.run_scripts_as_scope_users(users);
+        }
         let replaced = self
             .backends
             .write()

@@ -74,7 +74,11 @@ pub async fn launch(
         LocalProvisioner::new(
             settings.data_dir.join("instances"),
             status_sink(&store, &tracker),
-            LocalOptions { redis_server: settings.instances.redis_server.clone(), ..LocalOptions::default() },
+            LocalOptions {
+                redis_server: settings.instances.redis_server.clone(),
+                max_reply_bytes: settings.http.max_response_bytes as u64,
+                ..LocalOptions::default()
+            },
         ),
         ExternalProvisioner::new(),
         sealer,

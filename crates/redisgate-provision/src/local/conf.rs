@@ -78,12 +78,36 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// How long a script or function runs before Redis answers other clients `-BUSY` and starts
+/// accepting SCRIPT KILL / FUNCTION KILL (`busy-reply-threshold`). Until then a running script
+/// blocks the server completely, so the gateway's kill cannot land earlier than this: the
+/// gateway's `backend.script_timeout` (default 5 s) is only honoured when it is at least this.
+/// 1 s instead of Redis' 5 s also makes other requests to a stuck instance fail fast with BUSY
+/// instead of queueing behind the script.
+pub const BUSY_REPLY_THRESHOLD: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Everything `redis.conf` says.
 pub(crate) struct ConfValues<'a> {
     pub password: &'a str,
     pub port: u16,
     pub memory_bytes: u64,
     pub dir: &'a Path,
+    /// The largest reply the gateway encodes (`http.max_response_bytes`).
+    pub max_reply_bytes: u64,
+}
+
+/// The `client-output-buffer-limit normal` hard limit for a gateway that encodes replies up
+/// to `max_reply_bytes`. Redis closes a connection whose pending output passes the limit, and
+/// the gateway's connection is shared by every request to the instance, so the limit must sit
+/// well above any reply the gateway would still serve:
+/// - RESP is at most about twice the JSON the gateway bounds (`:1\r\n` vs `1,`, `$0\r\n\r\n`
+///   vs `"",`), so one servable reply needs up to 2 × `max_reply_bytes` of output buffer;
+/// - a second such reply may be queued behind it before the gateway has read the first: × 2.
+///
+/// Above 4 × `max_reply_bytes` no reply could be served anyway, so Redis stops building it
+/// there instead of growing its memory (and ours) without bound (the default is unlimited).
+fn output_buffer_hard_limit(max_reply_bytes: u64) -> u64 {
+    max_reply_bytes.saturating_mul(4)
 }
 
 impl ConfValues<'_> {
@@ -106,10 +130,22 @@ impl ConfValues<'_> {
              save \"\"\n\
              dir {dir}\n\
              logfile {log}\n\
-             always-show-logo no\n",
+             always-show-logo no\n\
+             # Hostile tenants: no way to reconfigure, debug or extend the server, and a crafted\n\
+             # RESTORE payload is checked before Redis trusts it.\n\
+             enable-protected-configs no\n\
+             enable-debug-command no\n\
+             enable-module-command no\n\
+             sanitize-dump-payload yes\n\
+             # Bounds one reply (see output_buffer_hard_limit in conf.rs).\n\
+             client-output-buffer-limit normal {hard} 0 0\n\
+             # The gateway's script timeout relies on SCRIPT KILL being accepted from here on.\n\
+             busy-reply-threshold {busy}\n",
             port = self.port,
             password = self.password,
             memory = self.memory_bytes,
+            hard = output_buffer_hard_limit(self.max_reply_bytes),
+            busy = BUSY_REPLY_THRESHOLD.as_millis(),
         ))
     }
 }
@@ -176,10 +212,15 @@ mod tests {
     #[test]
     fn render_then_parse_round_trips() {
         let dir = Path::new("/data/x y/\"q\"");
-        let text = ConfValues { password: "abcd", port: 7001, memory_bytes: 1 << 20, dir }.render().unwrap();
+        let text =
+            ConfValues { password: "abcd", port: 7001, memory_bytes: 1 << 20, dir, max_reply_bytes: 1 << 20 }
+                .render()
+                .unwrap();
         assert!(text.contains("dir \"/data/x y/\\\"q\\\"\"\n"));
         assert!(text.contains("maxmemory 1048576\n"));
         assert!(text.contains("save \"\"\n"));
+        assert!(text.contains("client-output-buffer-limit normal 4194304 0 0\n"));
+        assert!(text.contains("busy-reply-threshold 1000\n"));
         assert_eq!(parse_previous(&text), Previous { password: Some("abcd".to_owned()), port: Some(7001) });
     }
 

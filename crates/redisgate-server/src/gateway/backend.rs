@@ -9,8 +9,14 @@
 //!
 //! A command is sent once. If the connection breaks while it is in flight, the client gets a
 //! 503 saying the outcome is unknown: re-sending could apply a write twice.
+//!
+//! Scripts go through [`Backend::run_script`] / [`Backend::run_script_batch`]: bounded by
+//! `script_timeout`, and on local instances sent as the key scope's ACL user over a connection
+//! of that user, opened on the first script (see [`super::script`]). Those connections follow
+//! the same rules: 503 while they cannot be opened, a command is never re-sent, and one that
+//! broke is opened again by the next script.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
@@ -19,6 +25,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use redisgate_core::policy::Access;
+
+use super::script::{self, Kinds, ScopeError, ScopeUsers};
 use crate::config::BackendSettings;
 use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
 
@@ -37,10 +46,14 @@ pub enum BackendError {
     TooManyStreams { retry_after: Duration },
     #[error("ERR unexpected answer from Redis: {0}")]
     Protocol(String),
+    #[error(
+        "ERR the script ran longer than backend.script_timeout ({timeout:?}) and was not killed: {reason}; it runs on, and the database answers BUSY until it ends"
+    )]
+    ScriptNotKilled { timeout: Duration, reason: &'static str },
 }
 
 #[derive(Clone)]
-enum State {
+pub(super) enum State {
     Connecting,
     Up(MultiplexedConnection),
     Down(Arc<str>),
@@ -57,6 +70,8 @@ pub struct Backend {
     /// This backend's own stop: a child of the application's, fired earlier by [`Backend::stop`]
     /// when its instance is deleted.
     stop: CancellationToken,
+    /// Set for local instances: scripts run as their key scope's ACL user.
+    scope_users: OnceLock<ScopeUsers>,
 }
 
 impl Backend {
@@ -78,6 +93,7 @@ impl Backend {
             state: watch::Sender::new(State::Connecting),
             check_now: Notify::new(),
             stop: cancel.child_token(),
+            scope_users: OnceLock::new(),
         });
         tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
         backend
@@ -153,6 +169,132 @@ impl Backend {
             return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
         }
         Ok(values)
+    }
+
+    /// From now on scripts run as their key scope's ACL user, which RedisGate creates through
+    /// this backend's (default) user: for local instances, whose server is ours.
+    pub fn run_scripts_as_scope_users(&self, users: ScopeUsers) {
+        let _ = self.scope_users.set(users);
+    }
+
+    /// Runs one script command (see [`super::script`]).
+    pub async fn run_script(
+        &self,
+        cmd: &redis::Cmd,
+        access: Access,
+        kinds: Kinds,
+    ) -> Result<Value, BackendError> {
+        let mut conn = self.script_connection(access).await?;
+        self.bounded(conn.send_packed_command(cmd), access, kinds).await
+    }
+
+    /// [`Backend::run_batch`] for a batch holding scripts: all of it goes over the script
+    /// connection, so its order (and a MULTI … EXEC's atomicity) holds there too.
+    pub async fn run_script_batch(
+        &self,
+        pipe: &redis::Pipeline,
+        count: usize,
+        access: Access,
+        kinds: Kinds,
+    ) -> Result<Vec<Value>, BackendError> {
+        let mut conn = self.script_connection(access).await?;
+        let values = self.bounded(conn.send_packed_commands(pipe, 0, count), access, kinds).await?;
+        if values.len() != count {
+            return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
+        }
+        Ok(values)
+    }
+
+    /// The connection scripts of `access` run on: the scope user's on local instances, the
+    /// shared one otherwise. Its response timeout leaves room for the kill and the reply after.
+    async fn script_connection(&self, access: Access) -> Result<MultiplexedConnection, BackendError> {
+        let mut shared = self.connection().await?;
+        let mut conn = match self.scope_users.get() {
+            None => shared,
+            Some(users) => {
+                let opened = users
+                    .connection(access, &self.client, &mut shared, self.state.subscribe(), |c| {
+                        self.connect_script_user(c)
+                    })
+                    .await;
+                match opened {
+                    Ok(conn) => conn,
+                    Err(ScopeError::Backend(e)) => return Err(e),
+                    Err(ScopeError::Setup(reason)) => {
+                        tracing::warn!(backend = %self.label, error = reason, "cannot set up the script user");
+                        return Err(self.unavailable(reason.into()));
+                    }
+                }
+            }
+        };
+        conn.set_response_timeout(self.script_response_timeout());
+        Ok(conn)
+    }
+
+    fn script_response_timeout(&self) -> Duration {
+        self.cfg.script_timeout + self.cfg.response_timeout
+    }
+
+    async fn connect_script_user(&self, client: Client) -> Result<MultiplexedConnection, BackendError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.cfg.connect_timeout))
+            .set_response_timeout(Some(self.script_response_timeout()));
+        self.connect_dedicated(client.get_multiplexed_async_connection_with_config(&cfg)).await
+    }
+
+    /// Awaits a script's reply; past `script_timeout`, kills the script and awaits the reply
+    /// Redis then sends, or gives up at once when the script cannot be killed.
+    async fn bounded<T>(
+        &self,
+        reply: impl Future<Output = redis::RedisResult<T>>,
+        access: Access,
+        kinds: Kinds,
+    ) -> Result<T, BackendError> {
+        let mut reply = std::pin::pin!(reply);
+        let early = tokio::select! {
+            r = &mut reply => Some(r),
+            () = tokio::time::sleep(self.cfg.script_timeout) => None,
+        };
+        let result = match early {
+            Some(r) => r,
+            None => match self.kill_scripts(kinds).await {
+                script::Killed::Done => reply.await,
+                script::Killed::No(reason) => {
+                    tracing::warn!(backend = %self.label, reason, "script exceeded backend.script_timeout and was not killed");
+                    return Err(BackendError::ScriptNotKilled { timeout: self.cfg.script_timeout, reason });
+                }
+            },
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if let Some(users) = self.scope_users.get()
+                    && (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
+                {
+                    users.forget(access).await;
+                }
+                Err(self.map_err(e))
+            }
+        }
+    }
+
+    /// SCRIPT KILL / FUNCTION KILL over a short-lived connection of its own (the one that
+    /// carried the script waits behind it), as this backend's (default or URL) user.
+    async fn kill_scripts(&self, kinds: Kinds) -> script::Killed {
+        tracing::info!(backend = %self.label, "script exceeded backend.script_timeout; killing it");
+        let info = self.client.get_connection_info().clone();
+        // A busy server answers only a few commands (AUTH, HELLO, the kills): no CLIENT SETINFO.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let Ok(client) = Client::open(info.set_redis_settings(settings)) else {
+            return script::Killed::No("the kill could not be delivered");
+        };
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.cfg.connect_timeout))
+            .set_response_timeout(Some(self.cfg.response_timeout));
+        match self.connect_dedicated(client.get_multiplexed_async_connection_with_config(&cfg)).await {
+            Ok(mut conn) => script::kill(&mut conn, kinds).await,
+            Err(_) => script::Killed::No("the kill could not be delivered"),
+        }
     }
 
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, BackendError> {
@@ -272,10 +414,10 @@ impl Backend {
 }
 
 /// Counts one open Redis connection in `redis_connections_active` while it lives.
-struct ActiveConnection;
+pub(super) struct ActiveConnection;
 
 impl ActiveConnection {
-    fn open() -> Self {
+    pub(super) fn open() -> Self {
         metrics::gauge!(REDIS_CONNECTIONS_ACTIVE).increment(1.0);
         ActiveConnection
     }

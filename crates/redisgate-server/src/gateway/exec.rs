@@ -1,13 +1,17 @@
 //! Running parsed commands on a backend: one command, a `/pipeline`, or a `/multi-exec`.
 //! Every command first goes through the Upstash compatibility rules ([`compat::plan`]):
-//! some are answered without Redis, and those answers are put back in their place.
+//! some are answered without Redis, and those answers are put back in their place. A request
+//! holding a script goes to the backend's script path (time bound, scope's ACL user).
 
 use redis::Value;
 use redisgate_core::command::Command;
 use redisgate_core::compat::{self, Plan};
 use tracing::{Instrument as _, Span};
 
+use redisgate_core::policy::Access;
+
 use super::backend::{Backend, BackendError};
+use super::script::Kinds;
 use crate::ops::metrics::command_label;
 
 fn packed(cmd: &Command) -> redis::Cmd {
@@ -43,12 +47,15 @@ fn record_outcome<T>(span: &Span, result: &Result<T, BackendError>, failed: impl
 }
 
 /// Runs one command.
-pub async fn single(backend: &Backend, cmd: Command) -> Result<Value, BackendError> {
+pub async fn single(backend: &Backend, cmd: Command, access: Access) -> Result<Value, BackendError> {
     let span = redis_span(|| command_label(cmd.name()), None);
     let run = async {
         match compat::plan(cmd) {
             Plan::Reply(v) => Ok(v),
-            Plan::Forward(cmd) => backend.run(&packed(&cmd)).await,
+            Plan::Forward(cmd) => match Kinds::of([&cmd]) {
+                Some(kinds) => backend.run_script(&packed(&cmd), access, kinds).await,
+                None => backend.run(&packed(&cmd)).await,
+            },
         }
     };
     let result = run.instrument(span.clone()).await;
@@ -85,12 +92,32 @@ fn splice(slots: Vec<Result<usize, Value>>, mut replies: Vec<Value>) -> Vec<Valu
         .collect()
 }
 
+/// Sends a planned batch, over the script path when it holds scripts.
+async fn send_batch(
+    backend: &Backend,
+    pipe: &redis::Pipeline,
+    count: usize,
+    access: Access,
+    scripts: Option<Kinds>,
+) -> Result<Vec<Value>, BackendError> {
+    match scripts {
+        Some(kinds) => backend.run_script_batch(pipe, count, access, kinds).await,
+        None => backend.run_batch(pipe, count).await,
+    }
+}
+
 /// Runs a `/pipeline`: in order, not atomically; one failing command does not stop the others.
-pub async fn pipeline(backend: &Backend, cmds: Vec<Command>) -> Result<Vec<Value>, BackendError> {
+pub async fn pipeline(
+    backend: &Backend,
+    cmds: Vec<Command>,
+    access: Access,
+) -> Result<Vec<Value>, BackendError> {
     let span = redis_span(|| "PIPELINE", Some(cmds.len()));
     let run = async {
+        let scripts = Kinds::of(&cmds);
         let (pipe, slots, sent) = plan_batch(cmds);
-        let replies = if sent == 0 { Vec::new() } else { backend.run_batch(&pipe, sent).await? };
+        let replies =
+            if sent == 0 { Vec::new() } else { send_batch(backend, &pipe, sent, access, scripts).await? };
         Ok(splice(slots, replies))
     };
     let result = run.instrument(span.clone()).await;
@@ -108,14 +135,23 @@ pub enum TxOutcome {
 
 /// Runs a `/multi-exec` as MULTI, the commands, EXEC in one contiguous write (see
 /// [`Backend::run_batch`] for why that is atomic on the shared connection).
-pub async fn transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutcome, BackendError> {
+pub async fn transaction(
+    backend: &Backend,
+    cmds: Vec<Command>,
+    access: Access,
+) -> Result<TxOutcome, BackendError> {
     let span = redis_span(|| "MULTI", Some(cmds.len()));
-    let result = run_transaction(backend, cmds).instrument(span.clone()).await;
+    let result = run_transaction(backend, cmds, access).instrument(span.clone()).await;
     record_outcome(&span, &result, |out| matches!(out, TxOutcome::Discarded(_)));
     result
 }
 
-async fn run_transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutcome, BackendError> {
+async fn run_transaction(
+    backend: &Backend,
+    cmds: Vec<Command>,
+    access: Access,
+) -> Result<TxOutcome, BackendError> {
+    let scripts = Kinds::of(&cmds);
     let (inner, slots, sent) = plan_batch(cmds);
     if sent == 0 {
         return Ok(TxOutcome::Committed(splice(slots, Vec::new())));
@@ -126,7 +162,7 @@ async fn run_transaction(backend: &Backend, cmds: Vec<Command>) -> Result<TxOutc
         pipe.add_command(c.clone());
     }
     pipe.add_command(redis::cmd("EXEC"));
-    let mut replies = backend.run_batch(&pipe, sent + 2).await?;
+    let mut replies = send_batch(backend, &pipe, sent + 2, access, scripts).await?;
     let exec = replies.pop().expect("run_batch returns exactly count replies");
     // The first error while queueing (wrong arity, unknown command …) is what the user needs
     // to see; EXEC's own EXECABORT text only says "previous errors".

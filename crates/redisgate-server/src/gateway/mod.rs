@@ -6,6 +6,7 @@
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
+//! - [`script`]: scripts' time bound (SCRIPT KILL) and per-scope ACL users.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
 //! - [`slots`]: requests in flight and SSE streams per caller.
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod exec;
 pub mod keys;
 pub mod reply;
+pub mod script;
 pub mod slots;
 pub mod sse;
 
@@ -237,6 +239,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let sync = &gw.sync;
     let backend = &p.backend;
     let keepalive = gw.http.sse_keepalive;
+    let max_reply = gw.http.max_response_bytes;
     let started = std::time::Instant::now();
     let (one, many): ([&'static str; 1], Vec<&'static str>);
     let labels: &[&'static str] = match &req {
@@ -260,19 +263,19 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     };
     let shutdown = gw.shutdown.clone();
     let result = match req {
-        Rq::Single(cmd) => exec::single(backend, cmd).await.map(|v| {
+        Rq::Single(cmd) => exec::single(backend, cmd, p.access).await.map(|v| {
             record_commands(labels, started, Some(std::slice::from_ref(&v)));
-            single_reply(&v, fmt, sync)
+            single_reply(&v, fmt, max_reply, sync)
         }),
-        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds).await.map(|vs| {
+        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds, p.access).await.map(|vs| {
             record_commands(labels, started, Some(&vs));
-            batch_reply(&vs, fmt, sync)
+            batch_reply(&vs, fmt, max_reply, sync)
         }),
-        Rq::Transaction(cmds) => exec::transaction(backend, cmds).await.map(|out| match out {
+        Rq::Transaction(cmds) => exec::transaction(backend, cmds, p.access).await.map(|out| match out {
             // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
             TxOutcome::Committed(vs) => {
                 record_commands(labels, started, Some(&vs));
-                batch_reply(&vs, Format { resp2: false, ..fmt }, sync)
+                batch_reply(&vs, Format { resp2: false, ..fmt }, max_reply, sync)
             }
             TxOutcome::Discarded(text) => {
                 record_commands(labels, started, None);
@@ -290,11 +293,27 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     })
 }
 
-fn single_reply(v: &Value, fmt: Format, sync: &SyncTokens) -> Response {
+/// The answer for a reply that would encode to more than `http.max_response_bytes`. The
+/// commands did run: only their reply is dropped, and the text says so.
+fn too_large(bound: usize, max: usize, sync: &SyncTokens) -> Response {
+    let text = format!(
+        "ERR reply too large: up to {bound} bytes encoded, above http.max_response_bytes ({max}); \
+         the command ran but its reply was dropped: ask for less (GETRANGE, LRANGE, SCAN …)"
+    );
+    reply::error(StatusCode::BAD_REQUEST, &text, sync)
+}
+
+fn single_reply(v: &Value, fmt: Format, max: usize, sync: &SyncTokens) -> Response {
     if let Value::ServerError(e) = v {
         return reply::error(StatusCode::BAD_REQUEST, &codec::error_text(e), sync);
     }
-    let mut out = Vec::with_capacity(64);
+    // The bound is exact for text, so it also sizes the buffer once.
+    let bound =
+        if fmt.resp2 { codec::resp2_len_bound(v) } else { codec::envelope_len_bound(v, fmt.encoding) };
+    if bound > max {
+        return too_large(bound, max, sync);
+    }
+    let mut out = Vec::with_capacity(bound);
     if fmt.resp2 {
         codec::write_resp2(v, &mut out);
         return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);
@@ -304,8 +323,17 @@ fn single_reply(v: &Value, fmt: Format, sync: &SyncTokens) -> Response {
 }
 
 /// `[{"result":…},{"error":…},…]`, or with resp2 the raw replies one after the other.
-fn batch_reply(values: &[Value], fmt: Format, sync: &SyncTokens) -> Response {
-    let mut out = Vec::with_capacity(32 * values.len() + 2);
+fn batch_reply(values: &[Value], fmt: Format, max: usize, sync: &SyncTokens) -> Response {
+    let bound = if fmt.resp2 {
+        values.iter().map(codec::resp2_len_bound).sum()
+    } else {
+        2 + values.len().saturating_sub(1)
+            + values.iter().map(|v| codec::envelope_len_bound(v, fmt.encoding)).sum::<usize>()
+    };
+    if bound > max {
+        return too_large(bound, max, sync);
+    }
+    let mut out = Vec::with_capacity(bound);
     if fmt.resp2 {
         values.iter().for_each(|v| codec::write_resp2(v, &mut out));
         return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);

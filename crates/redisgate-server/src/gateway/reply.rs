@@ -74,7 +74,7 @@ fn retry_after(mut r: Response, after: Duration) -> Response {
 }
 
 /// A backend failure as an HTTP answer: 503 + `Retry-After` when Redis is unreachable or the
-/// connection broke, 504 on a response timeout, 502 on anything Redis should never send.
+/// connection broke, 504 on a response timeout (or a script that outran its bound), 502 on anything Redis should never send.
 pub fn backend_error(e: &BackendError, sync: &SyncTokens) -> Response {
     let text = e.to_string();
     match e {
@@ -83,7 +83,9 @@ pub fn backend_error(e: &BackendError, sync: &SyncTokens) -> Response {
         | BackendError::TooManyStreams { retry_after: a } => {
             retry_after(error(StatusCode::SERVICE_UNAVAILABLE, &text, sync), *a)
         }
-        BackendError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, &text, sync),
+        BackendError::Timeout(_) | BackendError::ScriptNotKilled { .. } => {
+            error(StatusCode::GATEWAY_TIMEOUT, &text, sync)
+        }
         BackendError::Protocol(_) => error(StatusCode::BAD_GATEWAY, &text, sync),
     }
 }

@@ -14,4 +14,5 @@ mod python_sdk;
 mod ratelimit;
 mod resilience;
 mod schema;
+mod scripts;
 mod sse;

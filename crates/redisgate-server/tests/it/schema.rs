@@ -89,7 +89,10 @@ enabled = false
         .arg("--config-file")
         .arg(&config)
         .args(["run", &gate.url("/openapi.json"), "--no-color", "--seed", "1"])
-        .current_dir(repo_root().join("tests/schemathesis"))
+        // The hooks module is found through PYTHONPATH; schemathesis keeps its cache in the
+        // working directory, a temporary one.
+        .current_dir(dir.path())
+        .env("PYTHONPATH", repo_root().join("tests/schemathesis"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true);
