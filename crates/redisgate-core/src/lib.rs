@@ -4,6 +4,7 @@
 //! - [`command`]: one Redis command as raw byte arguments, and the errors of building one.
 //! - [`request`]: the Upstash REST request forms (JSON body, URL path, `/pipeline`,
 //!   `/multi-exec`, the SSE endpoints) parsed into a [`request::Request`].
+//! - [`catalog`]: every command the gateway knows, its class and its Redis flags.
 //! - [`policy`]: which commands a token may run through a shared, multiplexed connection.
 //! - [`compat`]: the places where Upstash answers differently from plain Redis, emulated.
 //! - [`codec`]: Redis replies written as Upstash JSON (plain or base64) or as raw RESP2.
@@ -18,6 +19,7 @@ pub mod account;
 pub mod apikey;
 pub mod audit;
 pub mod capacity;
+pub mod catalog;
 pub mod codec;
 pub mod command;
 pub mod compat;

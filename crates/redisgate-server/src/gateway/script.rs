@@ -82,18 +82,6 @@ pub async fn kill(conn: &mut MultiplexedConnection, kinds: Kinds) -> Killed {
     Killed::Done
 }
 
-/// The one place that decides what a script of a key with `access` may call: `sub` is the
-/// subcommand (`get` of `CONFIG GET`) for commands that have them.
-// When core gains `policy::allowed_in_script(name, sub, access)` (the command table), this
-// becomes a call to it; until then a script may call what the key could send itself.
-fn allowed_in_script(name: &str, sub: Option<&str>, access: Access) -> bool {
-    let parts: &[&str] = match sub {
-        Some(sub) => &[name, sub],
-        None => &[name],
-    };
-    Command::from_strs(parts).is_some_and(|c| policy::check(&c, access).is_ok())
-}
-
 /// One command of the server's `COMMAND` reply: its name and its subcommands' (lower case,
 /// without the `name|` prefix).
 #[derive(Debug, PartialEq)]
@@ -149,9 +137,11 @@ fn setuser_args<'a>(
     // and scripts cannot call them); without them a batch would run unframed, not atomically.
     args.extend(["~*", "&*", "-@all", "+multi", "+exec"].map(Borrowed));
     for c in commands {
+        // The server spells names in lower case, the catalog in upper case.
+        let name = c.name.to_ascii_uppercase();
         let allowed: Vec<&String> =
-            c.subs.iter().filter(|sub| allowed_in_script(&c.name, Some(sub), access)).collect();
-        if c.subs.is_empty() && allowed_in_script(&c.name, None, access)
+            c.subs.iter().filter(|sub| user_may_run(&name, Some(sub), access)).collect();
+        if c.subs.is_empty() && user_may_run(&name, None, access)
             || !c.subs.is_empty() && allowed.len() == c.subs.len()
         {
             args.push(Owned(format!("+{}", c.name)));
@@ -160,6 +150,16 @@ fn setuser_args<'a>(
         }
     }
     args
+}
+
+/// What a scope's user may run: what its key's scripts may call
+/// ([`policy::allowed_in_script`]), and the script commands the key may send, since this
+/// user's connection is the one that sends them (Redis refuses a script inside a script
+/// whatever the ACL says).
+fn user_may_run(name: &str, sub: Option<&str>, access: Access) -> bool {
+    policy::allowed_in_script(name, sub, access)
+        || access != Access::ReadOnly
+            && matches!(policy::class_of(name, sub.map(str::as_bytes)), policy::Class::Script)
 }
 
 /// One scope's ACL user on a local instance, and its connection once opened.
@@ -319,7 +319,8 @@ mod tests {
                 .filter_map(|a| a.strip_prefix('+').map(str::to_owned))
                 .collect()
         };
-        assert_eq!(allowed(Access::ReadOnly), ["get", "eval_ro", "object", "json.get"]);
+        // Read-only keys run no scripts, so their user may run nothing.
+        assert!(allowed(Access::ReadOnly).is_empty());
         assert_eq!(allowed(Access::ReadWrite), ["get", "set", "keys", "eval_ro", "object", "json.get"]);
         assert_eq!(
             allowed(Access::Admin),

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::Method;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redisgate_core::catalog;
 use tracing::Instrument as _;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -220,200 +221,10 @@ pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, nex
     res
 }
 
-/// Redis command names we label as themselves; anything else is `other`.
-const KNOWN_COMMANDS: &[&str] = &[
-    "APPEND",
-    "BITCOUNT",
-    "BITFIELD",
-    "BITFIELD_RO",
-    "BITOP",
-    "BITPOS",
-    "COPY",
-    "DBSIZE",
-    "DECR",
-    "DECRBY",
-    "DEL",
-    "DUMP",
-    "ECHO",
-    "EVAL",
-    "EVALSHA",
-    "EVALSHA_RO",
-    "EVAL_RO",
-    "EXISTS",
-    "EXPIRE",
-    "EXPIREAT",
-    "EXPIRETIME",
-    "FCALL",
-    "FCALL_RO",
-    "FLUSHALL",
-    "FLUSHDB",
-    "FUNCTION",
-    "GEOADD",
-    "GEODIST",
-    "GEOHASH",
-    "GEOPOS",
-    "GEORADIUS",
-    "GEORADIUSBYMEMBER",
-    "GEORADIUSBYMEMBER_RO",
-    "GEORADIUS_RO",
-    "GEOSEARCH",
-    "GEOSEARCHSTORE",
-    "GET",
-    "GETBIT",
-    "GETDEL",
-    "GETEX",
-    "GETRANGE",
-    "GETSET",
-    "HDEL",
-    "HEXISTS",
-    "HEXPIRE",
-    "HGET",
-    "HGETALL",
-    "HGETDEL",
-    "HGETEX",
-    "HINCRBY",
-    "HINCRBYFLOAT",
-    "HKEYS",
-    "HLEN",
-    "HMGET",
-    "HMSET",
-    "HPERSIST",
-    "HRANDFIELD",
-    "HSCAN",
-    "HSET",
-    "HSETEX",
-    "HSETNX",
-    "HSTRLEN",
-    "HTTL",
-    "HVALS",
-    "INCR",
-    "INCRBY",
-    "INCRBYFLOAT",
-    "INFO",
-    "JSON.ARRAPPEND",
-    "JSON.DEL",
-    "JSON.GET",
-    "JSON.MGET",
-    "JSON.SET",
-    "KEYS",
-    "LINDEX",
-    "LINSERT",
-    "LLEN",
-    "LMOVE",
-    "LMPOP",
-    "LPOP",
-    "LPOS",
-    "LPUSH",
-    "LPUSHX",
-    "LRANGE",
-    "LREM",
-    "LSET",
-    "LTRIM",
-    "MGET",
-    "MSET",
-    "MSETNX",
-    "PERSIST",
-    "PEXPIRE",
-    "PEXPIREAT",
-    "PEXPIRETIME",
-    "PFADD",
-    "PFCOUNT",
-    "PFMERGE",
-    "PING",
-    "PSETEX",
-    "PTTL",
-    "PUBLISH",
-    "PUBSUB",
-    "RANDOMKEY",
-    "RENAME",
-    "RENAMENX",
-    "RPOP",
-    "RPOPLPUSH",
-    "RPUSH",
-    "RPUSHX",
-    "SADD",
-    "SCAN",
-    "SCARD",
-    "SCRIPT",
-    "SDIFF",
-    "SDIFFSTORE",
-    "SET",
-    "SETBIT",
-    "SETEX",
-    "SETNX",
-    "SETRANGE",
-    "SINTER",
-    "SINTERCARD",
-    "SINTERSTORE",
-    "SISMEMBER",
-    "SMEMBERS",
-    "SMISMEMBER",
-    "SMOVE",
-    "SORT",
-    "SORT_RO",
-    "SPOP",
-    "SRANDMEMBER",
-    "SREM",
-    "SSCAN",
-    "STRLEN",
-    "SUNION",
-    "SUNIONSTORE",
-    "TIME",
-    "TOUCH",
-    "TTL",
-    "TYPE",
-    "UNLINK",
-    "XACK",
-    "XADD",
-    "XAUTOCLAIM",
-    "XCLAIM",
-    "XDEL",
-    "XGROUP",
-    "XINFO",
-    "XLEN",
-    "XPENDING",
-    "XRANGE",
-    "XREAD",
-    "XREADGROUP",
-    "XREVRANGE",
-    "XTRIM",
-    "ZADD",
-    "ZCARD",
-    "ZCOUNT",
-    "ZDIFF",
-    "ZDIFFSTORE",
-    "ZINCRBY",
-    "ZINTER",
-    "ZINTERCARD",
-    "ZINTERSTORE",
-    "ZLEXCOUNT",
-    "ZMPOP",
-    "ZMSCORE",
-    "ZPOPMAX",
-    "ZPOPMIN",
-    "ZRANDMEMBER",
-    "ZRANGE",
-    "ZRANGEBYLEX",
-    "ZRANGEBYSCORE",
-    "ZRANGESTORE",
-    "ZRANK",
-    "ZREM",
-    "ZREMRANGEBYLEX",
-    "ZREMRANGEBYRANK",
-    "ZREMRANGEBYSCORE",
-    "ZREVRANGE",
-    "ZREVRANGEBYLEX",
-    "ZREVRANGEBYSCORE",
-    "ZREVRANK",
-    "ZSCAN",
-    "ZSCORE",
-    "ZUNION",
-    "ZUNIONSTORE",
-];
-
-/// The label for a command name (upper case): itself if known, else `other`.
+/// The label for a command name (upper case): its name if the command catalog
+/// ([`redisgate_core::catalog`], the one list of commands) has it, else `other`.
 pub fn command_label(name: &str) -> &'static str {
-    KNOWN_COMMANDS.binary_search(&name).map_or("other", |i| KNOWN_COMMANDS[i])
+    catalog::find(name).map_or("other", |c| c.name)
 }
 
 /// The series of one command label, registered once (see [`HttpSeries`]).
@@ -424,10 +235,10 @@ struct CommandSeries {
 }
 
 fn command_series(label: &'static str) -> &'static CommandSeries {
-    // One slot per known command, and the last for `other`.
+    // One slot per catalog command, and the last for `other`.
     static SLOTS: OnceLock<Vec<OnceLock<CommandSeries>>> = OnceLock::new();
-    let slots = SLOTS.get_or_init(|| (0..=KNOWN_COMMANDS.len()).map(|_| OnceLock::new()).collect());
-    let index = KNOWN_COMMANDS.binary_search(&label).unwrap_or(KNOWN_COMMANDS.len());
+    let slots = SLOTS.get_or_init(|| (0..=catalog::COMMANDS.len()).map(|_| OnceLock::new()).collect());
+    let index = catalog::index(label).unwrap_or(catalog::COMMANDS.len());
     slots[index].get_or_init(|| CommandSeries {
         commands: metrics::counter!(REDIS_COMMANDS, "command" => label),
         errors: metrics::counter!(REDIS_COMMAND_ERRORS, "command" => label),
@@ -449,8 +260,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_table_is_sorted_and_closed() {
-        assert!(KNOWN_COMMANDS.windows(2).all(|w| w[0] < w[1]), "KNOWN_COMMANDS must stay sorted");
+    fn command_labels_are_the_catalog() {
+        assert_eq!(command_label("JSON.GET"), "JSON.GET");
         assert_eq!(command_label("GET"), "GET");
         assert_eq!(command_label("ZRANGESTORE"), "ZRANGESTORE");
         assert_eq!(command_label("NOSUCHCOMMAND"), "other");

@@ -124,16 +124,30 @@ async fn scopes_gate_commands() {
         (s, body["error"].as_str()),
         (400, Some("NOPERM this token has no permissions to run the 'set' command"))
     );
+    // Flushing and script management are admin's; running scripts is read-write's (as
+    // Upstash's standard token, which @upstash/ratelimit and @upstash/lock need). What a
+    // script may call inside is the per-scope ACL users' business, not this list's.
     for gated in [
         json!(["FLUSHALL"]),
         json!(["FLUSHDB"]),
-        json!(["EVAL", "return redis.call('FLUSHALL')", 0]),
         json!(["SCRIPT", "FLUSH"]),
+        json!(["FUNCTION", "FLUSH"]),
+        json!(["FUNCTION", "DELETE", "lib"]),
     ] {
         let (s, body) = redis_cmd(&g, i, &rw, gated.clone()).await;
         assert_eq!(s, 400, "{gated}: {body}");
         assert!(body["error"].as_str().unwrap().starts_with("NOPERM"), "{body}");
     }
+    assert_eq!(redis_cmd(&g, i, &rw, json!(["EVAL", "return 1", 0])).await, (200, json!({"result": 1})));
+    let (s, sha) = redis_cmd(&g, i, &rw, json!(["SCRIPT", "LOAD", "return KEYS[1]"])).await;
+    assert_eq!(s, 200, "{sha}");
+    assert_eq!(
+        redis_cmd(&g, i, &rw, json!(["EVALSHA", sha["result"], 1, "a"])).await,
+        (200, json!({"result": "a"}))
+    );
+    let (s, body) = redis_cmd(&g, i, &ro, json!(["EVAL_RO", "return redis.call('KEYS','*')", 0])).await;
+    assert_eq!(s, 400, "read-only keys run no script: {body}");
+    assert!(body["error"].as_str().unwrap().starts_with("NOPERM"), "{body}");
     assert_eq!(
         redis_cmd(&g, i, &rw, json!(["GET", "k"])).await.1,
         json!({"result": "v"}),

@@ -2,6 +2,7 @@
 //! port 0, real HTTP clients. One test binary for the crate (see ARCHITECTURE.md).
 
 mod api;
+mod commands;
 mod common;
 mod deploy;
 mod host;
