@@ -11,6 +11,7 @@
 //!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`audit`].
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
+//! - [`egress`]: which resolved addresses an external instance's URL may reach.
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod compat;
+pub mod egress;
 pub mod ids;
 pub mod instance;
 pub mod org;
