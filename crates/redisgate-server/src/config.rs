@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use redisgate_core::egress::EgressPolicy;
 use redisgate_core::quota::Plan;
 use redisgate_core::ratelimit::Rate;
 use secrecy::{ExposeSecret, SecretString};
@@ -105,11 +106,31 @@ impl RateLimitSettings {
 pub struct InstanceSettings {
     /// The `redis-server` binary to run; a bare name is looked up in `PATH`.
     pub redis_server: PathBuf,
+    pub external: ExternalSettings,
 }
 
 impl Default for InstanceSettings {
     fn default() -> Self {
-        Self { redis_server: PathBuf::from("redis-server") }
+        Self { redis_server: PathBuf::from("redis-server"), external: ExternalSettings::default() }
+    }
+}
+
+/// External instances: servers tenants bring by URL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalSettings {
+    /// Non-public addresses tenants' URLs may reach: CIDR ranges (`10.0.0.0/8`), addresses
+    /// (`10.1.2.3`, `[fd00::1]:6379`), host names (`redis.internal`, `redis.internal:6379`).
+    /// Empty (the default): public unicast addresses only. RedisGate's own addresses and cloud
+    /// metadata services stay refused whatever this says.
+    pub allow: Vec<String>,
+}
+
+impl ExternalSettings {
+    /// The egress policy, or the first bad entry named by key.
+    pub fn policy(&self) -> Result<EgressPolicy, ConfigError> {
+        EgressPolicy::parse(&self.allow)
+            .map_err(|(i, e)| invalid(&format!("instances.external.allow[{i}]"), e.to_string()))
     }
 }
 
@@ -448,6 +469,7 @@ impl Settings {
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
+        self.instances.external.policy()?;
         Ok(())
     }
 }
@@ -546,5 +568,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("rate_limit.redis_url"), "{e}");
+    }
+
+    #[test]
+    fn egress_allow_list_is_validated_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[instances.external]\nallow = [\"10.0.0.0/8\", \"redis.internal:6379\"]\n")
+            .unwrap();
+        let s = Settings::load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(s.instances.external.allow.len(), 2);
+        std::fs::write(&p, "[instances.external]\nallow = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n").unwrap();
+        let e = Settings::load(Some(&p), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("instances.external.allow[1]"), "{e}");
+        assert!(Settings::default().instances.external.allow.is_empty(), "only public addresses by default");
     }
 }

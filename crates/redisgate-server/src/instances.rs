@@ -11,12 +11,14 @@ use std::sync::{Arc, RwLock};
 
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
-use redisgate_core::provision::{InstanceSpec, Provisioner, RedisUrl};
+use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
 use redisgate_core::store::{InstanceRecord, Store};
+use redisgate_provision::ExternalProvisioner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::BackendSettings;
+use crate::egress::Egress;
 use crate::gateway::backend::Backend;
 use crate::secrets::Sealer;
 
@@ -29,12 +31,20 @@ pub struct Stats {
     pub connected_clients: u64,
 }
 
+/// How long the PING that admits an external server may take (connect, TLS, AUTH included).
+const EXTERNAL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct Instances {
     store: Arc<dyn Store>,
     local: Arc<dyn Provisioner>,
     external: Arc<dyn Provisioner>,
     pub sealer: Sealer,
+    /// Where external instances may connect.
+    pub egress: Arc<Egress>,
     backends: RwLock<HashMap<InstanceId, (OrgId, Arc<Backend>)>>,
+    /// Why an external instance could not connect, for deployment administrators only (its
+    /// owner's `status_reason` does not say); kept by this replica, not stored.
+    details: RwLock<HashMap<InstanceId, String>>,
     settings: BackendSettings,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -44,13 +54,31 @@ impl Instances {
     pub fn new(
         store: Arc<dyn Store>,
         local: Arc<dyn Provisioner>,
-        external: Arc<dyn Provisioner>,
+        egress: Arc<Egress>,
         sealer: Sealer,
         settings: BackendSettings,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        Instances { store, local, external, sealer, backends: RwLock::default(), settings, tracker, cancel }
+        Instances {
+            store,
+            local,
+            // Its PING resolves through the same policy as the backends' connections.
+            external: ExternalProvisioner::checked(EXTERNAL_CHECK_TIMEOUT, egress.resolver()),
+            sealer,
+            egress,
+            backends: RwLock::default(),
+            details: RwLock::default(),
+            settings,
+            tracker,
+            cancel,
+        }
+    }
+
+    /// Why the instance's server could not be used, as the log has it: for deployment
+    /// administrators.
+    pub fn status_detail(&self, id: InstanceId) -> Option<String> {
+        self.details.read().expect("details lock").get(&id).cloned()
     }
 
     fn provisioner(&self, kind: ProvisionerKind) -> &Arc<dyn Provisioner> {
@@ -95,7 +123,9 @@ impl Instances {
             None => None,
         };
         let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url };
-        let url = match self.provisioner(inst.provisioner).start(&spec).await {
+        let started = self.provisioner(inst.provisioner).start(&spec).await;
+        self.note_detail(inst.id, &started);
+        let url = match started {
             Ok(url) => url,
             Err(e) => return self.set(inst.id, InstanceStatus::Error, Some(e.to_string())).await,
         };
@@ -112,10 +142,23 @@ impl Instances {
             }
         };
         let label = format!("instance {}", inst.id);
-        let backend =
-            Backend::start(label, client, self.settings.clone(), &self.tracker, self.cancel.clone());
+        let (settings, tracker, cancel) = (self.settings.clone(), &self.tracker, self.cancel.clone());
+        let backend = match inst.provisioner {
+            ProvisionerKind::Local => Backend::start(label, client, settings, tracker, cancel),
+            ProvisionerKind::External => {
+                Backend::start_checked(label, client, self.egress.resolver(), settings, tracker, cancel)
+            }
+        };
         self.backends.write().expect("backends lock").insert(inst.id, (inst.org_id, backend));
         self.set(inst.id, InstanceStatus::Running, None).await
+    }
+
+    fn note_detail(&self, id: InstanceId, started: &Result<RedisUrl, ProvisionError>) {
+        let mut details = self.details.write().expect("details lock");
+        match started {
+            Err(ProvisionError::Unreachable(detail)) => details.insert(id, detail.clone()),
+            _ => details.remove(&id),
+        };
     }
 
     async fn set(
@@ -134,6 +177,7 @@ impl Instances {
     pub async fn delete(&self, rec: &InstanceRecord) -> Result<(), String> {
         let id = rec.instance.id;
         self.backends.write().expect("backends lock").remove(&id);
+        self.details.write().expect("details lock").remove(&id);
         self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
     }
 

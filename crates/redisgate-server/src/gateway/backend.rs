@@ -14,10 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, Value};
+use redisgate_provision::SharedResolver;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use redisgate_core::provision::UNREACHABLE;
 
 use crate::config::BackendSettings;
 use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
@@ -50,6 +53,9 @@ enum State {
 pub struct Backend {
     label: String,
     client: Client,
+    /// An external instance's: every connect resolves through the egress policy, and
+    /// failures are told to clients in one uniform reason (details only in the log).
+    egress: Option<SharedResolver>,
     cfg: BackendSettings,
     state: watch::Sender<State>,
     check_now: Notify,
@@ -66,9 +72,34 @@ impl Backend {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
+        Self::start_with(label, client, None, cfg, tracker, cancel)
+    }
+
+    /// [`Backend::start`] for a tenant's server: connections dial only addresses `egress`
+    /// admits, and clients are never told why a connect failed.
+    pub fn start_checked(
+        label: String,
+        client: Client,
+        egress: SharedResolver,
+        cfg: BackendSettings,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Self::start_with(label, client, Some(egress), cfg, tracker, cancel)
+    }
+
+    fn start_with(
+        label: String,
+        client: Client,
+        egress: Option<SharedResolver>,
+        cfg: BackendSettings,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let backend = Arc::new(Self {
             label,
             client,
+            egress,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             cfg,
             state: watch::Sender::new(State::Connecting),
@@ -150,8 +181,46 @@ impl Backend {
     ) -> Result<T, BackendError> {
         match tokio::time::timeout(self.cfg.connect_timeout, fut).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.unavailable(short_reason(&e).into())),
+            Ok(Err(e)) => {
+                if self.egress.is_some() {
+                    tracing::warn!(backend = %self.label, error = short_reason(&e), "cannot open a stream connection to Redis");
+                }
+                Err(self.unavailable(self.reason(&e).into()))
+            }
+            Err(_) if self.egress.is_some() => Err(self.unavailable(UNREACHABLE.into())),
             Err(_) => Err(self.unavailable("connect timed out".into())),
+        }
+    }
+
+    /// The reason clients are given for a failed connect: its category, or for a tenant's
+    /// server one text whatever the cause (which then only the log names).
+    fn reason(&self, e: &redis::RedisError) -> &'static str {
+        if self.egress.is_some() { UNREACHABLE } else { short_reason(e) }
+    }
+
+    /// The client a dedicated connection uses. Through the egress policy the host is resolved
+    /// and checked here, and a plain-TCP connection is pinned to the checked address, since
+    /// the redis crate's pub/sub and monitor connections take no resolver of ours. (TLS must
+    /// dial by name to verify the certificate: it is checked, then resolved once more by the
+    /// driver.)
+    async fn dedicated_client(&self) -> redis::RedisResult<Client> {
+        let Some(egress) = &self.egress else { return Ok(self.client.clone()) };
+        let info = self.client.get_connection_info();
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => (host, *port),
+            _ => {
+                return Err(redis::RedisError::from(std::io::Error::other(
+                    "egress policy: not a TCP address",
+                )));
+            }
+        };
+        let checked = redis::io::AsyncDNSResolver::resolve(egress, host, port).await?.next();
+        let checked = checked.ok_or_else(|| std::io::Error::other("egress policy: no address"))?;
+        match info.addr() {
+            ConnectionAddr::Tcp(..) => Client::open(
+                info.clone().set_addr(ConnectionAddr::Tcp(checked.ip().to_string(), checked.port())),
+            ),
+            _ => Ok(self.client.clone()),
         }
     }
 
@@ -159,14 +228,17 @@ impl Backend {
     /// streams and counts the connection; hold it as long as the connection.
     pub async fn pubsub(&self) -> Result<(PubSub, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn = self.connect_dedicated(self.client.get_async_pubsub()).await?;
+        let conn =
+            self.connect_dedicated(async { self.dedicated_client().await?.get_async_pubsub().await }).await?;
         Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
     /// A dedicated connection that has already sent MONITOR.
     pub async fn monitor(&self) -> Result<(redis::aio::Monitor, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn = self.connect_dedicated(self.client.get_async_monitor()).await?;
+        let conn = self
+            .connect_dedicated(async { self.dedicated_client().await?.get_async_monitor().await })
+            .await?;
         Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
@@ -179,9 +251,12 @@ impl Backend {
         let mut failures = 0u32;
         let mut lost_before = false;
         loop {
-            let cfg = AsyncConnectionConfig::new()
+            let mut cfg = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.cfg.connect_timeout))
                 .set_response_timeout(Some(self.cfg.response_timeout));
+            if let Some(egress) = &self.egress {
+                cfg = cfg.set_dns_resolver(egress.clone());
+            }
             let attempt = tokio::select! {
                 r = self.client.get_multiplexed_async_connection_with_config(&cfg) => r,
                 () = cancel.cancelled() => return,
@@ -207,13 +282,13 @@ impl Backend {
                 Err(e) => {
                     metrics::counter!(REDIS_CONNECTION_RETRIES).increment(1);
                     failures += 1;
-                    let reason = short_reason(&e);
+                    let reason = self.reason(&e);
                     if failures > self.cfg.connect_retries
                         || !matches!(*self.state.borrow(), State::Connecting)
                     {
                         self.state.send_replace(State::Down(reason.into()));
                     }
-                    tracing::warn!(backend = %self.label, attempt = failures, error = reason, "cannot connect to Redis");
+                    tracing::warn!(backend = %self.label, attempt = failures, error = short_reason(&e), "cannot connect to Redis");
                     tokio::select! {
                         () = tokio::time::sleep(self.cfg.retry_delay) => {}
                         () = cancel.cancelled() => return,
@@ -271,7 +346,9 @@ pub struct StreamGuard {
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.
 fn short_reason(e: &redis::RedisError) -> &'static str {
-    if e.is_connection_refusal() {
+    if crate::egress::is_refusal(e) {
+        "refused by the egress policy"
+    } else if e.is_connection_refusal() {
         "connection refused"
     } else if e.is_timeout() {
         "connect timed out"

@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod deploy;
+mod egress;
 mod instances;
 mod isolation;
 mod limits;
