@@ -270,4 +270,8 @@ async fn sse_streams_of_an_allowed_server_still_work() {
     assert_eq!(sub.status(), 200);
     let first = tokio::time::timeout(Duration::from_secs(5), sub.chunk()).await.unwrap().unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("subscribe"), "{first:?}");
+    let monitor = g.http.get(g.url(&format!("/redis/{id}/monitor"))).bearer_auth(key).send().await.unwrap();
+    assert_eq!(monitor.status(), 200);
+    let clients: String = redis.cmd(&["CLIENT", "LIST"]).await;
+    assert!(clients.contains("cmd=monitor"), "the monitor connection reached the allowed server: {clients}");
 }
