@@ -326,7 +326,11 @@ struct SrhEntry {
 }
 
 /// `REDISGATE_*` variables read by the binary itself, not part of the settings tree.
-const NOT_SETTINGS: &[&str] = &["REDISGATE_CONFIG", "REDISGATE_LOG", "REDISGATE_LOG_JSON"];
+const NOT_SETTINGS: &[&str] = &["REDISGATE_CONFIG", "REDISGATE_LOG", "REDISGATE_LOG_JSON", EGRESS_ALLOW_ENV];
+
+/// `instances.external.allow` from the environment: entries separated by commas. (Read by
+/// hand: the config crate parses lists only if it parses every variable's type.)
+const EGRESS_ALLOW_ENV: &str = "REDISGATE_INSTANCES__EXTERNAL__ALLOW";
 
 /// Where SRH looks for its tokens file, in the order SRH's release and dev layouts use.
 const SRH_TOKEN_FILES: &[&str] = &["/app/srh-config/tokens.json", "srh-config/tokens.json"];
@@ -353,6 +357,10 @@ impl Settings {
         let mut s: Settings = b.build()?.try_deserialize()?;
         if s.database_url.is_none() {
             s.database_url = env.get("DATABASE_URL").map(|u| SecretString::from(u.clone()));
+        }
+        if let Some(list) = env.get(EGRESS_ALLOW_ENV) {
+            s.instances.external.allow =
+                list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
         }
         s.apply_srh_env(env)?;
         if let (Some(token), Some(url)) = (s.token.take(), s.redis_url.take()) {
@@ -582,5 +590,9 @@ mod tests {
         let e = Settings::load(Some(&p), &env(&[])).unwrap_err();
         assert!(e.to_string().contains("instances.external.allow[1]"), "{e}");
         assert!(Settings::default().instances.external.allow.is_empty(), "only public addresses by default");
+        let s = Settings::load(Some(&p), &env(&[(EGRESS_ALLOW_ENV, "127.0.0.0/8, cache:6379")])).unwrap();
+        assert_eq!(s.instances.external.allow, ["127.0.0.0/8", "cache:6379"], "the environment wins");
+        let e = Settings::load(None, &env(&[(EGRESS_ALLOW_ENV, "10.0.0.0/8,not a host")])).unwrap_err();
+        assert!(e.to_string().contains("instances.external.allow[1]"), "{e}");
     }
 }
