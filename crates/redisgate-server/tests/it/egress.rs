@@ -275,3 +275,60 @@ async fn sse_streams_of_an_allowed_server_still_work() {
     let clients: String = redis.cmd(&["CLIENT", "LIST"]).await;
     assert!(clients.contains("cmd=monitor"), "the monitor connection reached the allowed server: {clients}");
 }
+
+/// The shared connection and the SSE connections of an external backend are checked at every
+/// connect, not once: when its address becomes one the policy refuses (here: one of RedisGate's
+/// own local-instance ports, as the local provisioner would report it), the next reconnect is
+/// refused before it dials, and the server sees no connection from RedisGate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reconnect_is_checked_again() {
+    use std::sync::{Arc, Mutex};
+
+    use redisgate_core::egress::EgressPolicy;
+    use redisgate_server::config::BackendSettings;
+    use redisgate_server::egress::{Egress, LocalPorts};
+    use redisgate_server::gateway::backend::Backend;
+
+    let mut redis = Redis::start().await;
+    let own: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let local_ports: LocalPorts = {
+        let own = Arc::clone(&own);
+        Arc::new(move || own.lock().unwrap().clone())
+    };
+    let policy = EgressPolicy::parse(&["127.0.0.0/8"]).unwrap();
+    let egress = Egress::new(policy, [], local_ports, Duration::from_secs(2)).await;
+    let cfg = BackendSettings {
+        connect_retries: 0,
+        retry_delay: Duration::from_millis(50),
+        health_check_interval: Duration::from_millis(50),
+        ..BackendSettings::default()
+    };
+    let (tracker, cancel) =
+        (tokio_util::task::TaskTracker::new(), tokio_util::sync::CancellationToken::new());
+    let client = redis::Client::open(format!("redis://localhost:{}", redis.port)).unwrap();
+    let backend =
+        Backend::start_checked("t".into(), client, egress.resolver(), cfg, &tracker, cancel.clone());
+    assert!(backend.run(&redis::cmd("PING")).await.is_ok(), "allowed while the address is the tenant's");
+    drop(backend.pubsub().await.expect("a pinned pub/sub connection to an allowed address"));
+    drop(backend.monitor().await.expect("a pinned monitor connection to an allowed address"));
+
+    own.lock().unwrap().push(redis.port);
+    redis.restart().await;
+    let before = connections(&redis).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match backend.run(&redis::cmd("PING")).await {
+            Err(e) if e.to_string().contains(UNREACHABLE) => break,
+            other => assert!(Instant::now() < deadline, "never refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for stream in [backend.pubsub().await.map(drop), backend.monitor().await.map(drop)] {
+        let e = stream.expect_err("stream connections are refused too");
+        assert!(e.to_string().contains(UNREACHABLE), "{e}");
+    }
+    assert_eq!(connections(&redis).await, before + 1, "no connection from RedisGate since the change");
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
