@@ -188,6 +188,9 @@ async fn every_start_is_checked_again_against_the_current_policy() {
     assert_eq!(inst["status"], "error", "{inst}");
     assert_eq!(inst["status_reason"], UNREACHABLE, "{inst}");
     assert_eq!(inst["health"], "not_running", "{inst}");
+    // Ann, the deployment's first account, administers it and sees why.
+    let detail = inst["status_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("egress policy") && detail.contains("loopback"), "{inst}");
     assert_eq!(connections(&redis).await, before + 1, "RedisGate did not connect to it");
 }
 
