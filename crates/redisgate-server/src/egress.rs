@@ -108,6 +108,23 @@ impl Egress {
     }
 }
 
+/// `client` pinned to an address `resolver` admits now, for connections the redis crate
+/// opens without a resolver of ours (pub/sub, monitor): plain TCP dials exactly the checked
+/// address. TLS must dial by name to verify the certificate, so it is checked here and then
+/// resolved once more by the driver.
+pub async fn pinned(client: &redis::Client, resolver: &SharedResolver) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info();
+    let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
+    let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
+    let checked = resolver.resolve(&host, port).await?.next().ok_or_else(|| refused("no address"))?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(..) => redis::Client::open(
+            info.clone().set_addr(redis::ConnectionAddr::Tcp(checked.ip().to_string(), checked.port())),
+        ),
+        _ => Ok(client.clone()),
+    }
+}
+
 /// Whether `e` (from a connect through [`Egress::resolver`]) was the policy refusing.
 pub fn is_refusal(e: &redis::RedisError) -> bool {
     e.is_io_error() && e.to_string().contains(REFUSED_PREFIX)
@@ -155,7 +172,11 @@ pub fn database_endpoint(url: &str) -> Option<(String, u16)> {
 
 /// `host:port` of a `redis://` or `rediss://` URL.
 pub fn redis_endpoint(url: &str) -> Option<(String, u16)> {
-    match redis::Client::open(url).ok()?.get_connection_info().addr() {
+    tcp_endpoint(redis::Client::open(url).ok()?.get_connection_info().addr())
+}
+
+fn tcp_endpoint(addr: &redis::ConnectionAddr) -> Option<(String, u16)> {
+    match addr {
         redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
             Some((host.clone(), *port))
         }

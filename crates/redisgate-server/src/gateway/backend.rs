@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, Value};
+use redis::{AsyncConnectionConfig, Client, Value};
+use redisgate_core::provision::UNREACHABLE;
 use redisgate_provision::SharedResolver;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use redisgate_core::provision::UNREACHABLE;
 
 use crate::config::BackendSettings;
 use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
@@ -198,29 +197,12 @@ impl Backend {
         if self.egress.is_some() { UNREACHABLE } else { short_reason(e) }
     }
 
-    /// The client a dedicated connection uses. Through the egress policy the host is resolved
-    /// and checked here, and a plain-TCP connection is pinned to the checked address, since
-    /// the redis crate's pub/sub and monitor connections take no resolver of ours. (TLS must
-    /// dial by name to verify the certificate: it is checked, then resolved once more by the
-    /// driver.)
+    /// The client a dedicated connection uses: for a tenant's server, one pinned to an
+    /// address the egress policy admits right now.
     async fn dedicated_client(&self) -> redis::RedisResult<Client> {
-        let Some(egress) = &self.egress else { return Ok(self.client.clone()) };
-        let info = self.client.get_connection_info();
-        let (host, port) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => (host, *port),
-            _ => {
-                return Err(redis::RedisError::from(std::io::Error::other(
-                    "egress policy: not a TCP address",
-                )));
-            }
-        };
-        let checked = redis::io::AsyncDNSResolver::resolve(egress, host, port).await?.next();
-        let checked = checked.ok_or_else(|| std::io::Error::other("egress policy: no address"))?;
-        match info.addr() {
-            ConnectionAddr::Tcp(..) => Client::open(
-                info.clone().set_addr(ConnectionAddr::Tcp(checked.ip().to_string(), checked.port())),
-            ),
-            _ => Ok(self.client.clone()),
+        match &self.egress {
+            Some(egress) => crate::egress::pinned(&self.client, egress).await,
+            None => Ok(self.client.clone()),
         }
     }
 
