@@ -13,6 +13,7 @@
 //!   (host-wide caps on local instances), [`audit`].
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
+//! - [`egress`]: which resolved addresses an external instance's URL may reach.
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -23,6 +24,7 @@ pub mod catalog;
 pub mod codec;
 pub mod command;
 pub mod compat;
+pub mod egress;
 pub mod ids;
 pub mod instance;
 pub mod org;

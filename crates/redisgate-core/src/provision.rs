@@ -41,11 +41,20 @@ pub struct InstanceSpec {
     pub external_url: Option<RedisUrl>,
 }
 
+/// What the owner of an external instance is told when its server cannot be used, whatever
+/// the cause (refused, timed out, wrong password, TLS, or an address the egress policy
+/// refuses): telling them apart would make RedisGate a port scanner of its own network.
+pub const UNREACHABLE: &str = "could not connect to the server; check the URL, the password and that the server accepts connections from RedisGate";
+
 /// Why an instance could not be provisioned; the text is safe to show to its owner.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisionError {
     #[error("{0}")]
     Failed(String),
+    /// An external server could not be used. Shown as [`UNREACHABLE`]; the cause (redacted,
+    /// no secrets) is for logs and deployment administrators only.
+    #[error("{UNREACHABLE}")]
+    Unreachable(String),
     #[error("instance not known to this provisioner")]
     Unknown,
 }

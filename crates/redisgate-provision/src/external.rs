@@ -1,5 +1,10 @@
 //! [`ExternalProvisioner`]: the user brings a `redis://` or `rediss://` server. RedisGate only
 //! checks that it answers; it never stops it, and never deletes its data.
+//!
+//! The owner of the instance learns only that the server could not be used
+//! ([`ProvisionError::Unreachable`]), never whether it refused, timed out, wanted a password or
+//! sits at an address the egress policy refuses: those differences would let a tenant map the
+//! network RedisGate runs in. The cause goes to the log and to deployment administrators.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +13,24 @@ use async_trait::async_trait;
 use redisgate_core::ids::InstanceId;
 use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
 
+use crate::SharedResolver;
+use crate::probe::ProbeError;
+use crate::redact::Redactor;
+
 /// Checks a user-supplied server with an authenticated PING and hands its URL back.
-#[derive(Debug)]
 pub struct ExternalProvisioner {
     timeout: Duration,
+    /// Resolves (and so admits) every address the PING may dial; `None` dials anything.
+    resolver: Option<SharedResolver>,
+}
+
+impl std::fmt::Debug for ExternalProvisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalProvisioner")
+            .field("timeout", &self.timeout)
+            .field("checked", &self.resolver.is_some())
+            .finish()
+    }
 }
 
 impl ExternalProvisioner {
@@ -21,7 +40,13 @@ impl ExternalProvisioner {
     }
 
     pub fn with_timeout(timeout: Duration) -> Arc<Self> {
-        Arc::new(ExternalProvisioner { timeout })
+        Arc::new(ExternalProvisioner { timeout, resolver: None })
+    }
+
+    /// Resolves every server's host through `resolver` (the egress policy), so the PING
+    /// goes only to an address it admits.
+    pub fn checked(timeout: Duration, resolver: SharedResolver) -> Arc<Self> {
+        Arc::new(ExternalProvisioner { timeout, resolver: Some(resolver) })
     }
 }
 
@@ -37,11 +62,13 @@ impl Provisioner for ExternalProvisioner {
         if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
             return Err(ProvisionError::Failed("the URL must start with redis:// or rediss://".to_owned()));
         }
-        match crate::ping(text, self.timeout).await {
-            Ok(_) => Ok(url.clone()),
-            Err(reason) => {
-                tracing::info!(instance.id = %spec.id, reason = %reason, "external Redis check failed");
-                Err(ProvisionError::Failed(reason))
+        match crate::probe::ping(text, self.timeout, self.resolver.as_ref()).await {
+            Ok(()) => Ok(url.clone()),
+            Err(ProbeError::InvalidUrl) => Err(ProvisionError::Failed("invalid Redis URL".to_owned())),
+            Err(e) => {
+                let detail = Redactor::for_url(text).redact(&e.describe());
+                tracing::info!(instance.id = %spec.id, reason = %detail, "external Redis check failed");
+                Err(ProvisionError::Unreachable(detail))
             }
         }
     }

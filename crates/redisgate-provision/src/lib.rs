@@ -10,6 +10,8 @@
 //! - [`external`]: [`ExternalProvisioner`], a `redis://` / `rediss://` server the user brings;
 //!   checked with a PING, never touched otherwise.
 //! - `probe.rs`: one authenticated PING, with failures described without secrets.
+//! - [`SharedResolver`]: the DNS resolver through which checked connections resolve (the
+//!   server's egress policy plugs in there).
 //! - `redact.rs`: keeps passwords out of every reason, log line and status message.
 //!
 //! Passwords live only in `redis.conf` (mode 0600) and in the returned
@@ -25,11 +27,32 @@ mod redact;
 pub use external::ExternalProvisioner;
 pub use local::{LocalOptions, LocalProvisioner};
 
+/// A DNS resolver many connections share: the redis crate takes one by value per connection
+/// config, and an egress policy must see every connect.
+#[derive(Clone)]
+pub struct SharedResolver(std::sync::Arc<dyn redis::io::AsyncDNSResolver>);
+
+impl SharedResolver {
+    pub fn new(resolver: impl redis::io::AsyncDNSResolver) -> Self {
+        SharedResolver(std::sync::Arc::new(resolver))
+    }
+}
+
+impl redis::io::AsyncDNSResolver for SharedResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        self.0.resolve(host, port)
+    }
+}
+
 /// One authenticated PING to `url` within `timeout`: how long it took, or why it failed, with
 /// the URL and its password redacted (safe for owners, logs and `redisgate check`).
 pub async fn ping(url: &str, timeout: std::time::Duration) -> Result<std::time::Duration, String> {
     let started = std::time::Instant::now();
-    probe::ping(url, timeout)
+    probe::ping(url, timeout, None)
         .await
         .map(|()| started.elapsed())
         .map_err(|e| redact::Redactor::for_url(url).redact(&e.describe()))

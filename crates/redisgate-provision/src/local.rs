@@ -9,7 +9,7 @@ mod supervisor;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -85,6 +85,8 @@ pub struct LocalProvisioner {
 #[derive(Default)]
 struct Slot {
     pid: Arc<AtomicU32>,
+    /// The loopback port of its server (0 until one is launched); restarts keep it.
+    port: AtomicU16,
     state: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -125,6 +127,13 @@ impl LocalProvisioner {
             0 => None,
             pid => Some(pid),
         }
+    }
+
+    /// The loopback ports of the servers it runs (or is restarting): RedisGate's own, which
+    /// tenants' external instances must not reach.
+    pub fn ports(&self) -> Vec<u16> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.values().map(|s| s.port.load(Ordering::Relaxed)).filter(|p| *p != 0).collect()
     }
 
     /// The URL of an instance's server as its `redis.conf` under `root` describes it, without
@@ -222,14 +231,14 @@ impl LocalProvisioner {
     /// that answers on the old port with this instance's password is asked to shut down.
     async fn reclaim_orphan(&self, id: InstanceId, port: u16, password: &str) {
         let url = local_url(password, port);
-        if crate::probe::ping(url.expose(), Duration::from_millis(500)).await.is_err() {
+        if crate::probe::ping(url.expose(), Duration::from_millis(500), None).await.is_err() {
             return;
         }
         tracing::warn!(instance.id = %id, port, "found a redis-server left over from an earlier run; shutting it down");
         let _ = crate::probe::shutdown(url.expose(), self.options.stop_timeout).await;
         let deadline = tokio::time::Instant::now() + self.options.stop_timeout;
         while tokio::time::Instant::now() < deadline
-            && crate::probe::ping(url.expose(), Duration::from_millis(500)).await.is_ok()
+            && crate::probe::ping(url.expose(), Duration::from_millis(500), None).await.is_ok()
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -263,6 +272,7 @@ impl Provisioner for LocalProvisioner {
         }
         let url = launcher.url.clone();
         tracing::info!(instance.id = %spec.id, port = launcher.port, pid = child.id(), "redis-server started");
+        slot.port.store(launcher.port, Ordering::Relaxed);
         let stop = self.closing.child_token();
         let supervisor = Supervisor {
             id: spec.id,

@@ -50,16 +50,24 @@ fn describe_redis(err: &RedisError) -> String {
     }
 }
 
-/// Connects to `url` and sends PING; the whole exchange is bounded by `timeout`.
-pub(crate) async fn ping(url: &str, timeout: Duration) -> Result<(), ProbeError> {
+/// Connects to `url` and sends PING; the whole exchange is bounded by `timeout`. With a
+/// `resolver`, the host is resolved through it and only addresses it returns are dialled.
+pub(crate) async fn ping(
+    url: &str,
+    timeout: Duration,
+    resolver: Option<&crate::SharedResolver>,
+) -> Result<(), ProbeError> {
     if url.starts_with("rediss://") {
         // Mixing rustls providers panics; whichever one is installed first wins process-wide.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let client = redis::Client::open(url).map_err(|_| ProbeError::InvalidUrl)?;
-    let config = AsyncConnectionConfig::new()
+    let mut config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
+    if let Some(resolver) = resolver {
+        config = config.set_dns_resolver(resolver.clone());
+    }
     let exchange = async {
         let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await

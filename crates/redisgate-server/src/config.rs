@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use redisgate_core::egress::EgressPolicy;
 use redisgate_core::quota::Plan;
 use redisgate_core::ratelimit::Rate;
 use secrecy::{ExposeSecret, SecretString};
@@ -112,6 +113,7 @@ pub struct InstanceSettings {
     /// Most `maxmemory` (MiB) all local instances may reserve together. Default: half the
     /// host's RAM.
     pub max_local_memory_mb: u64,
+    pub external: ExternalSettings,
 }
 
 impl Default for InstanceSettings {
@@ -121,7 +123,27 @@ impl Default for InstanceSettings {
             redis_server: PathBuf::from("redis-server"),
             max_local_instances: default_max_local_instances(total),
             max_local_memory_mb: default_max_local_memory_mb(total),
+            external: ExternalSettings::default(),
         }
+    }
+}
+
+/// External instances: servers tenants bring by URL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalSettings {
+    /// Non-public addresses tenants' URLs may reach: CIDR ranges (`10.0.0.0/8`), addresses
+    /// (`10.1.2.3`, `[fd00::1]:6379`), host names (`redis.internal`, `redis.internal:6379`).
+    /// Empty (the default): public unicast addresses only. RedisGate's own addresses and cloud
+    /// metadata services stay refused whatever this says.
+    pub allow: Vec<String>,
+}
+
+impl ExternalSettings {
+    /// The egress policy, or the first bad entry named by key.
+    pub fn policy(&self) -> Result<EgressPolicy, ConfigError> {
+        EgressPolicy::parse(&self.allow)
+            .map_err(|(i, e)| invalid(&format!("instances.external.allow[{i}]"), e.to_string()))
     }
 }
 
@@ -377,7 +399,11 @@ struct SrhEntry {
 }
 
 /// `REDISGATE_*` variables read by the binary itself, not part of the settings tree.
-const NOT_SETTINGS: &[&str] = &["REDISGATE_CONFIG", "REDISGATE_LOG", "REDISGATE_LOG_JSON"];
+const NOT_SETTINGS: &[&str] = &["REDISGATE_CONFIG", "REDISGATE_LOG", "REDISGATE_LOG_JSON", EGRESS_ALLOW_ENV];
+
+/// `instances.external.allow` from the environment: entries separated by commas. (Read by
+/// hand: the config crate parses lists only if it parses every variable's type.)
+const EGRESS_ALLOW_ENV: &str = "REDISGATE_INSTANCES__EXTERNAL__ALLOW";
 
 /// Where SRH looks for its tokens file, in the order SRH's release and dev layouts use.
 const SRH_TOKEN_FILES: &[&str] = &["/app/srh-config/tokens.json", "srh-config/tokens.json"];
@@ -404,6 +430,10 @@ impl Settings {
         let mut s: Settings = b.build()?.try_deserialize()?;
         if s.database_url.is_none() {
             s.database_url = env.get("DATABASE_URL").map(|u| SecretString::from(u.clone()));
+        }
+        if let Some(list) = env.get(EGRESS_ALLOW_ENV) {
+            s.instances.external.allow =
+                list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
         }
         s.apply_srh_env(env)?;
         if let (Some(token), Some(url)) = (s.token.take(), s.redis_url.take()) {
@@ -542,6 +572,7 @@ impl Settings {
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
+        self.instances.external.policy()?;
         Ok(())
     }
 }
@@ -659,5 +690,23 @@ mod tests {
         let e = Settings::load(None, &env(&[("REDISGATE_INSTANCES__MAX_LOCAL_MEMORY_MB", "1000000000")]))
             .unwrap_err();
         assert!(e.to_string().contains("instances.max_local_memory_mb"), "{e}");
+    }
+
+    #[test]
+    fn egress_allow_list_is_validated_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[instances.external]\nallow = [\"10.0.0.0/8\", \"redis.internal:6379\"]\n")
+            .unwrap();
+        let s = Settings::load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(s.instances.external.allow.len(), 2);
+        std::fs::write(&p, "[instances.external]\nallow = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n").unwrap();
+        let e = Settings::load(Some(&p), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("instances.external.allow[1]"), "{e}");
+        assert!(Settings::default().instances.external.allow.is_empty(), "only public addresses by default");
+        let s = Settings::load(Some(&p), &env(&[(EGRESS_ALLOW_ENV, "127.0.0.0/8, cache:6379")])).unwrap();
+        assert_eq!(s.instances.external.allow, ["127.0.0.0/8", "cache:6379"], "the environment wins");
+        let e = Settings::load(None, &env(&[(EGRESS_ALLOW_ENV, "10.0.0.0/8,not a host")])).unwrap_err();
+        assert!(e.to_string().contains("instances.external.allow[1]"), "{e}");
     }
 }

@@ -22,12 +22,14 @@ use std::sync::{Arc, RwLock};
 use redisgate_core::capacity::{HostCapacity, HostLimit};
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
-use redisgate_core::provision::{InstanceSpec, Provisioner, RedisUrl};
+use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
 use redisgate_core::store::{InstanceRecord, Store, StoreError};
+use redisgate_provision::ExternalProvisioner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendSettings, Settings};
+use crate::egress::Egress;
 use crate::gateway::backend::Backend;
 use crate::gateway::script::ScopeUsers;
 use crate::secrets::Sealer;
@@ -67,12 +69,20 @@ pub enum Refused {
     Store(StoreError),
 }
 
+/// How long the PING that admits an external server may take (connect, TLS, AUTH included).
+const EXTERNAL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct Instances {
     store: Arc<dyn Store>,
     local: Arc<dyn Provisioner>,
     external: Arc<dyn Provisioner>,
     pub sealer: Sealer,
+    /// Where external instances may connect.
+    pub egress: Arc<Egress>,
     backends: RwLock<HashMap<InstanceId, Served>>,
+    /// Why an external instance could not connect, for deployment administrators only (its
+    /// owner's `status_reason` does not say); kept by this replica, not stored.
+    details: RwLock<HashMap<InstanceId, String>>,
     settings: BackendSettings,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -86,7 +96,7 @@ impl Instances {
     pub fn new(
         store: Arc<dyn Store>,
         local: Arc<dyn Provisioner>,
-        external: Arc<dyn Provisioner>,
+        egress: Arc<Egress>,
         sealer: Sealer,
         settings: &Settings,
         tracker: TaskTracker,
@@ -99,9 +109,12 @@ impl Instances {
         Instances {
             store,
             local,
-            external,
+            // Its PING resolves through the same policy as the backends' connections.
+            external: ExternalProvisioner::checked(EXTERNAL_CHECK_TIMEOUT, egress.resolver()),
             sealer,
+            egress,
             backends: RwLock::default(),
+            details: RwLock::default(),
             settings: settings.backend.clone(),
             tracker,
             cancel,
@@ -124,6 +137,12 @@ impl Instances {
     /// The host caps on local instances.
     pub fn capacity(&self) -> HostCapacity {
         self.capacity
+    }
+
+    /// Why the instance's server could not be used, as the log has it: for deployment
+    /// administrators.
+    pub fn status_detail(&self, id: InstanceId) -> Option<String> {
+        self.details.read().expect("details lock").get(&id).cloned()
     }
 
     fn provisioner(&self, kind: ProvisionerKind) -> &Arc<dyn Provisioner> {
@@ -168,7 +187,9 @@ impl Instances {
             None => None,
         };
         let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url };
-        let url = match self.provisioner(inst.provisioner).start(&spec).await {
+        let started = self.provisioner(inst.provisioner).start(&spec).await;
+        self.note_detail(inst.id, &started);
+        let url = match started {
             Ok(url) => url,
             Err(e) => return self.set(inst.id, InstanceStatus::Error, Some(e.to_string())).await,
         };
@@ -198,8 +219,13 @@ impl Instances {
             ProvisionerKind::External => None,
         };
         let label = format!("instance {}", inst.id);
-        let backend =
-            Backend::start(label, client, self.settings.clone(), &self.tracker, self.cancel.clone());
+        let (settings, tracker, cancel) = (self.settings.clone(), &self.tracker, self.cancel.clone());
+        let backend = match inst.provisioner {
+            ProvisionerKind::Local => Backend::start(label, client, settings, tracker, cancel),
+            ProvisionerKind::External => {
+                Backend::start_checked(label, client, self.egress.resolver(), settings, tracker, cancel)
+            }
+        };
         if let Some(users) = scope_users {
             backend.run_scripts_as_scope_users(users);
         }
@@ -210,6 +236,14 @@ impl Instances {
             .insert(inst.id, Served { org: inst.org_id, backend });
         drop(replaced); // stops a backend this instance had before, if any
         self.set(inst.id, InstanceStatus::Running, None).await
+    }
+
+    fn note_detail(&self, id: InstanceId, started: &Result<RedisUrl, ProvisionError>) {
+        let mut details = self.details.write().expect("details lock");
+        match started {
+            Err(ProvisionError::Unreachable(detail)) => details.insert(id, detail.clone()),
+            _ => details.remove(&id),
+        };
     }
 
     async fn set(
@@ -230,6 +264,7 @@ impl Instances {
         let id = rec.instance.id;
         let served = self.backends.write().expect("backends lock").remove(&id);
         drop(served); // stops its backend: see `Served`
+        self.details.write().expect("details lock").remove(&id);
         self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
     }
 

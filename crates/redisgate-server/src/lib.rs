@@ -4,6 +4,7 @@
 //! - [`config`]: the typed configuration tree (defaults → TOML → environment, SRH variables).
 //! - [`api`]: the control plane, a JSON management API with its OpenAPI document.
 //! - [`gateway`]: the data plane, the Upstash REST protocol over real Redis.
+//! - [`egress`]: where external instances may connect (the policy as the redis DNS resolver).
 //! - [`serve`]: the HTTP listener (timeouts, graceful shutdown), which sends data-plane requests
 //!   straight to the gateway and the rest through the router.
 //!
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod egress;
 pub mod gateway;
 pub mod instances;
 pub mod ops;
@@ -37,7 +39,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use redisgate_core::instance::InstanceStatus;
 use redisgate_core::provision::StatusSink;
 use redisgate_core::store::Store;
-use redisgate_provision::{ExternalProvisioner, LocalOptions, LocalProvisioner};
+use redisgate_provision::{LocalOptions, LocalProvisioner};
 
 use crate::api::ApiState;
 use crate::api::auth::LoginThrottle;
@@ -69,18 +71,20 @@ pub async fn launch(
     let store = ops::metered::MeteredStore::wrap(store);
     let secret_key = settings.secret_key.as_ref().map(|k| k.expose_secret().to_owned());
     let sealer = Sealer::load(secret_key.as_deref(), &settings.data_dir)?;
+    let local = LocalProvisioner::new(
+        settings.data_dir.join("instances"),
+        status_sink(&store, &tracker),
+        LocalOptions {
+            redis_server: settings.instances.redis_server.clone(),
+            max_reply_bytes: settings.http.max_response_bytes as u64,
+            ..LocalOptions::default()
+        },
+    );
+    let egress = egress_policy(&settings, &listener, &local).await?;
     let instances = Arc::new(Instances::new(
         Arc::clone(&store),
-        LocalProvisioner::new(
-            settings.data_dir.join("instances"),
-            status_sink(&store, &tracker),
-            LocalOptions {
-                redis_server: settings.instances.redis_server.clone(),
-                max_reply_bytes: settings.http.max_response_bytes as u64,
-                ..LocalOptions::default()
-            },
-        ),
-        ExternalProvisioner::new(),
+        local,
+        egress,
         sealer,
         &settings,
         tracker.clone(),
@@ -217,6 +221,28 @@ fn status_sink(store: &Arc<dyn Store>, tracker: &TaskTracker) -> StatusSink {
             }
         });
     })
+}
+
+/// The egress policy of external instances, knowing RedisGate's own addresses: the listeners,
+/// the metadata database, the limiter's Redis, the standalone tokens' Redis servers and (asked
+/// at every check) the local instances' ports.
+async fn egress_policy(
+    settings: &Settings,
+    listener: &TcpListener,
+    local: &Arc<LocalProvisioner>,
+) -> anyhow::Result<Arc<egress::Egress>> {
+    let policy = settings.instances.external.policy()?;
+    let listen = listener.local_addr().context("listener address")?;
+    let mut own: Vec<(String, u16)> = std::iter::once(listen)
+        .chain(settings.metrics_listen)
+        .map(|a| (a.ip().to_string(), a.port()))
+        .collect();
+    own.extend(settings.database_url.as_ref().and_then(|u| egress::database_endpoint(u.expose_secret())));
+    let redis_urls = settings.rate_limit.redis_url.iter().chain(settings.tokens.iter().map(|t| &t.url));
+    own.extend(redis_urls.filter_map(|u| egress::redis_endpoint(u.expose_secret())));
+    let local = Arc::clone(local);
+    let local_ports: egress::LocalPorts = Arc::new(move || local.ports());
+    Ok(egress::Egress::new(policy, own, local_ports, settings.backend.connect_timeout).await)
 }
 
 /// Writes API keys' `last_used_at` and reloads plan rates once a second, and writes the usage

@@ -370,10 +370,14 @@ fn otel_spans_of_a_request_follow_its_traceparent() {
     let (otlp, posts) = otlp_receiver();
     let (_redis, rport) = redis(&[]);
     let url = format!("redis://127.0.0.1:{rport}");
+    // The external instance's own server: the token's is RedisGate's, which tenants may not use.
+    let (_tenant_redis, tport) = redis(&[]);
+    let tenant_url = format!("redis://127.0.0.1:{tport}");
     let endpoint = format!("http://127.0.0.1:{otlp}");
     let env = [
         ("REDISGATE_TOKEN", "otel-standalone-token"),
         ("REDISGATE_REDIS_URL", url.as_str()),
+        ("REDISGATE_INSTANCES__EXTERNAL__ALLOW", "127.0.0.0/8"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -440,7 +444,7 @@ fn otel_spans_of_a_request_follow_its_traceparent() {
     let api = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
     let org = json_body(&http_with(port, "POST /api/organizations", &api, r#"{"name":"Acme"}"#));
     let org = org["id"].as_str().unwrap();
-    let instance = format!(r#"{{"name":"ext","provisioner":"external","url":"{url}"}}"#);
+    let instance = format!(r#"{{"name":"ext","provisioner":"external","url":"{tenant_url}"}}"#);
     let instance = json_body(&http_with(
         port,
         &format!("POST /api/organizations/{org}/redis-instances"),
@@ -491,6 +495,7 @@ fn otel_spans_of_a_request_follow_its_traceparent() {
         &session,
         api_key,
         &url,
+        &tenant_url,
     ];
     for secret in secrets {
         assert!(!everything.contains(secret), "{secret} was exported");

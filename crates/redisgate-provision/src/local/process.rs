@@ -121,7 +121,7 @@ impl Launcher {
                 return Err(NotReady::TimedOut);
             }
             // LOADING (replaying a big AOF) and refused connections both mean "not yet".
-            if probe::ping(self.url.expose(), left.min(PROBE_TIMEOUT)).await.is_ok() {
+            if probe::ping(self.url.expose(), left.min(PROBE_TIMEOUT), None).await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(POLL_INTERVAL.min(left)).await;

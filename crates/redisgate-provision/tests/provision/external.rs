@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use redisgate_core::ids::InstanceId;
-use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
+use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl, UNREACHABLE};
 use redisgate_provision::ExternalProvisioner;
 
 use crate::support::*;
@@ -14,15 +14,20 @@ fn external(url: &str) -> InstanceSpec {
     InstanceSpec { id: InstanceId::new(), memory_bytes: 0, external_url: Some(RedisUrl::new(url.to_owned())) }
 }
 
+/// Why the server could not be used: the detail of an `Unreachable` (whose text is the one
+/// reason owners see), or the reason of a `Failed`.
 async fn reason(p: &ExternalProvisioner, url: &str) -> String {
     match p.start(&external(url)).await {
-        Err(ProvisionError::Failed(reason)) => {
+        Err(e @ ProvisionError::Unreachable(_)) if e.to_string() != UNREACHABLE => {
+            panic!("owners are told one reason, got {e}")
+        }
+        Err(ProvisionError::Failed(reason) | ProvisionError::Unreachable(reason)) => {
             eprintln!("REASON: {reason}");
             assert!(!reason.contains(PASSWORD), "password leaked: {reason}");
             assert!(!reason.contains("wrong-password"), "password leaked: {reason}");
             reason
         }
-        other => panic!("expected Failed, got {other:?}"),
+        other => panic!("expected Failed or Unreachable, got {other:?}"),
     }
 }
 

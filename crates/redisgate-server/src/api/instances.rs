@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use redisgate_core::account::User;
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::{Instance, ProvisionerKind};
 use redisgate_core::org::Action;
@@ -41,12 +42,22 @@ pub struct InstanceView {
     pub instance: Instance,
     /// `healthy` (its Redis answers), `unhealthy` (it does not), `not_running`.
     pub health: &'static str,
+    /// Why an external server could not be used (refused, timed out, authentication, egress
+    /// policy): shown to deployment administrators only. Its owner's `status_reason` gives
+    /// one reason for all of these, so the gateway cannot be used to scan the network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<String>,
 }
 
-fn view(state: &ApiState, instance: Instance) -> InstanceView {
+fn view(state: &ApiState, user: &User, instance: Instance) -> InstanceView {
     let health = state.instances.health(instance.id);
-    InstanceView { instance, health }
+    let status_detail = if user.is_admin { state.instances.status_detail(instance.id) } else { None };
+    InstanceView { instance, health, status_detail }
 }
+
+/// The one answer to a URL the egress policy refuses, whichever rule refused it and whether
+/// or not its host resolves.
+const NOT_ALLOWED: &str = "is not a server RedisGate may connect to";
 
 /// Create an instance (owner, admin, member). It is started before the answer: the status
 /// says whether that worked (`running`) or why not (`error`).
@@ -88,6 +99,10 @@ async fn create(
                 {
                     return Err(ApiError::validation("url", "must be a redis:// or rediss:// URL"));
                 }
+                if let Err(why) = state.instances.egress.check_url(url).await {
+                    tracing::info!(org.id = %org, reason = %why, "external instance URL refused by the egress policy");
+                    return Err(ApiError::validation("url", NOT_ALLOWED));
+                }
                 // An external server's memory is not ours to limit or count.
                 (0, Some(state.instances.sealer.seal(url.as_bytes())))
             }
@@ -113,7 +128,7 @@ async fn create(
     .await;
     let target = result.as_ref().ok().map(|i| i.id.to_string());
     let inst = audit::outcome(&state, &user, Some(org), "instance.create", target, &meta, result).await?;
-    Ok((StatusCode::CREATED, axum::Json(view(&state, inst))))
+    Ok((StatusCode::CREATED, axum::Json(view(&state, &user, inst))))
 }
 
 /// The organization's instances.
@@ -125,7 +140,7 @@ async fn list(
     ApiPath(org): ApiPath<OrgId>,
 ) -> ApiResult<axum::Json<Vec<InstanceView>>> {
     authorize(&state, user.id, org, Action::ViewInstances).await?;
-    Ok(axum::Json(state.store.instances(org).await?.into_iter().map(|i| view(&state, i)).collect()))
+    Ok(axum::Json(state.store.instances(org).await?.into_iter().map(|i| view(&state, &user, i)).collect()))
 }
 
 async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<InstanceRecord> {
@@ -145,7 +160,7 @@ async fn get(
     ApiPath((org, id)): ApiPath<(OrgId, InstanceId)>,
 ) -> ApiResult<axum::Json<InstanceView>> {
     authorize(&state, user.id, org, Action::ViewInstances).await?;
-    Ok(axum::Json(view(&state, record_of(&state, org, id).await?.instance)))
+    Ok(axum::Json(view(&state, &user, record_of(&state, org, id).await?.instance)))
 }
 
 /// Live stats from the instance's `INFO`: memory used, keys, ops/s, clients.

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, Client, Value};
+use redisgate_core::provision::UNREACHABLE;
+use redisgate_provision::SharedResolver;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +65,9 @@ pub(super) enum State {
 pub struct Backend {
     label: String,
     client: Client,
+    /// An external instance's: every connect resolves through the egress policy, and
+    /// failures are told to clients in one uniform reason (details only in the log).
+    egress: Option<SharedResolver>,
     cfg: BackendSettings,
     state: watch::Sender<State>,
     check_now: Notify,
@@ -85,9 +90,34 @@ impl Backend {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
+        Self::start_with(label, client, None, cfg, tracker, cancel)
+    }
+
+    /// [`Backend::start`] for a tenant's server: connections dial only addresses `egress`
+    /// admits, and clients are never told why a connect failed.
+    pub fn start_checked(
+        label: String,
+        client: Client,
+        egress: SharedResolver,
+        cfg: BackendSettings,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Self::start_with(label, client, Some(egress), cfg, tracker, cancel)
+    }
+
+    fn start_with(
+        label: String,
+        client: Client,
+        egress: Option<SharedResolver>,
+        cfg: BackendSettings,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         let backend = Arc::new(Self {
             label,
             client,
+            egress,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             cfg,
             state: watch::Sender::new(State::Connecting),
@@ -309,8 +339,29 @@ impl Backend {
     ) -> Result<T, BackendError> {
         match tokio::time::timeout(self.cfg.connect_timeout, fut).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.unavailable(short_reason(&e).into())),
+            Ok(Err(e)) => {
+                if self.egress.is_some() {
+                    tracing::warn!(backend = %self.label, error = short_reason(&e), "cannot open a stream connection to Redis");
+                }
+                Err(self.unavailable(self.reason(&e).into()))
+            }
+            Err(_) if self.egress.is_some() => Err(self.unavailable(UNREACHABLE.into())),
             Err(_) => Err(self.unavailable("connect timed out".into())),
+        }
+    }
+
+    /// The reason clients are given for a failed connect: its category, or for a tenant's
+    /// server one text whatever the cause (which then only the log names).
+    fn reason(&self, e: &redis::RedisError) -> &'static str {
+        if self.egress.is_some() { UNREACHABLE } else { short_reason(e) }
+    }
+
+    /// The client a dedicated connection uses: for a tenant's server, one pinned to an
+    /// address the egress policy admits right now.
+    async fn dedicated_client(&self) -> redis::RedisResult<Client> {
+        match &self.egress {
+            Some(egress) => crate::egress::pinned(&self.client, egress).await,
+            None => Ok(self.client.clone()),
         }
     }
 
@@ -318,14 +369,17 @@ impl Backend {
     /// streams and counts the connection; hold it as long as the connection.
     pub async fn pubsub(&self) -> Result<(PubSub, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn = self.connect_dedicated(self.client.get_async_pubsub()).await?;
+        let conn =
+            self.connect_dedicated(async { self.dedicated_client().await?.get_async_pubsub().await }).await?;
         Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
     /// A dedicated connection that has already sent MONITOR.
     pub async fn monitor(&self) -> Result<(redis::aio::Monitor, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn = self.connect_dedicated(self.client.get_async_monitor()).await?;
+        let conn = self
+            .connect_dedicated(async { self.dedicated_client().await?.get_async_monitor().await })
+            .await?;
         Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
@@ -345,9 +399,12 @@ impl Backend {
         let mut failures = 0u32;
         let mut lost_before = false;
         loop {
-            let cfg = AsyncConnectionConfig::new()
+            let mut cfg = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.cfg.connect_timeout))
                 .set_response_timeout(Some(self.cfg.response_timeout));
+            if let Some(egress) = &self.egress {
+                cfg = cfg.set_dns_resolver(egress.clone());
+            }
             let attempt = tokio::select! {
                 r = self.client.get_multiplexed_async_connection_with_config(&cfg) => r,
                 () = cancel.cancelled() => return,
@@ -373,13 +430,13 @@ impl Backend {
                 Err(e) => {
                     metrics::counter!(REDIS_CONNECTION_RETRIES).increment(1);
                     failures += 1;
-                    let reason = short_reason(&e);
+                    let reason = self.reason(&e);
                     if failures > self.cfg.connect_retries
                         || !matches!(*self.state.borrow(), State::Connecting)
                     {
                         self.state.send_replace(State::Down(reason.into()));
                     }
-                    tracing::warn!(backend = %self.label, attempt = failures, error = reason, "cannot connect to Redis");
+                    tracing::warn!(backend = %self.label, attempt = failures, error = short_reason(&e), "cannot connect to Redis");
                     tokio::select! {
                         () = tokio::time::sleep(self.cfg.retry_delay) => {}
                         () = cancel.cancelled() => return,
@@ -437,7 +494,9 @@ pub struct StreamGuard {
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.
 fn short_reason(e: &redis::RedisError) -> &'static str {
-    if e.is_connection_refusal() {
+    if crate::egress::is_refusal(e) {
+        "refused by the egress policy"
+    } else if e.is_connection_refusal() {
         "connection refused"
     } else if e.is_timeout() {
         "connect timed out"

@@ -198,7 +198,29 @@ impl Gate {
         Gate::launch(settings, tempfile::tempdir().unwrap()).await
     }
 
+    /// Like [`Gate::start_unchecked`], with the production egress policy (no allow-list):
+    /// external instances on loopback are refused.
+    pub async fn start_strict(mut settings: Settings) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        Gate::launch_as_is(settings, data).await
+    }
+
+    /// Like [`Gate::start_with_data_dir`], with the production egress policy.
+    pub async fn start_strict_with_data_dir(settings: Settings) -> Gate {
+        Gate::launch_as_is(settings, tempfile::tempdir().unwrap()).await
+    }
+
     async fn launch(mut settings: Settings, data: tempfile::TempDir) -> Gate {
+        // Every test Redis listens on loopback, which the production egress policy refuses to
+        // external instances. Tests of the policy set their own or use `start_strict`.
+        if settings.instances.external.allow.is_empty() {
+            settings.instances.external.allow = vec!["127.0.0.0/8".into()];
+        }
+        Gate::launch_as_is(settings, data).await
+    }
+
+    async fn launch_as_is(mut settings: Settings, data: tempfile::TempDir) -> Gate {
         // Tests send bursts far above the production default (100/s); the limiter still runs,
         // at a rate no test reaches. Tests of the limiter set their own rates.
         if settings.rate_limit.per_second == 100 && settings.rate_limit.burst == 100 {

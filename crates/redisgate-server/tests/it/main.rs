@@ -5,6 +5,7 @@ mod api;
 mod commands;
 mod common;
 mod deploy;
+mod egress;
 mod host;
 mod instances;
 mod isolation;

@@ -1,0 +1,221 @@
+//! Where external instances may connect: [`Egress`] resolves a tenant's host, asks the pure
+//! policy ([`redisgate_core::egress`]) about every resolved address, and hands back only the
+//! addresses that passed.
+//!
+//! It plugs into the redis crate as its DNS resolver ([`Egress::resolver`]), so every connect
+//! of an external instance is checked where it happens: the PING at creation and at each
+//! start, the shared connection's reconnects, and the dedicated SSE connections. A name that
+//! resolves elsewhere the second time (DNS rebinding) is judged by the second answer, and the
+//! connection goes to that checked address and no other.
+//!
+//! RedisGate's own addresses (its listeners, the metadata database, the limiter's Redis, the
+//! standalone tokens' Redis servers, resolved once at start-up, and the local instances' ports,
+//! asked at every check) are refused whatever the allow-list says. Standalone tokens and the
+//! limiter are the operator's own configuration and are not subject to the policy.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::RedisFuture;
+use redis::io::AsyncDNSResolver;
+use redisgate_core::egress::{EgressPolicy, OwnAddresses};
+use redisgate_provision::SharedResolver;
+
+/// The ports local instances listen on right now (they come and go).
+pub type LocalPorts = Arc<dyn Fn() -> Vec<u16> + Send + Sync>;
+
+/// Why a connection was not even attempted; the text (for logs and administrators) names the
+/// address and the rule, so it never goes to tenants.
+const REFUSED_PREFIX: &str = "egress policy";
+
+pub struct Egress {
+    policy: EgressPolicy,
+    own: OwnAddresses,
+    local_ports: LocalPorts,
+    /// Bounds one resolution (a tenant's DNS server may be slow on purpose).
+    timeout: Duration,
+}
+
+impl Egress {
+    /// `own` lists RedisGate's services as `host:port` pairs; names are resolved now.
+    pub async fn new(
+        policy: EgressPolicy,
+        own: impl IntoIterator<Item = (String, u16)>,
+        local_ports: LocalPorts,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        let mut addrs = OwnAddresses::default();
+        for (host, port) in own {
+            match lookup(&host, port, timeout).await {
+                Ok(resolved) => {
+                    for addr in resolved {
+                        if is_local(addr.ip()) || addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                            addrs.add_local_port(addr.port());
+                        } else {
+                            addrs.add_exact(addr);
+                        }
+                    }
+                }
+                // Its address is then unknown; the ranges still refuse it if it is internal.
+                Err(e) => {
+                    tracing::warn!(host = %host, port, error = %e, "cannot resolve one of RedisGate's own services for the egress policy")
+                }
+            }
+        }
+        Arc::new(Egress { policy, own: addrs, local_ports, timeout })
+    }
+
+    /// The addresses `host:port` resolves to that the policy admits; an error if none.
+    pub async fn admitted(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        let resolved = lookup(host, port, self.timeout).await?;
+        let mut own = self.own.clone();
+        for p in (self.local_ports)() {
+            own.add_local_port(p);
+        }
+        let mut refused = Vec::new();
+        let admitted: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|addr| match self.policy.decide(host, *addr, &own, is_local) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push(format!("{addr}: {why}"));
+                    false
+                }
+            })
+            .collect();
+        if admitted.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{REFUSED_PREFIX} refuses {}", refused.join(", ")),
+            ));
+        }
+        Ok(admitted)
+    }
+
+    /// Whether a tenant's URL leads only to refused addresses (or nowhere): checked before an
+    /// instance is created. The error is for logs only.
+    pub async fn check_url(&self, url: &str) -> Result<(), String> {
+        let (host, port) = redis_endpoint(url).ok_or_else(|| "not a TCP redis:// URL".to_owned())?;
+        self.admitted(&host, port).await.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// The policy as the redis crate's resolver: connections made with it dial only admitted
+    /// addresses.
+    pub fn resolver(self: &Arc<Self>) -> SharedResolver {
+        SharedResolver::new(Resolver(Arc::clone(self)))
+    }
+}
+
+/// `client` pinned to an address `resolver` admits now, for connections the redis crate
+/// opens without a resolver of ours (pub/sub, monitor): plain TCP dials exactly the checked
+/// address. TLS must dial by name to verify the certificate, so it is checked here and then
+/// resolved once more by the driver.
+pub async fn pinned(client: &redis::Client, resolver: &SharedResolver) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info();
+    let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
+    let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
+    let checked = resolver.resolve(&host, port).await?.next().ok_or_else(|| refused("no address"))?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(..) => redis::Client::open(
+            info.clone().set_addr(redis::ConnectionAddr::Tcp(checked.ip().to_string(), checked.port())),
+        ),
+        _ => Ok(client.clone()),
+    }
+}
+
+/// Whether `e` (from a connect through [`Egress::resolver`]) was the policy refusing.
+pub fn is_refusal(e: &redis::RedisError) -> bool {
+    e.is_io_error() && e.to_string().contains(REFUSED_PREFIX)
+}
+
+struct Resolver(Arc<Egress>);
+
+impl AsyncDNSResolver for Resolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let admitted = self.0.admitted(host, port).await?;
+            Ok(Box::new(admitted.into_iter()) as Box<dyn Iterator<Item = SocketAddr> + Send>)
+        })
+    }
+}
+
+async fn lookup(host: &str, port: u16, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
+    // The redis crate hands IPv6 hosts over with or without their URL brackets.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+        Ok(found) => Ok(found?.collect()),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "DNS resolution timed out")),
+    }
+}
+
+/// Whether `ip` is one of this machine's addresses: only those can be bound. (Binding a UDP
+/// socket sends nothing.)
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// `host:port` of a `postgres://` URL (None for SQLite or a socket path).
+pub fn database_endpoint(url: &str) -> Option<(String, u16)> {
+    let parsed = url::Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return None;
+    }
+    let host = parsed.host_str().filter(|h| !h.is_empty())?.to_owned();
+    Some((host, parsed.port().unwrap_or(5432)))
+}
+
+/// `host:port` of a `redis://` or `rediss://` URL.
+pub fn redis_endpoint(url: &str) -> Option<(String, u16)> {
+    tcp_endpoint(redis::Client::open(url).ok()?.get_connection_info().addr())
+}
+
+fn tcp_endpoint(addr: &redis::ConnectionAddr) -> Option<(String, u16)> {
+    match addr {
+        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            Some((host.clone(), *port))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_local_instances() -> LocalPorts {
+        Arc::new(Vec::new)
+    }
+
+    #[test]
+    fn endpoints_of_configured_urls() {
+        assert_eq!(database_endpoint("postgres://u:p@db.internal/x"), Some(("db.internal".into(), 5432)));
+        assert_eq!(database_endpoint("postgresql://u:p@127.0.0.1:6543/x"), Some(("127.0.0.1".into(), 6543)));
+        assert_eq!(database_endpoint("sqlite:///tmp/x.db"), None);
+        assert_eq!(redis_endpoint("redis://:pw@127.0.0.1:6390/0"), Some(("127.0.0.1".into(), 6390)));
+    }
+
+    /// Resolution only, of loopback names and literals: nothing is dialled.
+    #[tokio::test]
+    async fn admits_only_what_the_policy_admits() {
+        let strict =
+            Egress::new(EgressPolicy::default(), [], no_local_instances(), Duration::from_secs(2)).await;
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "::ffff:127.0.0.1", "0.0.0.0", "2130706433"] {
+            let e = strict.admitted(host, 6379).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{host}: {e}");
+        }
+        let open = EgressPolicy::parse(&["127.0.0.0/8"]).unwrap();
+        let ports: LocalPorts = Arc::new(|| vec![7001]);
+        let g = Egress::new(open, [("localhost".to_owned(), 8080)], ports, Duration::from_secs(2)).await;
+        assert_eq!(g.admitted("127.0.0.1", 6379).await.unwrap(), vec!["127.0.0.1:6379".parse().unwrap()]);
+        assert!(g.admitted("127.0.0.1", 8080).await.is_err(), "own listener");
+        assert!(g.admitted("127.0.0.9", 7001).await.is_err(), "a local instance");
+        assert!(g.check_url("redis://:pw@127.0.0.1:8080").await.is_err());
+        assert!(g.check_url("redis://127.0.0.1:6379").await.is_ok());
+    }
+}
