@@ -63,7 +63,9 @@ pub async fn record(state: &ApiState, e: NewAuditEntry) {
     }
 }
 
-/// Runs `result` and records it: success, or the error code as the detail.
+/// Runs `result` and records it: success, or the error code as the detail. A caller who is
+/// not a member of `org` gets a deployment-level entry (no organization) instead, so that
+/// outsiders cannot write into an organization's log by probing its id.
 pub async fn outcome<T>(
     state: &ApiState,
     user: &User,
@@ -73,10 +75,13 @@ pub async fn outcome<T>(
     meta: &RequestMeta,
     result: ApiResult<T>,
 ) -> ApiResult<T> {
-    let (outcome, detail) = match &result {
-        Ok(_) => (Outcome::Success, None),
-        Err(ApiError::Forbidden) => (Outcome::Denied, Some("forbidden".to_owned())),
-        Err(e) => (Outcome::Failure, Some(e.code().to_owned())),
+    let (org, outcome, detail) = match (&result, org) {
+        (Ok(_), org) => (org, Outcome::Success, None),
+        (Err(ApiError::NotMember), Some(probed)) => {
+            (None, Outcome::Denied, Some(format!("not a member of organization {probed}")))
+        }
+        (Err(ApiError::Forbidden), org) => (org, Outcome::Denied, Some("forbidden".to_owned())),
+        (Err(e), org) => (org, Outcome::Failure, Some(e.code().to_owned())),
     };
     record(state, entry(org, Some(user), action, target, meta, outcome, detail)).await;
     result

@@ -7,7 +7,9 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use redisgate_core::org::InvitationError;
 use redisgate_core::quota::Limit;
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::StoreError;
 use serde::Serialize;
 
@@ -21,6 +23,19 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The caller is not a member of the organization: answered exactly as a missing one
+    /// (so ids leak nothing), but kept apart so the audit log does not file the attempt
+    /// under an organization the caller does not belong to.
+    #[error("organization not found")]
+    NotMember,
+    #[error("registration needs an invitation from an organization owner or administrator")]
+    InvitationRequired,
+    #[error("registration is closed on this deployment")]
+    RegistrationClosed,
+    #[error("{0}")]
+    Invitation(InvitationError),
+    #[error("only deployment administrators may give a key a rate above its plan's ({}/s, burst {})", .0.per_second, .0.burst)]
+    RateAbovePlan(Rate),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("`{field}` {message}")]
@@ -45,7 +60,15 @@ impl ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound(_) | ApiError::NotMember => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::InvitationRequired => (StatusCode::FORBIDDEN, "invitation_required"),
+            ApiError::RegistrationClosed => (StatusCode::FORBIDDEN, "registration_closed"),
+            ApiError::Invitation(InvitationError::WrongEmail) => {
+                (StatusCode::FORBIDDEN, InvitationError::WrongEmail.code())
+            }
+            // Used, revoked, expired: the invitation existed and is gone for good.
+            ApiError::Invitation(e) => (StatusCode::GONE, e.code()),
+            ApiError::RateAbovePlan(_) => (StatusCode::FORBIDDEN, "rate_limit_above_plan"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
@@ -72,9 +95,12 @@ pub struct ErrorBody {
     /// The request field a validation error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The quota a `quota_exceeded` error is about.
+    /// The quota a `quota_exceeded` error is about (`rate_limit` for `rate_limit_above_plan`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
+    /// With `rate_limit_above_plan`: the highest rate the caller may give the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<Rate>,
 }
 
 impl IntoResponse for ApiError {
@@ -89,6 +115,11 @@ impl IntoResponse for ApiError {
             },
             limit: match &self {
                 ApiError::QuotaExceeded(l) => Some(l.as_str()),
+                ApiError::RateAbovePlan(_) => Some("rate_limit"),
+                _ => None,
+            },
+            max_rate: match &self {
+                ApiError::RateAbovePlan(r) => Some(*r),
                 _ => None,
             },
         };
@@ -113,6 +144,8 @@ impl From<StoreError> for ApiError {
                 code: "last_owner",
                 message: "an organization must keep at least one owner".into(),
             },
+            StoreError::RegistrationClosed => ApiError::InvitationRequired,
+            StoreError::Invitation(e) => ApiError::Invitation(e),
             StoreError::Unavailable(detail) => {
                 tracing::error!(error = %detail, "metadata store failed");
                 ApiError::Unavailable

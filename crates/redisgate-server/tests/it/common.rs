@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use redisgate_core::account::Registration;
 use redisgate_server::config::{Settings, TokenConfig};
 use tokio::sync::oneshot;
 
@@ -198,7 +199,27 @@ impl Gate {
         Gate::launch(settings, tempfile::tempdir().unwrap()).await
     }
 
+    /// Like [`Gate::start_unchecked`], but with the account rules a deployment gets by
+    /// default (invite-only registration, the organization cap) instead of the test ones.
+    pub async fn start_as_deployed(mut settings: Settings) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        Gate::launch_exact(settings, data).await
+    }
+
     async fn launch(mut settings: Settings, data: tempfile::TempDir) -> Gate {
+        // Tests sign up many users and give each many organizations; the tests of those rules
+        // use `start_as_deployed`, or set their own values.
+        if settings.auth.registration == Registration::Invite {
+            settings.auth.registration = Registration::Open;
+        }
+        if settings.quota.max_organizations_per_user == 3 {
+            settings.quota.max_organizations_per_user = 1_000_000;
+        }
+        Gate::launch_exact(settings, data).await
+    }
+
+    async fn launch_exact(mut settings: Settings, data: tempfile::TempDir) -> Gate {
         // Tests send bursts far above the production default (100/s); the limiter still runs,
         // at a rate no test reaches. Tests of the limiter set their own rates.
         if settings.rate_limit.per_second == 100 && settings.rate_limit.burst == 100 {
