@@ -399,3 +399,19 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let (_, page) = root.get(&format!("{base}/audit-logs?action=org.update")).await;
     assert_eq!(page["items"][0]["ip"], "127.0.0.5", "{page}");
 }
+
+#[tokio::test]
+async fn invitation_routes_are_in_the_openapi_document() {
+    let g = Gate::start_as_deployed(Settings::default()).await;
+    let (s, doc) = Api::anon(&g).get("/openapi.json").await;
+    assert_eq!(s, 200);
+    for p in [
+        "/api/organizations/{org_id}/invitations",
+        "/api/organizations/{org_id}/invitations/{invitation_id}",
+        "/api/invitations/accept",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from /openapi.json");
+    }
+    let register = &doc["components"]["schemas"]["NewAccount"]["properties"];
+    assert!(register.get("invitation").is_some(), "{register}");
+}
