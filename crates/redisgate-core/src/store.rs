@@ -233,6 +233,9 @@ pub trait Store: Send + Sync + 'static {
     // Audit.
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+    /// The entries of no organization (logins, registrations, attempts by non-members), with
+    /// the same filters and pages as `audit_logs`.
+    async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
 
     // Plan rate limits.
     /// The rates set for plans (plans without one use the configuration).

@@ -367,6 +367,45 @@ async fn ensure_not_last_owner(tx: &mut Transaction<'static, Sqlite>, org: OrgId
     if owners <= 1 { Err(StoreError::LastOwner) } else { Ok(()) }
 }
 
+impl SqliteStore {
+    /// One page of the audit log of `org`, or with `None` of the entries without one.
+    async fn audit_page(&self, org: Option<OrgId>, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let limit = match query.limit {
+            0 => AUDIT_DEFAULT_LIMIT,
+            n => n.min(AUDIT_MAX_LIMIT),
+        };
+        // Absent filters bind NULL and drop out, which keeps the SQL one static string;
+        // `IS` matches the NULL organization too, and uses the index like `=`.
+        // The cursor compares (created_at, id) as a pair, the same order the page is sorted
+        // by; an unknown cursor matches nothing, so it yields an empty page.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs a WHERE a.org_id IS ?1 \
+               AND (?2 IS NULL OR a.action = ?2) \
+               AND (?3 IS NULL OR a.actor_user_id = ?3) \
+               AND (?4 IS NULL OR a.outcome = ?4) \
+               AND (?5 IS NULL OR a.created_at >= ?5) \
+               AND (?6 IS NULL OR a.created_at < ?6) \
+               AND (?7 IS NULL OR (a.created_at, a.id) < \
+                    (SELECT b.created_at, b.id FROM audit_logs b WHERE b.id = ?7)) \
+             ORDER BY a.created_at DESC, a.id DESC LIMIT ?8"
+        ))
+        .bind(org.map(|o| o.0))
+        .bind(query.action.as_deref())
+        .bind(query.actor_user_id.map(|u| u.0))
+        .bind(query.outcome.map(Outcome::as_str))
+        .bind(query.since.map(ts))
+        .bind(query.until.map(ts))
+        .bind(query.before.map(|b| b.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, audit_from)
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -1128,38 +1167,11 @@ impl Store for SqliteStore {
     }
 
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
-        let limit = match query.limit {
-            0 => AUDIT_DEFAULT_LIMIT,
-            n => n.min(AUDIT_MAX_LIMIT),
-        };
-        // Absent filters bind NULL and drop out, which keeps the SQL one static string.
-        // The cursor compares (created_at, id) as a pair, the same order the page is sorted
-        // by; an unknown cursor matches nothing, so it yields an empty page.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_cols!(),
-            " FROM audit_logs a WHERE a.org_id = ?1 \
-               AND (?2 IS NULL OR a.action = ?2) \
-               AND (?3 IS NULL OR a.actor_user_id = ?3) \
-               AND (?4 IS NULL OR a.outcome = ?4) \
-               AND (?5 IS NULL OR a.created_at >= ?5) \
-               AND (?6 IS NULL OR a.created_at < ?6) \
-               AND (?7 IS NULL OR (a.created_at, a.id) < \
-                    (SELECT b.created_at, b.id FROM audit_logs b WHERE b.id = ?7)) \
-             ORDER BY a.created_at DESC, a.id DESC LIMIT ?8"
-        ))
-        .bind(org.0)
-        .bind(query.action.as_deref())
-        .bind(query.actor_user_id.map(|u| u.0))
-        .bind(query.outcome.map(Outcome::as_str))
-        .bind(query.since.map(ts))
-        .bind(query.until.map(ts))
-        .bind(query.before.map(|b| b.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        all(rows, audit_from)
+        self.audit_page(Some(org), query).await
+    }
+
+    async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_page(None, query).await
     }
 
     // Plan rate limits.

@@ -115,6 +115,7 @@ metered! {
     fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();
     fn append_audit(&self, entry: NewAuditEntry) -> ();
     fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;
+    fn deployment_audit_logs(&self, query: &AuditQuery) -> Vec<AuditEntry>;
     fn plan_rates(&self) -> Vec<(Plan, Rate)>;
     fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> ();
     fn counts(&self) -> Counts;

@@ -321,6 +321,21 @@ async fn outsiders_cannot_write_into_another_organizations_audit_log() {
     let log = audit_actions(&root, &base).await;
     assert!(log.iter().all(|e| e.0 != "eve@example.com"), "an outsider wrote into the log: {log:?}");
     assert!(log.iter().any(|e| e.1 == "org.create"), "{log:?}");
+    // The attempts are the deployment's business: in its own log, for its administrators.
+    let (s, page) = root.get("/api/audit-logs?outcome=denied&limit=500").await;
+    assert_eq!(s, 200, "{page}");
+    let probes: Vec<&Value> =
+        page["items"].as_array().unwrap().iter().filter(|e| e["actor"] == "eve@example.com").collect();
+    assert_eq!(probes.len(), 6, "{page}");
+    let org_id = base.rsplit('/').next().unwrap();
+    assert!(
+        probes.iter().all(|e| e["org_id"].is_null() && e["detail"].as_str().unwrap().contains(org_id)),
+        "{page}"
+    );
+    let (s, page) = root.get("/api/audit-logs?action=auth.register").await;
+    assert_eq!((s, page["items"].as_array().unwrap().len()), (200, 2), "{page}");
+    let (s, body) = eve.get("/api/audit-logs").await;
+    assert_error(s, &body, 403, "forbidden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,6 +424,7 @@ async fn invitation_routes_are_in_the_openapi_document() {
         "/api/organizations/{org_id}/invitations",
         "/api/organizations/{org_id}/invitations/{invitation_id}",
         "/api/invitations/accept",
+        "/api/audit-logs",
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing from /openapi.json");
     }

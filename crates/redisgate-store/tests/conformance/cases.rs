@@ -1192,3 +1192,25 @@ pub async fn pending_invitations_are_capped_per_org(store: S) {
     let (new, _) = invitation(OrgId::new(), "x@example.com", Role::Viewer, ann.id, time::Duration::hours(1));
     assert_eq!(store.create_invitation(new).await, Err(StoreError::NotFound));
 }
+
+pub async fn deployment_audit_lists_only_entries_without_an_org(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("A", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    for action in ["auth.login", "auth.register", "auth.login", "api_key.create"] {
+        store.append_audit(entry(None, action)).await.unwrap();
+        store.append_audit(entry(Some(org.id), action)).await.unwrap();
+    }
+    let all = store.deployment_audit_logs(&AuditQuery::default()).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["api_key.create", "auth.login", "auth.register", "auth.login"]);
+    assert!(all.iter().all(|e| e.org_id.is_none()));
+    let logins = AuditQuery { action: Some("auth.login".into()), ..AuditQuery::default() };
+    assert_eq!(store.deployment_audit_logs(&logins).await.unwrap().len(), 2);
+    // Pages go backwards with the same cursor as an organization's.
+    let page = AuditQuery { limit: 2, ..AuditQuery::default() };
+    let first = store.deployment_audit_logs(&page).await.unwrap();
+    let next = AuditQuery { before: Some(first[1].id), ..page.clone() };
+    let second = store.deployment_audit_logs(&next).await.unwrap();
+    assert_eq!(second.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["auth.register", "auth.login"]);
+    assert_eq!(store.audit_logs(org.id, &AuditQuery::default()).await.unwrap().len(), 4);
+}

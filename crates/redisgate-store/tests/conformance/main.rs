@@ -97,6 +97,7 @@ conformance!(
     invitations_are_single_use_and_only_for_their_address,
     existing_users_accept_and_revoked_or_expired_invitations_are_refused,
     pending_invitations_are_capped_per_org,
+    deployment_audit_lists_only_entries_without_an_org,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
