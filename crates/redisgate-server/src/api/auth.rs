@@ -55,6 +55,21 @@ enum ThrottleKey {
     Pair(String, String),
 }
 
+/// The address a throttle counts: IPv6 clients by their /64, which one subscriber usually
+/// holds whole (else each of its 2^64 addresses would be a fresh one).
+fn throttle_address(ip: Option<&str>) -> String {
+    match ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        Some(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                ipnet::Ipv6Net::new(v6, 64).expect("64 is a valid IPv6 prefix length").trunc().to_string()
+            }
+        },
+        Some(ip) => ip.to_string(),
+        None => ip.unwrap_or("-").to_owned(),
+    }
+}
+
 /// Counter entries one process keeps at most (about 100 bytes each). Past it, finished
 /// windows are forgotten first, then the oldest running ones.
 const MAX_THROTTLE_ENTRIES: usize = 100_000;
@@ -74,7 +89,7 @@ impl LoginThrottle {
     /// address, is over its limit.
     pub fn begin(&self, email: &str, ip: Option<&str>) -> Result<Attempt, Duration> {
         let now = Instant::now();
-        let ip = ip.unwrap_or("-");
+        let ip = &throttle_address(ip);
         let keys = [
             ThrottleKey::Email(email.to_owned()),
             ThrottleKey::Ip(ip.to_owned()),
@@ -436,6 +451,16 @@ mod tests {
         t.begin("bob@x.io", Some("8.8.8.8")).unwrap();
         t.begin("bob@x.io", Some("9.9.9.9")).unwrap();
         assert!(t.begin("bob@x.io", Some("9.9.9.9")).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 1, 100);
+        t.begin("ann@x.io", Some("2001:db8:1:2::1")).unwrap();
+        assert!(t.begin("ann@x.io", Some("2001:db8:1:2:ffff::9")).is_err(), "same /64, same client");
+        t.begin("ann@x.io", Some("2001:db8:1:3::1")).unwrap();
+        assert_eq!(throttle_address(Some("::ffff:1.2.3.4")), "1.2.3.4");
+        assert_eq!(throttle_address(Some("5.6.7.8")), "5.6.7.8");
     }
 
     #[test]
