@@ -1,6 +1,6 @@
 //! People: e-mail addresses, users, sessions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ids::UserId;
@@ -40,6 +40,33 @@ pub struct User {
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// Who may create an account (`auth.registration`). The first account of a deployment is
+/// always created, whatever the mode: it bootstraps the deployment as its administrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Only with an invitation to an organization (the safe default).
+    #[default]
+    Invite,
+    /// Anyone who can reach the server (opt-in).
+    Open,
+    /// Nobody after the first account, not even with an invitation; existing accounts may
+    /// still accept invitations.
+    Closed,
+}
+
+impl Registration {
+    /// Whether an account may be created without an invitation once the deployment has one.
+    pub fn lets_anyone_in(self) -> bool {
+        self == Registration::Open
+    }
+
+    /// Whether an invitation may create a new account.
+    pub fn lets_invitees_in(self) -> bool {
+        self != Registration::Closed
+    }
 }
 
 /// Password rules, checked before hashing.

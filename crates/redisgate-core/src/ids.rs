@@ -67,3 +67,7 @@ id_type!(
     /// One audit log entry.
     AuditId
 );
+id_type!(
+    /// An invitation to join an organization.
+    InvitationId
+);

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{OrgId, UserId};
+use crate::account::Email;
+use crate::ids::{InvitationId, OrgId, UserId};
 use crate::quota::{Plan, Quota};
 
 /// A member's role in an organization, from most to least powerful.
@@ -45,14 +46,17 @@ impl Role {
     /// | ManageInstances   |   ✓   |   ✓   |   ✓    |        |
     /// | ViewApiKeys       |   ✓   |   ✓   |   ✓    |   ✓    |
     /// | ManageApiKeys     |   ✓   |   ✓   |   ✓    |        |
+    /// | MintAdminKeys     |   ✓   |   ✓   |        |        |
     /// | ViewAudit         |   ✓   |   ✓   |        |        |
+    ///
+    /// Inviting is adding a member: `ManageMembers`, and `ManageOwners` to invite an owner.
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
         use Role::*;
         match action {
             ViewOrg | ViewInstances | ViewApiKeys => true,
             ManageInstances | ManageApiKeys => matches!(self, Owner | Admin | Member),
-            UpdateOrg | ManageMembers | ViewAudit => matches!(self, Owner | Admin),
+            UpdateOrg | ManageMembers | MintAdminKeys | ViewAudit => matches!(self, Owner | Admin),
             DeleteOrg | ManageOwners => self == Owner,
         }
     }
@@ -72,7 +76,84 @@ pub enum Action {
     ManageInstances,
     ViewApiKeys,
     ManageApiKeys,
+    /// Create API keys with the `admin` scope, which may flush the data and run scripts:
+    /// more than a member may do to instances they can only use.
+    MintAdminKeys,
     ViewAudit,
+}
+
+/// Pending invitations an organization may have at once; past it, revoke or wait for some to
+/// expire. Bounds what one hostile owner can make the store keep.
+pub const MAX_PENDING_INVITATIONS: u32 = 100;
+
+/// An invitation to join an organization with a role. Its token (`rgi_…`) is shown once, to
+/// the inviter, who passes it on (no mail is sent); only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub org_id: OrgId,
+    /// Only an account with this e-mail can accept.
+    pub email: Email,
+    pub role: Role,
+    pub invited_by: Option<UserId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub accepted_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Why an invitation cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvitationError {
+    #[error("this invitation was already used")]
+    Used,
+    #[error("this invitation was revoked")]
+    Revoked,
+    #[error("this invitation has expired")]
+    Expired,
+    #[error("this invitation is for another e-mail address")]
+    WrongEmail,
+}
+
+impl InvitationError {
+    pub fn code(self) -> &'static str {
+        match self {
+            InvitationError::Used => "invitation_used",
+            InvitationError::Revoked => "invitation_revoked",
+            InvitationError::Expired => "invitation_expired",
+            InvitationError::WrongEmail => "invitation_email_mismatch",
+        }
+    }
+}
+
+impl Invitation {
+    /// Still open at `now`: neither used nor revoked nor expired.
+    pub fn is_pending(&self, now: OffsetDateTime) -> bool {
+        self.usable_at(now).is_ok()
+    }
+
+    /// Still usable by its addressee at `now`; why not otherwise.
+    pub fn usable_at(&self, now: OffsetDateTime) -> Result<(), InvitationError> {
+        if self.accepted_at.is_some() {
+            Err(InvitationError::Used)
+        } else if self.revoked_at.is_some() {
+            Err(InvitationError::Revoked)
+        } else if self.expires_at <= now {
+            Err(InvitationError::Expired)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the account `email` may accept it at `now`.
+    pub fn check(&self, email: &Email, now: OffsetDateTime) -> Result<(), InvitationError> {
+        self.usable_at(now)?;
+        if &self.email == email { Ok(()) } else { Err(InvitationError::WrongEmail) }
+    }
 }
 
 /// An organization: the unit of tenancy, quota and billing plan.
@@ -112,5 +193,35 @@ mod tests {
         assert!(Role::Member.allows(Action::ManageApiKeys));
         assert!(!Role::Viewer.allows(Action::ManageInstances));
         assert!(!Role::Member.allows(Action::ViewAudit));
+        assert!(Role::Admin.allows(Action::MintAdminKeys));
+        assert!(!Role::Member.allows(Action::MintAdminKeys));
+    }
+
+    #[test]
+    fn invitations_are_single_use_expiring_and_addressed() {
+        let now = OffsetDateTime::now_utc();
+        let ann = Email::parse("ann@example.com").unwrap();
+        let inv = Invitation {
+            id: InvitationId::new(),
+            org_id: OrgId::new(),
+            email: ann.clone(),
+            role: Role::Member,
+            invited_by: None,
+            expires_at: now + time::Duration::hours(1),
+            accepted_at: None,
+            revoked_at: None,
+            created_at: now,
+        };
+        assert_eq!(inv.check(&ann, now), Ok(()));
+        assert_eq!(
+            inv.check(&Email::parse("bob@example.com").unwrap(), now),
+            Err(InvitationError::WrongEmail)
+        );
+        assert_eq!(inv.check(&ann, now + time::Duration::hours(1)), Err(InvitationError::Expired));
+        let used = Invitation { accepted_at: Some(now), ..inv.clone() };
+        assert_eq!(used.check(&ann, now), Err(InvitationError::Used));
+        let revoked = Invitation { revoked_at: Some(now), ..inv };
+        assert_eq!(revoked.check(&ann, now), Err(InvitationError::Revoked));
+        assert!(!revoked.is_pending(now));
     }
 }

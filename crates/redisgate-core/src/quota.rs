@@ -54,6 +54,10 @@ pub enum Limit {
     MaxInstances,
     MaxMemoryBytes,
     MaxApiKeys,
+    /// Organizations one user may own (`quota.max_organizations_per_user`).
+    MaxOrganizations,
+    /// Pending invitations of one organization ([`crate::org::MAX_PENDING_INVITATIONS`]).
+    MaxInvitations,
 }
 
 impl Limit {
@@ -62,6 +66,8 @@ impl Limit {
             Limit::MaxInstances => "max_instances",
             Limit::MaxMemoryBytes => "max_memory_bytes",
             Limit::MaxApiKeys => "max_api_keys",
+            Limit::MaxOrganizations => "max_organizations",
+            Limit::MaxInvitations => "max_invitations",
         }
     }
 }

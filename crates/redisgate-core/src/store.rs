@@ -5,6 +5,8 @@
 //! - quota checks and the insert they guard are one atomic step: concurrent creates never
 //!   end above a quota;
 //! - an organization always keeps at least one owner;
+//! - a user never owns more organizations than the cap `create_org` is given, and an
+//!   invitation is used at most once, even when the same requests race;
 //! - secrets are never stored in the clear: sessions and API keys by SHA-256 only; an
 //!   external instance's URL only sealed (encrypted) by the caller.
 
@@ -14,9 +16,9 @@ use time::OffsetDateTime;
 use crate::account::{Email, User};
 use crate::apikey::{ApiKey, Scope};
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
-use crate::ids::{ApiKeyId, InstanceId, OrgId, UserId};
+use crate::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
 use crate::instance::{Instance, InstanceStatus, ProvisionerKind};
-use crate::org::{Member, Organization, Role};
+use crate::org::{Invitation, InvitationError, Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
 use crate::ratelimit::Rate;
 
@@ -35,6 +37,12 @@ pub enum StoreError {
     QuotaExceeded(Limit),
     #[error("an organization must keep at least one owner")]
     LastOwner,
+    /// `Admission::FirstUserOnly` and the deployment already has users.
+    #[error("registration is closed")]
+    RegistrationClosed,
+    /// The invitation exists but cannot be used (or not by this account).
+    #[error("{0}")]
+    Invitation(InvitationError),
     /// The database cannot be reached or failed; details are for logs only.
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),
@@ -45,6 +53,33 @@ pub enum StoreError {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+}
+
+/// Who `create_user` lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Anyone (open registration).
+    Anyone,
+    /// Only the very first user, who bootstraps the deployment; `RegistrationClosed` after.
+    FirstUserOnly,
+}
+
+/// An invitation to create; the token itself never reaches the store.
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    pub org_id: OrgId,
+    pub email: Email,
+    pub role: Role,
+    pub invited_by: UserId,
+    pub expires_at: OffsetDateTime,
+    pub token_hash: SecretHash,
+}
+
+/// Who accepts an invitation: a new account (registering with it) or an existing one.
+#[derive(Debug, Clone, Copy)]
+pub enum Invitee<'a> {
+    New { email: &'a Email, password_hash: &'a str },
+    Existing(UserId),
 }
 
 /// An instance to create.
@@ -96,8 +131,14 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     // Users and sessions.
-    /// Creates a user; the very first user of a deployment becomes its administrator.
-    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User>;
+    /// Creates a user if `admission` allows; the very first user of a deployment becomes its
+    /// administrator. Deciding "first" and inserting are one atomic step.
+    async fn create_user(
+        &self,
+        email: &Email,
+        password_hash: &str,
+        admission: Admission,
+    ) -> StoreResult<User>;
     async fn user(&self, id: UserId) -> StoreResult<User>;
     async fn credentials(&self, email: &Email) -> StoreResult<Option<Credentials>>;
     async fn create_session(
@@ -111,8 +152,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_session(&self, token_hash: &SecretHash) -> StoreResult<()>;
 
     // Organizations and members.
-    /// Creates an organization with `owner` as its first owner, in one transaction.
-    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization>;
+    /// Creates an organization with `owner` as its first owner, in one transaction, unless
+    /// `owner` already owns `max_owned` organizations (`QuotaExceeded(MaxOrganizations)`);
+    /// concurrent creates by one user never end above it.
+    async fn create_org(
+        &self,
+        name: &str,
+        plan: Plan,
+        owner: UserId,
+        max_owned: u32,
+    ) -> StoreResult<Organization>;
     async fn org(&self, id: OrgId) -> StoreResult<Organization>;
     /// The organizations `user` belongs to, with the user's role in each.
     async fn orgs_of(&self, user: UserId) -> StoreResult<Vec<(Organization, Role)>>;
@@ -127,6 +176,32 @@ pub trait Store: Send + Sync + 'static {
     async fn set_role(&self, org: OrgId, user: UserId, role: Role) -> StoreResult<Member>;
     /// Removes a member; refuses (`LastOwner`) to remove the last owner.
     async fn remove_member(&self, org: OrgId, user: UserId) -> StoreResult<()>;
+
+    // Invitations.
+    /// Records an invitation unless the organization has `MAX_PENDING_INVITATIONS` pending
+    /// (`QuotaExceeded(MaxInvitations)`); `NotFound` for an unknown organization.
+    async fn create_invitation(&self, new: NewInvitation) -> StoreResult<Invitation>;
+    /// The organization's invitations still pending at `now`, oldest first.
+    async fn invitations(&self, org: OrgId, now: OffsetDateTime) -> StoreResult<Vec<Invitation>>;
+    /// Revokes a pending invitation of `org`: `NotFound` if there is none of that id, and
+    /// `Invitation(Used | Revoked | Expired)` when it is no longer pending.
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        id: InvitationId,
+        at: OffsetDateTime,
+    ) -> StoreResult<Invitation>;
+    async fn invitation_by_hash(&self, token_hash: &SecretHash) -> StoreResult<Option<Invitation>>;
+    /// Uses the invitation: in one transaction checks it (`Invitation::check` at `now`;
+    /// `NotFound` for an unknown token), creates the invitee's account if new (`Conflict`
+    /// "email" if taken), adds the membership (`Conflict` "member" if already one) and marks
+    /// the invitation used. Two racing accepts: one wins, the other gets `Invitation(Used)`.
+    async fn accept_invitation(
+        &self,
+        token_hash: &SecretHash,
+        invitee: Invitee<'_>,
+        now: OffsetDateTime,
+    ) -> StoreResult<(User, Member)>;
 
     // Instances.
     /// Inserts a `pending` instance if the organization's instance and memory quotas allow.
@@ -158,6 +233,9 @@ pub trait Store: Send + Sync + 'static {
     // Audit.
     async fn append_audit(&self, entry: NewAuditEntry) -> StoreResult<()>;
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+    /// The entries of no organization (logins, registrations, attempts by non-members), with
+    /// the same filters and pages as `audit_logs`.
+    async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
 
     // Plan rate limits.
     /// The rates set for plans (plans without one use the configuration).

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use redisgate_core::account::Registration;
 use redisgate_core::egress::EgressPolicy;
 use redisgate_core::quota::Plan;
 use redisgate_core::ratelimit::Rate;
@@ -46,6 +47,22 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub instances: InstanceSettings,
     pub rate_limit: RateLimitSettings,
+    pub quota: QuotaSettings,
+}
+
+/// Deployment-wide limits on what one account may create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Organizations one user may own (each comes with its own quota of instances and
+    /// memory). Deployment administrators are not held to it; 0: only they create any.
+    pub max_organizations_per_user: u32,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self { max_organizations_per_user: 3 }
+    }
 }
 
 /// Data-plane rate limits (GCRA per API key, per token in standalone mode).
@@ -196,6 +213,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             instances: InstanceSettings::default(),
             rate_limit: RateLimitSettings::default(),
+            quota: QuotaSettings::default(),
         }
     }
 }
@@ -248,6 +266,10 @@ pub struct HttpSettings {
     /// encoding); a larger one is answered with a JSON error. Local instances' output buffer
     /// limit is derived from it.
     pub max_response_bytes: usize,
+    /// Reverse proxies (CIDRs) whose `X-Forwarded-For` (or, without it, `Forwarded`) header
+    /// names the client; from anyone else those headers are ignored. Empty: the TCP peer is
+    /// the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpSettings {
@@ -270,6 +292,7 @@ impl Default for HttpSettings {
             // someone holding requests open (slow bodies) to starve others.
             max_requests_in_flight_per_key: 100,
             max_response_bytes: 64 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -348,6 +371,12 @@ pub struct AuthSettings {
     /// revoked on another replica stops working within this time.
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
+    /// Who may create an account: `invite` (with an invitation), `open` (anyone), `closed`
+    /// (nobody). The first account is created in every mode: it administers the deployment.
+    pub registration: Registration,
+    /// How long an invitation can be used.
+    #[serde(with = "humantime_serde")]
+    pub invitation_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -358,6 +387,8 @@ impl Default for AuthSettings {
             max_failed_logins_per_email: 5,
             max_failed_logins_per_ip: 50,
             key_cache_ttl: Duration::from_millis(900),
+            registration: Registration::Invite,
+            invitation_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -569,6 +600,12 @@ impl Settings {
             }
             _ => {}
         }
+        if self.auth.invitation_ttl.is_zero() || time::Duration::try_from(self.auth.invitation_ttl).is_err() {
+            return Err(invalid(
+                "auth.invitation_ttl",
+                "must be greater than 0 (and below ~292 billion years)",
+            ));
+        }
         if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
@@ -596,6 +633,21 @@ mod tests {
         let s = Settings::load(Some(&p), &env(&[])).unwrap();
         assert_eq!(s.tokens.len(), 2);
         assert!(s.tokens[1].read_only);
+        // The safe defaults are what the example shows.
+        assert_eq!(s.auth.registration, Registration::Invite);
+        assert_eq!(s.auth.invitation_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(s.quota.max_organizations_per_user, 3);
+        assert!(s.http.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[http]\ntrusted_proxies = [\"127.0.0.1/32\", \"::1/128\"]\n").unwrap();
+        let s = Settings::load(Some(&p), &env(&[])).unwrap();
+        assert_eq!(s.http.trusted_proxies.len(), 2);
+        assert!(s.http.trusted_proxies[0].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
     }
 
     #[test]
@@ -673,6 +725,15 @@ mod tests {
         assert!(e.to_string().contains("tokens[0].url"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_HTTP__MAX_BODY_BYTES", "lots")])).unwrap_err();
         assert!(e.to_string().contains("max_body_bytes"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_AUTH__INVITATION_TTL", "0s")])).unwrap_err();
+        assert!(e.to_string().contains("auth.invitation_ttl"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_AUTH__REGISTRATION", "sometimes")])).unwrap_err();
+        assert!(e.to_string().contains("registration"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap();
+        let e = Settings::load(Some(&p), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("trusted_proxies"), "{e}");
         let e = Settings::load(None, &env(&[("SRH_MODE", "weird")])).unwrap_err();
         assert!(e.to_string().contains("SRH_MODE"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_RATE_LIMIT__MODE", "distributed")])).unwrap_err();

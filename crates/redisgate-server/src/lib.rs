@@ -149,6 +149,8 @@ pub async fn launch(
             a.max_failed_logins_per_email,
             a.max_failed_logins_per_ip,
         ),
+        max_orgs_per_user: settings.quota.max_organizations_per_user,
+        trusted_proxies: settings.http.trusted_proxies.clone(),
     });
     // A separate metrics listener, when configured, is bound before serving starts so that a
     // taken port fails start-up instead of silently dropping the metrics.

@@ -11,13 +11,14 @@ use std::time::Duration;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
-use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
+use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
-use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
+    SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Decode, Postgres, Row, Type};
@@ -67,6 +68,34 @@ macro_rules! audit_cols {
     };
 }
 
+macro_rules! invitation_cols {
+    () => {
+        "n.id, n.org_id, n.email, n.role, n.invited_by, n.expires_at, n.accepted_at, n.revoked_at, n.created_at"
+    };
+}
+
+/// The audit page statement for one organization predicate (on the entries `a` and on the
+/// cursor's entry `c`).
+macro_rules! audit_page_sql {
+    ($org:literal, $cursor_org:literal) => {
+        concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs a WHERE ",
+            $org,
+            " AND ($2::text IS NULL OR a.action = $2) \
+               AND ($3::uuid IS NULL OR a.actor_user_id = $3) \
+               AND ($4::text IS NULL OR a.outcome = $4) \
+               AND ($5::timestamptz IS NULL OR a.created_at >= $5) \
+               AND ($6::timestamptz IS NULL OR a.created_at < $6) \
+               AND ($7::uuid IS NULL OR (a.created_at, a.id) < \
+                    (SELECT c.created_at, c.id FROM audit_logs c WHERE c.id = $7 AND ",
+            $cursor_org,
+            ")) ORDER BY a.created_at DESC, a.id DESC LIMIT $8"
+        )
+    };
+}
+
 /// The PostgreSQL [`Store`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -88,6 +117,37 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating PostgreSQL: {e}")))?;
         Ok(PgStore { pool })
+    }
+
+    /// One page of the audit log of `org`, or with `None` of the entries without one.
+    async fn audit_page(&self, org: Option<OrgId>, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let limit = match query.limit {
+            0 => AUDIT_DEFAULT_LIMIT,
+            n => n.min(AUDIT_MAX_LIMIT),
+        };
+        // One static statement with optional filters keeps the query text fixed (and so
+        // prepared once); PostgreSQL plans each execution with the actual NULLs folded away.
+        // `since` is inclusive and `until` exclusive, so adjacent windows never overlap. The
+        // cursor is looked up within the same organization: another org's entry id, like an
+        // unknown one, yields an empty page rather than a position in someone else's log.
+        // Two fixed statements rather than `IS NOT DISTINCT FROM`, which no index serves.
+        let sql = match org {
+            Some(_) => audit_page_sql!("a.org_id = $1", "c.org_id = $1"),
+            None => audit_page_sql!("a.org_id IS NULL AND $1::uuid IS NULL", "c.org_id IS NULL"),
+        };
+        let rows = sqlx::query(sql)
+            .bind(org.map(|o| o.0))
+            .bind(query.action.as_deref())
+            .bind(query.actor_user_id.map(|u| u.0))
+            .bind(query.outcome.map(Outcome::as_str))
+            .bind(query.since)
+            .bind(query.until)
+            .bind(query.before.map(|b| b.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(audit_from).collect()
     }
 }
 
@@ -148,6 +208,21 @@ fn org_from(row: &PgRow) -> StoreResult<Organization> {
             max_memory_bytes: to_u64("max_memory_bytes", get(row, "max_memory_bytes")?)?,
             max_api_keys: to_u32("max_api_keys", get(row, "max_api_keys")?)?,
         },
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn invitation_from(row: &PgRow) -> StoreResult<Invitation> {
+    let email: String = get(row, "email")?;
+    Ok(Invitation {
+        id: InvitationId(get(row, "id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        email: Email::parse(&email).map_err(|_| corrupt("e-mail", &email))?,
+        role: role_from(row)?,
+        invited_by: get::<Option<Uuid>>(row, "invited_by")?.map(UserId),
+        expires_at: get(row, "expires_at")?,
+        accepted_at: get(row, "accepted_at")?,
+        revoked_at: get(row, "revoked_at")?,
         created_at: get(row, "created_at")?,
     })
 }
@@ -278,10 +353,16 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User> {
+    async fn create_user(
+        &self,
+        email: &Email,
+        password_hash: &str,
+        admission: Admission,
+    ) -> StoreResult<User> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         // Without the lock, two first registrations could each see an empty table and both
-        // become administrators. The mode conflicts with itself and with writers, not readers.
+        // become administrators (or both get in when only the first may). The mode conflicts
+        // with itself and with writers, not readers.
         sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await
@@ -289,15 +370,18 @@ impl Store for PgStore {
         let row = sqlx::query(
             "INSERT INTO users AS u (id, email, password_hash, is_admin, created_at) \
              SELECT $1, $2, $3, NOT EXISTS (SELECT 1 FROM users), $4 \
+             WHERE $5 OR NOT EXISTS (SELECT 1 FROM users) \
              RETURNING u.id, u.email, u.is_admin, u.created_at",
         )
         .bind(UserId::new().0)
         .bind(email.as_str())
         .bind(password_hash)
         .bind(OffsetDateTime::now_utc())
-        .fetch_one(&mut *tx)
+        .bind(admission == Admission::Anyone)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| db_error(e, "email"))?;
+        .map_err(|e| db_error(e, "email"))?
+        .ok_or(StoreError::RegistrationClosed)?;
         let user = user_from(&row)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(user)
@@ -372,10 +456,33 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization> {
+    async fn create_org(
+        &self,
+        name: &str,
+        plan: Plan,
+        owner: UserId,
+        max_owned: u32,
+    ) -> StoreResult<Organization> {
         let quota = plan.default_quota();
         let now = OffsetDateTime::now_utc();
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The owner's row is the lock every create by this user takes, so the count below
+        // sees the organizations a racing create committed.
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(owner.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        let owned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM memberships WHERE user_id = $1 AND role = 'owner'")
+                .bind(owner.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if owned >= i64::from(max_owned) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxOrganizations));
+        }
         let row = sqlx::query(concat!(
             "INSERT INTO organizations AS o \
              (id, name, plan, max_instances, max_memory_bytes, max_api_keys, created_at) \
@@ -555,6 +662,179 @@ impl Store for PgStore {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
+    }
+
+    async fn create_invitation(&self, new: NewInvitation) -> StoreResult<Invitation> {
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_org(&mut tx, new.org_id).await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM invitations \
+             WHERE org_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(new.org_id.0)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if pending >= i64::from(MAX_PENDING_INVITATIONS) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxInvitations));
+        }
+        let row = sqlx::query(concat!(
+            "INSERT INTO invitations AS n \
+             (id, org_id, email, role, token_hash, invited_by, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+            invitation_cols!()
+        ))
+        .bind(InvitationId::new().0)
+        .bind(new.org_id.0)
+        .bind(new.email.as_str())
+        .bind(new.role.as_str())
+        .bind(&new.token_hash[..])
+        .bind(new.invited_by.0)
+        .bind(new.expires_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "invitation"))?;
+        let inv = invitation_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(inv)
+    }
+
+    async fn invitations(&self, org: OrgId, now: OffsetDateTime) -> StoreResult<Vec<Invitation>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations n WHERE n.org_id = $1 AND n.accepted_at IS NULL AND n.revoked_at IS NULL \
+              AND n.expires_at > $2 ORDER BY n.created_at, n.id"
+        ))
+        .bind(org.0)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(invitation_from).collect()
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        id: InvitationId,
+        at: OffsetDateTime,
+    ) -> StoreResult<Invitation> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations n WHERE n.id = $1 AND n.org_id = $2 FOR UPDATE"
+        ))
+        .bind(id.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        invitation_from(&row)?.usable_at(at).map_err(StoreError::Invitation)?;
+        let row = sqlx::query(concat!(
+            "UPDATE invitations AS n SET revoked_at = $2 WHERE n.id = $1 RETURNING ",
+            invitation_cols!()
+        ))
+        .bind(id.0)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let inv = invitation_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(inv)
+    }
+
+    async fn invitation_by_hash(&self, token_hash: &SecretHash) -> StoreResult<Option<Invitation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations n WHERE n.token_hash = $1"
+        ))
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(invitation_from).transpose()
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &SecretHash,
+        invitee: Invitee<'_>,
+        now: OffsetDateTime,
+    ) -> StoreResult<(User, Member)> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The invitation's row lock: a racing accept waits, then sees it used.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations n WHERE n.token_hash = $1 FOR UPDATE"
+        ))
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        let inv = invitation_from(&row)?;
+        let user = match invitee {
+            Invitee::New { email, password_hash } => {
+                inv.check(email, now).map_err(StoreError::Invitation)?;
+                // Never the first user: the inviting organization already has an owner.
+                let row = sqlx::query(
+                    "INSERT INTO users AS u (id, email, password_hash, is_admin, created_at) \
+                     VALUES ($1, $2, $3, false, $4) RETURNING u.id, u.email, u.is_admin, u.created_at",
+                )
+                .bind(UserId::new().0)
+                .bind(email.as_str())
+                .bind(password_hash)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "email"))?;
+                user_from(&row)?
+            }
+            Invitee::Existing(id) => {
+                let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users u WHERE u.id = $1"))
+                    .bind(id.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or(StoreError::NotFound)?;
+                let user = user_from(&row)?;
+                inv.check(&user.email, now).map_err(StoreError::Invitation)?;
+                user
+            }
+        };
+        let row = sqlx::query(concat!(
+            "WITH m AS (INSERT INTO memberships (org_id, user_id, role, joined_at) \
+             VALUES ($1, $2, $3, $4) RETURNING *) \
+             SELECT ",
+            member_cols!(),
+            " FROM m JOIN users u ON u.id = m.user_id"
+        ))
+        .bind(inv.org_id.0)
+        .bind(user.id.0)
+        .bind(inv.role.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "member"))?;
+        let member = member_from(&row)?;
+        sqlx::query("UPDATE invitations SET accepted_at = $2, accepted_by = $3 WHERE id = $1")
+            .bind(inv.id.0)
+            .bind(now)
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((user, member))
     }
 
     async fn create_instance(&self, new: NewInstance) -> StoreResult<InstanceRecord> {
@@ -818,42 +1098,11 @@ impl Store for PgStore {
     }
 
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
-        let limit = match query.limit {
-            0 => AUDIT_DEFAULT_LIMIT,
-            n => n.min(AUDIT_MAX_LIMIT),
-        };
-        // One static statement with optional filters keeps the query text fixed (and so
-        // prepared once); PostgreSQL plans each execution with the actual NULLs folded away.
-        // `since` is inclusive and `until` exclusive, so adjacent windows never overlap. The
-        // cursor is looked up within the same organization: another org's entry id, like an
-        // unknown one, yields an empty page rather than a position in someone else's log.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_cols!(),
-            " FROM audit_logs a \
-             WHERE a.org_id = $1 \
-               AND ($2::text IS NULL OR a.action = $2) \
-               AND ($3::uuid IS NULL OR a.actor_user_id = $3) \
-               AND ($4::text IS NULL OR a.outcome = $4) \
-               AND ($5::timestamptz IS NULL OR a.created_at >= $5) \
-               AND ($6::timestamptz IS NULL OR a.created_at < $6) \
-               AND ($7::uuid IS NULL OR (a.created_at, a.id) < \
-                    (SELECT c.created_at, c.id FROM audit_logs c WHERE c.id = $7 AND c.org_id = $1)) \
-             ORDER BY a.created_at DESC, a.id DESC \
-             LIMIT $8"
-        ))
-        .bind(org.0)
-        .bind(query.action.as_deref())
-        .bind(query.actor_user_id.map(|u| u.0))
-        .bind(query.outcome.map(Outcome::as_str))
-        .bind(query.since)
-        .bind(query.until)
-        .bind(query.before.map(|b| b.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(audit_from).collect()
+        self.audit_page(Some(org), query).await
+    }
+
+    async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_page(None, query).await
     }
 
     async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>> {

@@ -15,13 +15,14 @@ use std::time::Duration;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
-use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
+use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
-use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
+    SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -234,6 +235,27 @@ macro_rules! audit_cols {
     };
 }
 
+macro_rules! invitation_cols {
+    () => {
+        "id, org_id, email, role, invited_by, expires_at, accepted_at, revoked_at, created_at"
+    };
+}
+
+fn invitation_from(row: &SqliteRow) -> StoreResult<Invitation> {
+    let email: String = get(row, "email")?;
+    Ok(Invitation {
+        id: InvitationId(get(row, "id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        email: Email::parse(&email).map_err(|e| corrupt("email", e))?,
+        role: get_enum(row, "role", Role::parse)?,
+        invited_by: get::<Option<Uuid>>(row, "invited_by")?.map(UserId),
+        expires_at: get(row, "expires_at")?,
+        accepted_at: get(row, "accepted_at")?,
+        revoked_at: get(row, "revoked_at")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
 fn user_from(row: &SqliteRow) -> StoreResult<User> {
     let email: String = get(row, "email")?;
     Ok(User {
@@ -375,6 +397,45 @@ async fn ensure_not_last_owner(tx: &mut Transaction<'static, Sqlite>, org: OrgId
     if owners <= 1 { Err(StoreError::LastOwner) } else { Ok(()) }
 }
 
+impl SqliteStore {
+    /// One page of the audit log of `org`, or with `None` of the entries without one.
+    async fn audit_page(&self, org: Option<OrgId>, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        let limit = match query.limit {
+            0 => AUDIT_DEFAULT_LIMIT,
+            n => n.min(AUDIT_MAX_LIMIT),
+        };
+        // Absent filters bind NULL and drop out, which keeps the SQL one static string;
+        // `IS` matches the NULL organization too, and uses the index like `=`.
+        // The cursor compares (created_at, id) as a pair, the same order the page is sorted
+        // by; an unknown cursor matches nothing, so it yields an empty page.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_logs a WHERE a.org_id IS ?1 \
+               AND (?2 IS NULL OR a.action = ?2) \
+               AND (?3 IS NULL OR a.actor_user_id = ?3) \
+               AND (?4 IS NULL OR a.outcome = ?4) \
+               AND (?5 IS NULL OR a.created_at >= ?5) \
+               AND (?6 IS NULL OR a.created_at < ?6) \
+               AND (?7 IS NULL OR (a.created_at, a.id) < \
+                    (SELECT b.created_at, b.id FROM audit_logs b WHERE b.id = ?7)) \
+             ORDER BY a.created_at DESC, a.id DESC LIMIT ?8"
+        ))
+        .bind(org.map(|o| o.0))
+        .bind(query.action.as_deref())
+        .bind(query.actor_user_id.map(|u| u.0))
+        .bind(query.outcome.map(Outcome::as_str))
+        .bind(query.since.map(ts))
+        .bind(query.until.map(ts))
+        .bind(query.before.map(|b| b.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, audit_from)
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -384,23 +445,32 @@ impl Store for SqliteStore {
 
     // Users and sessions.
 
-    async fn create_user(&self, email: &Email, password_hash: &str) -> StoreResult<User> {
+    async fn create_user(
+        &self,
+        email: &Email,
+        password_hash: &str,
+        admission: Admission,
+    ) -> StoreResult<User> {
         let id = UserId::new();
         let created_at = now();
         // One statement, so the "no user yet" check and the insert share the write lock:
-        // two first sign-ups at once cannot both become administrators.
-        let is_admin: bool = sqlx::query_scalar(
+        // two first sign-ups at once cannot both become administrators, nor both get in
+        // when only the first may.
+        let is_admin: Option<bool> = sqlx::query_scalar(
             "INSERT INTO users (id, email, password_hash, is_admin, created_at) \
              SELECT ?1, ?2, ?3, NOT EXISTS (SELECT 1 FROM users), ?4 \
+             WHERE ?5 OR NOT EXISTS (SELECT 1 FROM users) \
              RETURNING is_admin",
         )
         .bind(id.0)
         .bind(email.as_str())
         .bind(password_hash)
         .bind(ts(created_at))
-        .fetch_one(&self.pool)
+        .bind(admission == Admission::Anyone)
+        .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error(e, "email"))?;
+        let is_admin = is_admin.ok_or(StoreError::RegistrationClosed)?;
         Ok(User { id, email: email.clone(), is_admin, created_at })
     }
 
@@ -475,7 +545,13 @@ impl Store for SqliteStore {
 
     // Organizations and members.
 
-    async fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> StoreResult<Organization> {
+    async fn create_org(
+        &self,
+        name: &str,
+        plan: Plan,
+        owner: UserId,
+        max_owned: u32,
+    ) -> StoreResult<Organization> {
         let org = Organization {
             id: OrgId::new(),
             name: name.to_owned(),
@@ -484,6 +560,16 @@ impl Store for SqliteStore {
             created_at: now(),
         };
         let mut tx = self.write_tx().await?;
+        // Under the write lock: parallel creates by one user count each other.
+        let owned: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE user_id = ?1 AND role = 'owner'")
+                .bind(owner.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if owned >= i64::from(max_owned) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxOrganizations));
+        }
         sqlx::query(
             "INSERT INTO organizations (id, name, plan, max_instances, max_memory_bytes, max_api_keys, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -645,6 +731,177 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)
+    }
+
+    // Invitations.
+
+    async fn create_invitation(&self, new: NewInvitation) -> StoreResult<Invitation> {
+        let inv = Invitation {
+            id: InvitationId::new(),
+            org_id: new.org_id,
+            email: new.email,
+            role: new.role,
+            invited_by: Some(new.invited_by),
+            expires_at: stored(new.expires_at),
+            accepted_at: None,
+            revoked_at: None,
+            created_at: now(),
+        };
+        let mut tx = self.write_tx().await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM invitations \
+             WHERE org_id = ?1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > ?2",
+        )
+        .bind(inv.org_id.0)
+        .bind(ts(inv.created_at))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if pending >= i64::from(MAX_PENDING_INVITATIONS) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxInvitations));
+        }
+        sqlx::query(
+            "INSERT INTO invitations (id, org_id, email, role, token_hash, invited_by, expires_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(inv.id.0)
+        .bind(inv.org_id.0)
+        .bind(inv.email.as_str())
+        .bind(inv.role.as_str())
+        .bind(&new.token_hash[..])
+        .bind(new.invited_by.0)
+        .bind(ts(inv.expires_at))
+        .bind(ts(inv.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "invitation"))?;
+        tx.commit().await.map_err(db)?;
+        Ok(inv)
+    }
+
+    async fn invitations(&self, org: OrgId, now: OffsetDateTime) -> StoreResult<Vec<Invitation>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations WHERE org_id = ?1 AND accepted_at IS NULL AND revoked_at IS NULL \
+              AND expires_at > ?2 ORDER BY created_at, id"
+        ))
+        .bind(org.0)
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, invitation_from)
+    }
+
+    async fn revoke_invitation(
+        &self,
+        org: OrgId,
+        id: InvitationId,
+        at: OffsetDateTime,
+    ) -> StoreResult<Invitation> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            invitation_cols!(),
+            " FROM invitations WHERE id = ?1 AND org_id = ?2"
+        ))
+        .bind(id.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        let mut inv = invitation_from(&row)?;
+        inv.usable_at(at).map_err(StoreError::Invitation)?;
+        inv.revoked_at = Some(stored(at));
+        sqlx::query("UPDATE invitations SET revoked_at = ?2 WHERE id = ?1")
+            .bind(id.0)
+            .bind(inv.revoked_at.map(ts))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(inv)
+    }
+
+    async fn invitation_by_hash(&self, token_hash: &SecretHash) -> StoreResult<Option<Invitation>> {
+        let row =
+            sqlx::query(concat!("SELECT ", invitation_cols!(), " FROM invitations WHERE token_hash = ?1"))
+                .bind(&token_hash[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        row.as_ref().map(invitation_from).transpose()
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &SecretHash,
+        invitee: Invitee<'_>,
+        now: OffsetDateTime,
+    ) -> StoreResult<(User, Member)> {
+        let mut tx = self.write_tx().await?;
+        let row =
+            sqlx::query(concat!("SELECT ", invitation_cols!(), " FROM invitations WHERE token_hash = ?1"))
+                .bind(&token_hash[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .ok_or(StoreError::NotFound)?;
+        let inv = invitation_from(&row)?;
+        let user = match invitee {
+            Invitee::New { email, password_hash } => {
+                inv.check(email, now).map_err(StoreError::Invitation)?;
+                // Never the first user: the inviting organization already has an owner.
+                let user = User {
+                    id: UserId::new(),
+                    email: email.clone(),
+                    is_admin: false,
+                    created_at: stored(now),
+                };
+                sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, is_admin, created_at) VALUES (?1, ?2, ?3, 0, ?4)",
+                )
+                .bind(user.id.0)
+                .bind(user.email.as_str())
+                .bind(password_hash)
+                .bind(ts(user.created_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "email"))?;
+                user
+            }
+            Invitee::Existing(id) => {
+                let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users u WHERE u.id = ?1"))
+                    .bind(id.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?
+                    .ok_or(StoreError::NotFound)?;
+                let user = user_from(&row)?;
+                inv.check(&user.email, now).map_err(StoreError::Invitation)?;
+                user
+            }
+        };
+        sqlx::query("INSERT INTO memberships (org_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(inv.org_id.0)
+            .bind(user.id.0)
+            .bind(inv.role.as_str())
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "member"))?;
+        sqlx::query("UPDATE invitations SET accepted_at = ?2, accepted_by = ?3 WHERE id = ?1")
+            .bind(inv.id.0)
+            .bind(ts(now))
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let member = member_in(&mut tx, inv.org_id, user.id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok((user, member))
     }
 
     // Instances.
@@ -940,38 +1197,11 @@ impl Store for SqliteStore {
     }
 
     async fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
-        let limit = match query.limit {
-            0 => AUDIT_DEFAULT_LIMIT,
-            n => n.min(AUDIT_MAX_LIMIT),
-        };
-        // Absent filters bind NULL and drop out, which keeps the SQL one static string.
-        // The cursor compares (created_at, id) as a pair, the same order the page is sorted
-        // by; an unknown cursor matches nothing, so it yields an empty page.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_cols!(),
-            " FROM audit_logs a WHERE a.org_id = ?1 \
-               AND (?2 IS NULL OR a.action = ?2) \
-               AND (?3 IS NULL OR a.actor_user_id = ?3) \
-               AND (?4 IS NULL OR a.outcome = ?4) \
-               AND (?5 IS NULL OR a.created_at >= ?5) \
-               AND (?6 IS NULL OR a.created_at < ?6) \
-               AND (?7 IS NULL OR (a.created_at, a.id) < \
-                    (SELECT b.created_at, b.id FROM audit_logs b WHERE b.id = ?7)) \
-             ORDER BY a.created_at DESC, a.id DESC LIMIT ?8"
-        ))
-        .bind(org.0)
-        .bind(query.action.as_deref())
-        .bind(query.actor_user_id.map(|u| u.0))
-        .bind(query.outcome.map(Outcome::as_str))
-        .bind(query.since.map(ts))
-        .bind(query.until.map(ts))
-        .bind(query.before.map(|b| b.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        all(rows, audit_from)
+        self.audit_page(Some(org), query).await
+    }
+
+    async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_page(None, query).await
     }
 
     // Plan rate limits.

@@ -63,7 +63,9 @@ pub async fn record(state: &ApiState, e: NewAuditEntry) {
     }
 }
 
-/// Runs `result` and records it: success, or the error code as the detail.
+/// Runs `result` and records it: success, or the error code as the detail. A caller who is
+/// not a member of `org` gets a deployment-level entry (no organization) instead, so that
+/// outsiders cannot write into an organization's log by probing its id.
 pub async fn outcome<T>(
     state: &ApiState,
     user: &User,
@@ -73,10 +75,13 @@ pub async fn outcome<T>(
     meta: &RequestMeta,
     result: ApiResult<T>,
 ) -> ApiResult<T> {
-    let (outcome, detail) = match &result {
-        Ok(_) => (Outcome::Success, None),
-        Err(ApiError::Forbidden) => (Outcome::Denied, Some("forbidden".to_owned())),
-        Err(e) => (Outcome::Failure, Some(e.code().to_owned())),
+    let (org, outcome, detail) = match (&result, org) {
+        (Ok(_), org) => (org, Outcome::Success, None),
+        (Err(ApiError::NotMember), Some(probed)) => {
+            (None, Outcome::Denied, Some(format!("not a member of organization {probed}")))
+        }
+        (Err(ApiError::Forbidden), org) => (org, Outcome::Denied, Some("forbidden".to_owned())),
+        (Err(e), org) => (org, Outcome::Failure, Some(e.code().to_owned())),
     };
     record(state, entry(org, Some(user), action, target, meta, outcome, detail)).await;
     result
@@ -125,32 +130,63 @@ async fn list(
 ) -> ApiResult<axum::Json<AuditPage>> {
     let Query(f) = filter?;
     authorize(&state, user.id, org, Action::ViewAudit).await?;
-    let limit = match f.limit {
-        None => 50,
-        Some(n @ 1..=500) => n,
-        Some(_) => return Err(ApiError::validation("limit", "must be between 1 and 500")),
-    };
-    let outcome = match f.outcome.as_deref() {
-        None => None,
-        Some(o) => Some(
-            Outcome::parse(o)
-                .ok_or_else(|| ApiError::validation("outcome", "must be success, failure or denied"))?,
-        ),
-    };
-    let query = AuditQuery {
-        action: f.action,
-        actor_user_id: f.actor_user_id,
-        outcome,
-        since: f.since,
-        until: f.until,
-        before: f.before,
-        limit,
-    };
+    let query = f.query()?;
     let items = state.store.audit_logs(org, &query).await?;
-    let next = (items.len() == limit as usize).then(|| items.last().map(|e| e.id)).flatten();
-    Ok(axum::Json(AuditPage { items, next }))
+    Ok(axum::Json(AuditPage::of(items, query.limit)))
+}
+
+impl AuditFilter {
+    fn query(self) -> ApiResult<AuditQuery> {
+        let limit = match self.limit {
+            None => 50,
+            Some(n @ 1..=500) => n,
+            Some(_) => return Err(ApiError::validation("limit", "must be between 1 and 500")),
+        };
+        let outcome = match self.outcome.as_deref() {
+            None => None,
+            Some(o) => Some(
+                Outcome::parse(o)
+                    .ok_or_else(|| ApiError::validation("outcome", "must be success, failure or denied"))?,
+            ),
+        };
+        Ok(AuditQuery {
+            action: self.action,
+            actor_user_id: self.actor_user_id,
+            outcome,
+            since: self.since,
+            until: self.until,
+            before: self.before,
+            limit,
+        })
+    }
+}
+
+impl AuditPage {
+    fn of(items: Vec<AuditEntry>, limit: u32) -> Self {
+        let next = (items.len() == limit as usize).then(|| items.last().map(|e| e.id)).flatten();
+        AuditPage { items, next }
+    }
+}
+
+/// The deployment's own log (deployment administrators): entries of no organization —
+/// logins, registrations, and attempts by non-members on an organization's routes.
+#[utoipa::path(get, path = "/api/audit-logs", tag = "audit", security(("session" = [])),
+    params(AuditFilter),
+    responses((status = 200, body = AuditPage), (status = 403, body = super::error::ErrorBody)))]
+async fn deployment(
+    state: State,
+    CurrentUser(user): CurrentUser,
+    filter: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<AuditPage>> {
+    let Query(f) = filter?;
+    if !user.is_admin {
+        return Err(ApiError::Forbidden);
+    }
+    let query = f.query()?;
+    let items = state.store.deployment_audit_logs(&query).await?;
+    Ok(axum::Json(AuditPage::of(items, query.limit)))
 }
 
 pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
-    OpenApiRouter::new().routes(routes!(list))
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(deployment))
 }

@@ -16,11 +16,11 @@ use axum::response::IntoResponse;
 use base64::Engine as _;
 use http::StatusCode;
 use http::request::Parts;
-use redisgate_core::account::{self, Email, User};
+use redisgate_core::account::{self, Email, Registration, User};
 use redisgate_core::audit::Outcome;
 use redisgate_core::org::Role;
 use redisgate_core::quota::Plan;
-use redisgate_core::store::SecretHash;
+use redisgate_core::store::{Admission, Invitee, SecretHash, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -32,58 +32,131 @@ use crate::gateway::auth::bearer;
 use super::{ApiError, ApiJson, ApiResult, ApiState, RequestMeta, State};
 use crate::api::audit;
 
-/// Counts failed logins per e-mail and per client address in a fixed window; past the limit,
-/// further attempts are refused with 429 until the window ends, even with the right password.
+/// Counts failed logins per e-mail, per client address and per (e-mail, address) in fixed
+/// windows, in this process' memory.
+///
+/// An attempt is counted *before* its password is verified ([`LoginThrottle::begin`]) and
+/// given back only when it succeeds, so parallel guesses cannot all pass the check while
+/// the slow verifications run. Past `per_ip` failures an address waits out the window. Past
+/// `per_email` failures the e-mail is locked, but not for its owner: an address with no
+/// failure against that e-mail may still try (once — each failure locks that address for
+/// that e-mail too), so a stranger guessing cannot lock the owner out.
 pub struct LoginThrottle {
     window: Duration,
     per_email: u32,
     per_ip: u32,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    counts: Mutex<HashMap<ThrottleKey, (u32, Instant)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Email(String),
+    Ip(String),
+    Pair(String, String),
+}
+
+/// The address a throttle counts: IPv6 clients by their /64, which one subscriber usually
+/// holds whole (else each of its 2^64 addresses would be a fresh one).
+fn throttle_address(ip: Option<&str>) -> String {
+    match ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        Some(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                ipnet::Ipv6Net::new(v6, 64).expect("64 is a valid IPv6 prefix length").trunc().to_string()
+            }
+        },
+        Some(ip) => ip.to_string(),
+        None => ip.unwrap_or("-").to_owned(),
+    }
+}
+
+/// Counter entries one process keeps at most (about 100 bytes each). Past it, finished
+/// windows are forgotten first, then the oldest running ones.
+const MAX_THROTTLE_ENTRIES: usize = 100_000;
+
+/// A login attempt counted as a failure until [`LoginThrottle::succeeded`] gives it back.
+pub struct Attempt {
+    email: String,
+    ip: String,
 }
 
 impl LoginThrottle {
     pub fn new(window: Duration, per_email: u32, per_ip: u32) -> Self {
-        Self { window, per_email, per_ip, failures: Mutex::new(HashMap::new()) }
+        Self { window, per_email, per_ip, counts: Mutex::new(HashMap::new()) }
     }
 
-    fn keys(email: &str, ip: Option<&str>) -> [(String, bool); 2] {
-        [(format!("email:{email}"), true), (format!("ip:{}", ip.unwrap_or("-")), false)]
-    }
-
-    /// `Err(retry_after)` while either key is over its limit.
-    fn check(&self, email: &str, ip: Option<&str>) -> Result<(), Duration> {
+    /// Reserves an attempt, or `Err(retry_after)` while the address, or the e-mail for this
+    /// address, is over its limit.
+    pub fn begin(&self, email: &str, ip: Option<&str>) -> Result<Attempt, Duration> {
         let now = Instant::now();
-        let map = self.failures.lock().expect("throttle lock");
-        for (key, is_email) in Self::keys(email, ip) {
-            let limit = if is_email { self.per_email } else { self.per_ip };
-            if let Some((n, since)) = map.get(&key) {
-                let age = now.duration_since(*since);
-                if *n >= limit && age < self.window {
-                    return Err(self.window - age);
-                }
+        let ip = &throttle_address(ip);
+        let keys = [
+            ThrottleKey::Email(email.to_owned()),
+            ThrottleKey::Ip(ip.to_owned()),
+            ThrottleKey::Pair(email.to_owned(), ip.to_owned()),
+        ];
+        let mut map = self.counts.lock().expect("throttle lock");
+        // (failures in the running window, time until it ends)
+        let live = |key: &ThrottleKey| match map.get(key) {
+            Some((n, since)) if now.duration_since(*since) < self.window => {
+                (*n, self.window - now.duration_since(*since))
             }
+            _ => (0, Duration::ZERO),
+        };
+        let [(by_email, email_wait), (by_ip, ip_wait), (by_pair, pair_wait)] = keys.each_ref().map(live);
+        if by_ip >= self.per_ip {
+            return Err(ip_wait);
         }
-        Ok(())
-    }
-
-    fn failed(&self, email: &str, ip: Option<&str>) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().expect("throttle lock");
-        if map.len() > 100_000 {
-            // Bound memory under a spray of distinct keys: forget windows that are over.
-            map.retain(|_, (_, since)| now.duration_since(*since) < self.window);
+        if by_email >= self.per_email && by_pair > 0 {
+            return Err(email_wait.min(pair_wait));
         }
-        for (key, _) in Self::keys(email, ip) {
+        if map.len() + keys.len() > MAX_THROTTLE_ENTRIES {
+            Self::shrink(&mut map, now, self.window);
+        }
+        for key in keys {
             let entry = map.entry(key).or_insert((0, now));
             if now.duration_since(entry.1) >= self.window {
                 *entry = (0, now);
             }
             entry.0 += 1;
         }
+        Ok(Attempt { email: email.to_owned(), ip: ip.to_owned() })
     }
 
-    fn succeeded(&self, email: &str) {
-        self.failures.lock().expect("throttle lock").remove(&format!("email:{email}"));
+    /// Keeps the map under [`MAX_THROTTLE_ENTRIES`]: finished windows go, then, under a
+    /// spray of distinct e-mails and addresses, the oldest quarter of the running ones.
+    fn shrink(map: &mut HashMap<ThrottleKey, (u32, Instant)>, now: Instant, window: Duration) {
+        map.retain(|_, (_, since)| now.duration_since(*since) < window);
+        if map.len() + 3 > MAX_THROTTLE_ENTRIES {
+            let mut starts: Vec<Instant> = map.values().map(|(_, since)| *since).collect();
+            let cut = starts.len() / 4;
+            let (_, oldest_kept, _) = starts.select_nth_unstable(cut);
+            let oldest_kept = *oldest_kept;
+            map.retain(|_, (_, since)| *since >= oldest_kept);
+            if map.len() + 3 > MAX_THROTTLE_ENTRIES {
+                // All started at one instant: nothing is older than anything else.
+                map.clear();
+            }
+        }
+    }
+
+    /// The right password: the attempt is given back and the e-mail's failures forgotten.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut map = self.counts.lock().expect("throttle lock");
+        map.remove(&ThrottleKey::Email(attempt.email.clone()));
+        for key in [ThrottleKey::Ip(attempt.ip.clone()), ThrottleKey::Pair(attempt.email, attempt.ip)] {
+            if let Some((n, _)) = map.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.counts.lock().expect("throttle lock").len()
     }
 }
 
@@ -177,37 +250,98 @@ pub struct Me {
     pub organizations: Vec<OrgMembership>,
 }
 
-/// Create an account. The first account of a deployment administers it.
-#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Credentials,
-    responses((status = 201, body = User), (status = 409, description = "e-mail taken", body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    /// Your e-mail address (case-insensitive).
+    pub email: String,
+    /// At least 12 characters.
+    pub password: String,
+    /// The token of an invitation to this e-mail (`rgi_…`): the account joins its
+    /// organization. Required unless this is the deployment's first account or
+    /// `auth.registration = "open"`.
+    pub invitation: Option<String>,
+}
+
+/// Create an account. The first account of a deployment administers it (in every
+/// registration mode); after it, `auth.registration` decides: `invite` (the default) needs
+/// an invitation, `open` lets anyone in, `closed` nobody.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = NewAccount,
+    responses((status = 201, body = User),
+        (status = 403, description = "invitation required, registration closed, or the invitation is for another e-mail", body = super::error::ErrorBody),
+        (status = 404, description = "unknown invitation", body = super::error::ErrorBody),
+        (status = 409, description = "e-mail taken", body = super::error::ErrorBody),
+        (status = 410, description = "invitation used, revoked or expired", body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
 async fn register(
     state: State,
     meta: RequestMeta,
-    ApiJson(c): ApiJson<Credentials>,
+    ApiJson(c): ApiJson<NewAccount>,
 ) -> ApiResult<impl IntoResponse> {
     let email = Email::parse(&c.email).map_err(|m| ApiError::validation("email", m))?;
     account::check_password(&c.password).map_err(|m| ApiError::validation("password", m))?;
-    let hash = hash_password(c.password).await?;
-    let user = state.store.create_user(&email, &hash).await.map_err(|e| match e {
-        redisgate_core::store::StoreError::Conflict(_) => {
+    let result = create_account(&state, &email, c.password, c.invitation).await;
+    let (org, outcome, detail) = match &result {
+        Ok((_, member)) => (member.as_ref().map(|m| m.org_id), Outcome::Success, None),
+        Err(e) => (None, Outcome::Failure, Some(e.code().to_owned())),
+    };
+    let (user, target) = match &result {
+        Ok((user, _)) => (Some(user), Some(user.id.to_string())),
+        Err(_) => (None, None),
+    };
+    let mut entry = audit::entry(org, user, "auth.register", target, &meta, outcome, detail);
+    entry.actor = email.as_str().to_owned();
+    audit::record(&state, entry).await;
+    let (user, _) = result?;
+    Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+/// The account, and the membership an invitation gave it. Who may register is checked
+/// before the (slow, CPU-bound) password hash, so refused strangers cost nothing; the store
+/// decides again atomically.
+async fn create_account(
+    state: &ApiState,
+    email: &Email,
+    password: String,
+    invitation: Option<String>,
+) -> ApiResult<(User, Option<redisgate_core::org::Member>)> {
+    let mode = state.auth.registration;
+    let taken = |e| match e {
+        StoreError::Conflict(_) => {
             ApiError::Conflict { code: "email_taken", message: "an account with this e-mail exists".into() }
         }
+        StoreError::NotFound => ApiError::NotFound("invitation"),
         e => e.into(),
-    })?;
-    audit::record(
-        &state,
-        audit::entry(
-            None,
-            Some(&user),
-            "auth.register",
-            Some(user.id.to_string()),
-            &meta,
-            Outcome::Success,
-            None,
-        ),
-    )
-    .await;
-    Ok((StatusCode::CREATED, axum::Json(user)))
+    };
+    if let Some(token) = invitation {
+        if !mode.lets_invitees_in() {
+            return Err(ApiError::RegistrationClosed);
+        }
+        let token_hash = hash_secret(&token);
+        let now = OffsetDateTime::now_utc();
+        let inv =
+            state.store.invitation_by_hash(&token_hash).await?.ok_or(ApiError::NotFound("invitation"))?;
+        inv.check(email, now).map_err(ApiError::Invitation)?;
+        let hash = hash_password(password).await?;
+        let invitee = Invitee::New { email, password_hash: &hash };
+        let (user, member) = state.store.accept_invitation(&token_hash, invitee, now).await.map_err(taken)?;
+        return Ok((user, Some(member)));
+    }
+    let admission = if mode.lets_anyone_in() { Admission::Anyone } else { Admission::FirstUserOnly };
+    let refused = if mode == Registration::Closed {
+        ApiError::RegistrationClosed
+    } else {
+        ApiError::InvitationRequired
+    };
+    if admission == Admission::FirstUserOnly && state.store.counts().await?.users > 0 {
+        return Err(refused);
+    }
+    let hash = hash_password(password).await?;
+    match state.store.create_user(email, &hash, admission).await {
+        Ok(user) => Ok((user, None)),
+        Err(StoreError::RegistrationClosed) => Err(refused),
+        Err(e) => Err(taken(e)),
+    }
 }
 
 /// Log in; answers a session token.
@@ -231,22 +365,25 @@ async fn login(
             Some(detail.into()),
         )
     };
-    if let Err(retry_after) = state.throttle.check(email.as_str(), meta.ip.as_deref()) {
-        audit::record(&state, record_failure("throttled")).await;
-        return Err(ApiError::TooManyRequests { retry_after });
-    }
+    // Counted before the slow verify, so parallel guesses see each other.
+    let attempt = match state.throttle.begin(email.as_str(), meta.ip.as_deref()) {
+        Ok(attempt) => attempt,
+        Err(retry_after) => {
+            audit::record(&state, record_failure("throttled")).await;
+            return Err(ApiError::TooManyRequests { retry_after });
+        }
+    };
     let creds = state.store.credentials(&email).await?;
     let (user, hash) = match creds {
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
     };
     if !verify_password(c.password, hash).await {
-        state.throttle.failed(email.as_str(), meta.ip.as_deref());
         audit::record(&state, record_failure("invalid_credentials")).await;
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.expect("verified passwords belong to known users");
-    state.throttle.succeeded(email.as_str());
+    state.throttle.succeeded(attempt);
     let token = random_token("rgs_");
     let expires_at = OffsetDateTime::now_utc() + state.auth.session_ttl;
     state.store.create_session(&hash_secret(&token), user.id, expires_at).await?;
@@ -294,4 +431,54 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(login))
         .routes(routes!(me))
         .routes(routes!(logout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_email_still_lets_fresh_addresses_try_once() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 2, 100);
+        for _ in 0..2 {
+            t.begin("ann@x.io", Some("6.6.6.6")).unwrap();
+        }
+        assert!(t.begin("ann@x.io", Some("6.6.6.6")).is_err(), "the guesser is locked");
+        // The owner, elsewhere, gets in; a second failure from a new address locks it too.
+        let owner = t.begin("ann@x.io", Some("7.7.7.7")).unwrap();
+        t.succeeded(owner);
+        t.begin("bob@x.io", Some("8.8.8.8")).unwrap();
+        t.begin("bob@x.io", Some("8.8.8.8")).unwrap();
+        t.begin("bob@x.io", Some("9.9.9.9")).unwrap();
+        assert!(t.begin("bob@x.io", Some("9.9.9.9")).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 1, 100);
+        t.begin("ann@x.io", Some("2001:db8:1:2::1")).unwrap();
+        assert!(t.begin("ann@x.io", Some("2001:db8:1:2:ffff::9")).is_err(), "same /64, same client");
+        t.begin("ann@x.io", Some("2001:db8:1:3::1")).unwrap();
+        assert_eq!(throttle_address(Some("::ffff:1.2.3.4")), "1.2.3.4");
+        assert_eq!(throttle_address(Some("5.6.7.8")), "5.6.7.8");
+    }
+
+    #[test]
+    fn a_success_gives_its_reservation_back() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 5, 2);
+        t.succeeded(t.begin("a@x.io", Some("1.1.1.1")).unwrap());
+        t.succeeded(t.begin("b@x.io", Some("1.1.1.1")).unwrap());
+        t.begin("c@x.io", Some("1.1.1.1")).unwrap();
+        t.begin("d@x.io", Some("1.1.1.1")).unwrap();
+        assert!(t.begin("e@x.io", Some("1.1.1.1")).is_err(), "two failures lock the address");
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_spray() {
+        let t = LoginThrottle::new(Duration::from_secs(600), 5, 1_000_000);
+        for i in 0..(MAX_THROTTLE_ENTRIES / 2) {
+            let _ = t.begin(&format!("u{i}@x.io"), Some(&format!("10.0.{}.{}", i / 256, i % 256)));
+        }
+        assert!(t.entries() <= MAX_THROTTLE_ENTRIES, "{}", t.entries());
+    }
 }

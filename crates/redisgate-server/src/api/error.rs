@@ -8,7 +8,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use redisgate_core::capacity::HostLimit;
+use redisgate_core::org::InvitationError;
 use redisgate_core::quota::Limit;
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::StoreError;
 use serde::Serialize;
 
@@ -24,6 +26,19 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("this route does not take that method")]
     MethodNotAllowed,
+    /// The caller is not a member of the organization: answered exactly as a missing one
+    /// (so ids leak nothing), but kept apart so the audit log does not file the attempt
+    /// under an organization the caller does not belong to.
+    #[error("organization not found")]
+    NotMember,
+    #[error("registration needs an invitation from an organization owner or administrator")]
+    InvitationRequired,
+    #[error("registration is closed on this deployment")]
+    RegistrationClosed,
+    #[error("{0}")]
+    Invitation(InvitationError),
+    #[error("only deployment administrators may give a key a rate above its plan's ({}/s, burst {})", .0.per_second, .0.burst)]
+    RateAbovePlan(Rate),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("`{field}` {message}")]
@@ -52,8 +67,16 @@ impl ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound(_) | ApiError::NotMember => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::InvitationRequired => (StatusCode::FORBIDDEN, "invitation_required"),
+            ApiError::RegistrationClosed => (StatusCode::FORBIDDEN, "registration_closed"),
+            ApiError::Invitation(InvitationError::WrongEmail) => {
+                (StatusCode::FORBIDDEN, InvitationError::WrongEmail.code())
+            }
+            // Used, revoked, expired: the invitation existed and is gone for good.
+            ApiError::Invitation(e) => (StatusCode::GONE, e.code()),
+            ApiError::RateAbovePlan(_) => (StatusCode::FORBIDDEN, "rate_limit_above_plan"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
@@ -82,10 +105,13 @@ pub struct ErrorBody {
     /// The request field a validation error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The quota a `quota_exceeded` error is about, or the host cap of a
-    /// `host_capacity_exceeded` one.
+    /// The quota a `quota_exceeded` error is about, the host cap of a
+    /// `host_capacity_exceeded` one (`rate_limit` for `rate_limit_above_plan`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
+    /// With `rate_limit_above_plan`: the highest rate the caller may give the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<Rate>,
 }
 
 impl IntoResponse for ApiError {
@@ -101,6 +127,11 @@ impl IntoResponse for ApiError {
             limit: match &self {
                 ApiError::QuotaExceeded(l) => Some(l.as_str()),
                 ApiError::HostCapacity(l) => Some(l.as_str()),
+                ApiError::RateAbovePlan(_) => Some("rate_limit"),
+                _ => None,
+            },
+            max_rate: match &self {
+                ApiError::RateAbovePlan(r) => Some(*r),
                 _ => None,
             },
         };
@@ -125,6 +156,8 @@ impl From<StoreError> for ApiError {
                 code: "last_owner",
                 message: "an organization must keep at least one owner".into(),
             },
+            StoreError::RegistrationClosed => ApiError::InvitationRequired,
+            StoreError::Invitation(e) => ApiError::Invitation(e),
             StoreError::Unavailable(detail) => {
                 tracing::error!(error = %detail, "metadata store failed");
                 ApiError::Unavailable

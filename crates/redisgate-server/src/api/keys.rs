@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use redisgate_core::account::User;
 use redisgate_core::apikey::{ApiKey, Scope, format_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId};
 use redisgate_core::org::Action;
@@ -46,6 +47,24 @@ fn check_rate(rate: Option<Rate>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a key rate above the organization's plan rate (the one its keys get without a
+/// rate of their own) unless the caller administers the deployment: a tenant cannot buy
+/// itself capacity by writing a larger number.
+async fn within_plan(state: &ApiState, user: &User, org: OrgId, rate: Option<Rate>) -> ApiResult<()> {
+    let Some(rate) = rate else { return Ok(()) };
+    if user.is_admin {
+        return Ok(());
+    }
+    let plan = state.store.org(org).await?.plan;
+    let set = state.store.plan_rates().await?;
+    let max =
+        set.iter().find(|(p, _)| *p == plan).map_or_else(|| state.rate_limit.for_plan(plan), |(_, r)| *r);
+    if rate.per_second > max.per_second || rate.burst > max.burst {
+        return Err(ApiError::RateAbovePlan(max));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyUpdate {
@@ -68,7 +87,9 @@ pub struct CreatedKey {
     pub api_key: ApiKey,
 }
 
-/// Create a key (owner, admin, member). The answer holds the key, once.
+/// Create a key (owner, admin, member; `admin` scope: owner, admin). A `rate_limit` above
+/// the organization's plan rate takes a deployment administrator. The answer holds the key,
+/// once.
 #[utoipa::path(post, path = "/api/organizations/{org_id}/api-keys", tag = "api-keys", security(("session" = [])),
     params(("org_id" = OrgId, Path)), request_body = NewKey,
     responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -80,12 +101,16 @@ async fn create(
     ApiJson(req): ApiJson<NewKey>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedKey>)> {
     let result = async {
-        authorize(&state, user.id, org, Action::ManageApiKeys).await?;
+        let role = authorize(&state, user.id, org, Action::ManageApiKeys).await?;
+        if req.scope == Scope::Admin && !role.allows(Action::MintAdminKeys) {
+            return Err(ApiError::Forbidden);
+        }
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiError::validation("name", "must be 1 to 100 characters"));
         }
         check_rate(req.rate_limit)?;
+        within_plan(&state, &user, org, req.rate_limit).await?;
         if req.expires_at.is_some_and(|e| e <= OffsetDateTime::now_utc()) {
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
@@ -154,7 +179,8 @@ async fn get(
     Ok(axum::Json(key_of(&state, org, id).await?))
 }
 
-/// Change a key's own rate limit (owner, admin, member). This server applies it at once,
+/// Change a key's own rate limit (owner, admin, member; above the plan rate: deployment
+/// administrators only). This server applies it at once,
 /// other replicas within `auth.key_cache_ttl`.
 #[utoipa::path(patch, path = "/api/organizations/{org_id}/api-keys/{key_id}", tag = "api-keys", security(("session" = [])),
     params(("org_id" = OrgId, Path), ("key_id" = ApiKeyId, Path)), request_body = KeyUpdate,
@@ -172,6 +198,7 @@ async fn update(
             ApiError::validation("rate_limit", "required ({\"rate_limit\": null} clears it)")
         })?;
         check_rate(rate)?;
+        within_plan(&state, &user, org, rate).await?;
         key_of(&state, org, id).await?;
         let key = state.store.set_api_key_rate_limit(id, rate).await?;
         state.keys.invalidate_all();

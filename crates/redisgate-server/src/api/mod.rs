@@ -5,6 +5,7 @@
 //! - [`auth`]: register, log in, sessions; the [`auth::CurrentUser`] extractor.
 //! - [`orgs`]: organizations, members and quotas, guarded by the role table in
 //!   `redisgate_core::org::Role::allows`.
+//! - [`invitations`]: inviting people into an organization by e-mail, single-use tokens.
 //! - [`audit`]: recording and listing the audit log.
 //! - [`instances`]: Redis instances (provisioned by RedisGate or brought by the user).
 //! - [`keys`]: API keys for the data plane.
@@ -18,11 +19,12 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod instances;
+pub mod invitations;
 pub mod keys;
 pub mod orgs;
 pub mod plans;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
@@ -46,6 +48,10 @@ pub struct ApiState {
     pub rate_limit: crate::config::RateLimitSettings,
     pub auth: AuthSettings,
     pub throttle: auth::LoginThrottle,
+    /// `quota.max_organizations_per_user`.
+    pub max_orgs_per_user: u32,
+    /// `http.trusted_proxies`: peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub type State = axum::extract::State<Arc<ApiState>>;
@@ -61,18 +67,21 @@ pub struct ApiJson<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// Where a request came from, for the audit log.
+/// Where a request came from, for the audit log and the login throttle.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+impl FromRequestParts<Arc<ApiState>> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| client_ip(c.0.ip(), &parts.headers, &state.trusted_proxies).to_string());
         let user_agent = parts
             .headers
             .get(http::header::USER_AGENT)
@@ -82,10 +91,60 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     }
 }
 
+/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case the
+/// right-most address of the forwarding chain that is not a trusted proxy (the left-most
+/// entries are whatever the client wrote, so only what trusted hops appended counts).
+/// `X-Forwarded-For` is read, or `Forwarded` when there is none: a proxy that writes only
+/// `Forwarded` must drop incoming `X-Forwarded-For`. An entry that is not an address
+/// (`unknown`, an obfuscated name) ends the walk at the trusted hop that wrote it.
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let xff = headers.get_all("x-forwarded-for");
+    let hops: Vec<Option<IpAddr>> = if xff.iter().next().is_some() {
+        xff.iter().flat_map(|v| v.to_str().unwrap_or("?").split(',')).map(parse_hop).collect()
+    } else {
+        headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("for=?").split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then(|| parse_hop(v))
+                })
+            })
+            .collect()
+    };
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return ip,
+            None => return client,
+        }
+    }
+    client
+}
+
+/// One hop: `1.2.3.4`, `1.2.3.4:80`, `[::1]`, `[::1]:80`, `::1`, optionally quoted.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    s.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
 /// The caller's role in `org`, if it allows `action`. A caller who is not a member gets
 /// `NotFound`, exactly as for an organization that does not exist, so ids leak nothing.
 pub async fn authorize(state: &ApiState, user: UserId, org: OrgId, action: Action) -> ApiResult<Role> {
-    let role = state.store.role_of(org, user).await?.ok_or(ApiError::NotFound("organization"))?;
+    let role = state.store.role_of(org, user).await?.ok_or(ApiError::NotMember)?;
     if role.allows(action) { Ok(role) } else { Err(ApiError::Forbidden) }
 }
 
@@ -120,6 +179,7 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::routes())
         .merge(orgs::routes())
+        .merge(invitations::routes())
         .merge(audit::routes())
         .merge(instances::routes())
         .merge(keys::routes())
@@ -141,5 +201,56 @@ fn qualify_operation_ids(api: &mut utoipa::openapi::OpenApi) {
                 op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    // Pure classification: addresses are only compared, nothing is connected to.
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let forged = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        // An untrusted peer's header is ignored.
+        assert_eq!(client_ip(ip("8.8.8.8"), &forged, &trusted), ip("8.8.8.8"));
+        assert_eq!(client_ip(ip("8.8.8.8"), &forged, &[]), ip("8.8.8.8"));
+        // Through a trusted proxy: the right-most untrusted address, not what the client wrote.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 9.9.9.9, 10.1.1.1")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("9.9.9.9"));
+        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "9.9.9.9:5000")]);
+        assert_eq!(client_ip(ip("::1"), &h, &trusted), ip("9.9.9.9"));
+        // Every hop trusted: the left-most one.
+        let h = headers(&[("x-forwarded-for", "10.2.2.2, 10.3.3.3")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.2.2.2"));
+        // No header: the proxy itself.
+        assert_eq!(client_ip(ip("10.0.0.1"), &http::HeaderMap::new(), &trusted), ip("10.0.0.1"));
+        // An entry that is no address stops at the trusted hop that appended it.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, unknown, 10.4.4.4")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.4.4.4"));
+    }
+
+    #[test]
+    fn forwarded_is_read_when_there_is_no_x_forwarded_for() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("forwarded", r#"for=1.1.1.1;proto=http, for="[2001:db8::1]:4711";by=10.0.0.1"#)]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("2001:db8::1"));
+        let h = headers(&[("forwarded", "for=9.9.9.9"), ("x-forwarded-for", "8.8.4.4")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("8.8.4.4"));
+        let h = headers(&[("forwarded", "for=_hidden, for=10.5.5.5")]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.5.5.5"));
     }
 }

@@ -62,7 +62,9 @@ fn org_name(name: &str) -> ApiResult<String> {
     }
 }
 
-/// Create an organization; the caller becomes its owner.
+/// Create an organization; the caller becomes its owner. A user owns at most
+/// `quota.max_organizations_per_user` (403 `quota_exceeded`, `limit: max_organizations`);
+/// deployment administrators have no cap.
 #[utoipa::path(post, path = "/api/organizations", tag = "organizations", security(("session" = [])), request_body = NewOrg,
     responses((status = 201, body = OrgView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
@@ -77,7 +79,8 @@ async fn create(
         if plan != Plan::Free && !user.is_admin {
             return Err(ApiError::Forbidden);
         }
-        Ok(state.store.create_org(&name, plan, user.id).await?)
+        let cap = if user.is_admin { u32::MAX } else { state.max_orgs_per_user };
+        Ok(state.store.create_org(&name, plan, user.id, cap).await?)
     }
     .await;
     let target = result.as_ref().ok().map(|o| o.id.to_string());
@@ -176,7 +179,7 @@ async fn members(
 }
 
 /// Checks that `role` may hand out or take away `target_role`s: only owners touch owners.
-fn may_manage(role: Role, touches_owner: bool) -> ApiResult<()> {
+pub(super) fn may_manage(role: Role, touches_owner: bool) -> ApiResult<()> {
     let action = if touches_owner { Action::ManageOwners } else { Action::ManageMembers };
     if role.allows(action) { Ok(()) } else { Err(ApiError::Forbidden) }
 }

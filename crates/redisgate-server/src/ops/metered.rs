@@ -10,13 +10,14 @@ use async_trait::async_trait;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::ApiKey;
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry};
-use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId, UserId};
+use redisgate_core::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus};
-use redisgate_core::org::{Member, Organization, Role};
+use redisgate_core::org::{Invitation, Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Counts, Credentials, InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
+    SecretHash, Store, StoreError, StoreResult,
 };
 use time::OffsetDateTime;
 use tracing::Instrument as _;
@@ -77,13 +78,13 @@ macro_rules! metered {
 
 metered! {
     fn ping(&self) -> ();
-    fn create_user(&self, email: &Email, password_hash: &str) -> User;
+    fn create_user(&self, email: &Email, password_hash: &str, admission: Admission) -> User;
     fn user(&self, id: UserId) -> User;
     fn credentials(&self, email: &Email) -> Option<Credentials>;
     fn create_session(&self, token_hash: &SecretHash, user: UserId, expires_at: OffsetDateTime) -> ();
     fn session_user(&self, token_hash: &SecretHash, now: OffsetDateTime) -> Option<User>;
     fn revoke_session(&self, token_hash: &SecretHash) -> ();
-    fn create_org(&self, name: &str, plan: Plan, owner: UserId) -> Organization;
+    fn create_org(&self, name: &str, plan: Plan, owner: UserId, max_owned: u32) -> Organization;
     fn org(&self, id: OrgId) -> Organization;
     fn orgs_of(&self, user: UserId) -> Vec<(Organization, Role)>;
     fn rename_org(&self, id: OrgId, name: &str) -> Organization;
@@ -94,6 +95,11 @@ metered! {
     fn add_member(&self, org: OrgId, user: UserId, role: Role) -> Member;
     fn set_role(&self, org: OrgId, user: UserId, role: Role) -> Member;
     fn remove_member(&self, org: OrgId, user: UserId) -> ();
+    fn create_invitation(&self, new: NewInvitation) -> Invitation;
+    fn invitations(&self, org: OrgId, now: OffsetDateTime) -> Vec<Invitation>;
+    fn revoke_invitation(&self, org: OrgId, id: InvitationId, at: OffsetDateTime) -> Invitation;
+    fn invitation_by_hash(&self, token_hash: &SecretHash) -> Option<Invitation>;
+    fn accept_invitation(&self, token_hash: &SecretHash, invitee: Invitee<'_>, now: OffsetDateTime) -> (User, Member);
     fn create_instance(&self, new: NewInstance) -> InstanceRecord;
     fn instance(&self, id: InstanceId) -> InstanceRecord;
     fn instances(&self, org: OrgId) -> Vec<Instance>;
@@ -109,6 +115,7 @@ metered! {
     fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();
     fn append_audit(&self, entry: NewAuditEntry) -> ();
     fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;
+    fn deployment_audit_logs(&self, query: &AuditQuery) -> Vec<AuditEntry>;
     fn plan_rates(&self) -> Vec<(Plan, Rate)>;
     fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> ();
     fn counts(&self) -> Counts;

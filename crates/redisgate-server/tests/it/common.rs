@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use redisgate_core::account::Registration;
 use redisgate_server::config::{Settings, TokenConfig};
 use tokio::sync::oneshot;
 
@@ -169,6 +170,14 @@ pub fn token(t: &str, redis: &Redis, read_only: bool) -> TokenConfig {
     TokenConfig { token: t.to_owned().into(), url: redis.url().into(), read_only, name: None }
 }
 
+/// Production defaults a test keeps instead of the relaxed test ones (see
+/// `Gate::launch_keeping`).
+#[derive(Clone, Copy, Default)]
+struct Keep {
+    egress: bool,
+    accounts: bool,
+}
+
 impl Gate {
     /// Starts RedisGate on port 0 and waits until it serves PING through `TOKEN`.
     pub async fn start(settings: Settings) -> Gate {
@@ -203,24 +212,43 @@ impl Gate {
     pub async fn start_strict(mut settings: Settings) -> Gate {
         let data = tempfile::tempdir().unwrap();
         settings.data_dir = data.path().to_owned();
-        Gate::launch_as_is(settings, data).await
+        Gate::launch_keeping(settings, data, Keep { egress: true, accounts: false }).await
     }
 
     /// Like [`Gate::start_with_data_dir`], with the production egress policy.
     pub async fn start_strict_with_data_dir(settings: Settings) -> Gate {
-        Gate::launch_as_is(settings, tempfile::tempdir().unwrap()).await
+        Gate::launch_keeping(settings, tempfile::tempdir().unwrap(), Keep { egress: true, accounts: false })
+            .await
     }
 
-    async fn launch(mut settings: Settings, data: tempfile::TempDir) -> Gate {
+    /// Like [`Gate::start_unchecked`], but with the account rules a deployment gets by
+    /// default (invite-only registration, the organization cap) instead of the test ones.
+    pub async fn start_as_deployed(mut settings: Settings) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        Gate::launch_keeping(settings, data, Keep { egress: false, accounts: true }).await
+    }
+
+    async fn launch(settings: Settings, data: tempfile::TempDir) -> Gate {
+        Gate::launch_keeping(settings, data, Keep::default()).await
+    }
+
+    /// Starts RedisGate with test defaults where the test left the production ones, except
+    /// for those `keep` names.
+    async fn launch_keeping(mut settings: Settings, data: tempfile::TempDir, keep: Keep) -> Gate {
         // Every test Redis listens on loopback, which the production egress policy refuses to
         // external instances. Tests of the policy set their own or use `start_strict`.
-        if settings.instances.external.allow.is_empty() {
+        if !keep.egress && settings.instances.external.allow.is_empty() {
             settings.instances.external.allow = vec!["127.0.0.0/8".into()];
         }
-        Gate::launch_as_is(settings, data).await
-    }
-
-    async fn launch_as_is(mut settings: Settings, data: tempfile::TempDir) -> Gate {
+        // Tests sign up many users and give each many organizations; the tests of those rules
+        // use `start_as_deployed`, or set their own values.
+        if !keep.accounts && settings.auth.registration == Registration::Invite {
+            settings.auth.registration = Registration::Open;
+        }
+        if !keep.accounts && settings.quota.max_organizations_per_user == 3 {
+            settings.quota.max_organizations_per_user = 1_000_000;
+        }
         // Tests send bursts far above the production default (100/s); the limiter still runs,
         // at a rate no test reaches. Tests of the limiter set their own rates.
         if settings.rate_limit.per_second == 100 && settings.rate_limit.burst == 100 {

@@ -78,6 +78,8 @@ fn routes() -> Vec<Route> {
         r(Method::DELETE, "/redis-instances/{instance}", None, [204, 204, 204, 403]),
         r(Method::GET, "/api-keys", None, [200, 200, 200, 200]),
         r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "read-only"})), [201, 201, 201, 403]),
+        // Admin-scope keys may flush and script: owners and admins only (Action::MintAdminKeys).
+        r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "admin"})), [201, 201, 403, 403]),
         r(Method::GET, "/api-keys/{key}", None, [200, 200, 200, 200]),
         r(
             Method::PATCH,
@@ -86,6 +88,20 @@ fn routes() -> Vec<Route> {
             [200, 200, 200, 403],
         ),
         r(Method::DELETE, "/api-keys/{key}", None, [200, 200, 200, 403]),
+        r(Method::GET, "/invitations", None, [200, 200, 403, 403]),
+        r(
+            Method::POST,
+            "/invitations",
+            Some(json!({"email": "invitee@example.com", "role": "member"})),
+            [201, 201, 403, 403],
+        ),
+        r(
+            Method::POST,
+            "/invitations",
+            Some(json!({"email": "invitee@example.com", "role": "owner"})),
+            [201, 403, 403, 403],
+        ),
+        r(Method::DELETE, "/invitations/{invitation}", None, [200, 200, 403, 403]),
     ]
 }
 
@@ -140,8 +156,22 @@ async fn every_route_by_every_role_and_outsiders() {
                 assert_eq!(s, 201, "{k}");
                 key = k["api_key"]["id"].as_str().unwrap().to_owned();
             }
+            let mut invitation = String::new();
+            if route.path.contains("{invitation}") {
+                let (s, i) = owner
+                    .post(
+                        &format!("{base}/invitations"),
+                        json!({"email": "invitee@example.com", "role": "viewer"}),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{i}");
+                invitation = i["invitation"]["id"].as_str().unwrap().to_owned();
+            }
             let fill = |p: &str| {
-                p.replace("{target}", &target_id).replace("{instance}", &instance).replace("{key}", &key)
+                p.replace("{target}", &target_id)
+                    .replace("{instance}", &instance)
+                    .replace("{key}", &key)
+                    .replace("{invitation}", &invitation)
             };
             let (caller, want) = match who {
                 Who::Owner => (&owner, route.owner),

@@ -1,6 +1,7 @@
 //! Integration tests: real `redis-server` processes on free ports, the real application on
 //! port 0, real HTTP clients. One test binary for the crate (see ARCHITECTURE.md).
 
+mod accounts;
 mod api;
 mod commands;
 mod common;

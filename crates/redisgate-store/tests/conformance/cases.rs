@@ -10,10 +10,13 @@ use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
 use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
+use redisgate_core::org::{InvitationError, MAX_PENDING_INVITATIONS};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
-use redisgate_core::store::{InstanceRecord, NewApiKey, NewInstance, SecretHash, Store, StoreError};
+use redisgate_core::store::{
+    Admission, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation, SecretHash, Store, StoreError,
+};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -29,7 +32,10 @@ fn email(s: &str) -> Email {
 }
 
 async fn user(store: &S, name: &str) -> User {
-    store.create_user(&email(&format!("{name}@example.com")), "argon2-hash").await.expect("create_user")
+    store
+        .create_user(&email(&format!("{name}@example.com")), "argon2-hash", Admission::Anyone)
+        .await
+        .expect("create_user")
 }
 
 /// A distinct 32-byte hash per call; v7 ids never repeat within a process.
@@ -45,7 +51,7 @@ fn quota(max_instances: u32, max_memory_bytes: u64, max_api_keys: u32) -> Quota 
 }
 
 async fn org_with(store: &S, owner: UserId, q: Quota) -> Organization {
-    let org = store.create_org("Acme", Plan::Free, owner).await.expect("create_org");
+    let org = store.create_org("Acme", Plan::Free, owner, u32::MAX).await.expect("create_org");
     store.set_quota(org.id, q).await.expect("set_quota")
 }
 
@@ -129,7 +135,7 @@ pub async fn first_user_is_admin_later_ones_are_not(store: S) {
 pub async fn concurrent_first_sign_ups_make_exactly_one_admin(store: S) {
     let results = race(12, |i| {
         let store = store.clone();
-        async move { store.create_user(&email(&format!("u{i}@example.com")), "h").await }
+        async move { store.create_user(&email(&format!("u{i}@example.com")), "h", Admission::Anyone).await }
     })
     .await;
     let users: Vec<User> = results.into_iter().map(Result::unwrap).collect();
@@ -140,7 +146,7 @@ pub async fn concurrent_first_sign_ups_make_exactly_one_admin(store: S) {
 pub async fn duplicate_email_is_a_conflict(store: S) {
     user(&store, "ann").await;
     // Email::parse normalizes, so a differently-cased address is the same one.
-    let again = store.create_user(&email(" ANN@Example.com "), "other").await;
+    let again = store.create_user(&email(" ANN@Example.com "), "other", Admission::Anyone).await;
     assert_eq!(again, Err(StoreError::Conflict("email")));
     assert_eq!(store.counts().await.unwrap().users, 1);
 }
@@ -150,7 +156,8 @@ pub async fn unknown_user_is_not_found(store: S) {
 }
 
 pub async fn credentials_are_found_by_email(store: S) {
-    let ann = store.create_user(&email("ann@example.com"), "$argon2id$v=19$abc").await.unwrap();
+    let ann =
+        store.create_user(&email("ann@example.com"), "$argon2id$v=19$abc", Admission::Anyone).await.unwrap();
     let creds = store.credentials(&email("ann@example.com")).await.unwrap().expect("credentials");
     assert_eq!(creds.user, ann);
     assert_eq!(creds.password_hash, "$argon2id$v=19$abc");
@@ -197,7 +204,7 @@ pub async fn session_of_unknown_user_is_not_found(store: S) {
 pub async fn create_org_applies_the_plan_quota_and_owner(store: S) {
     let ann = user(&store, "ann").await;
     for plan in [Plan::Free, Plan::Pro, Plan::Enterprise] {
-        let org = store.create_org("Acme", plan, ann.id).await.unwrap();
+        let org = store.create_org("Acme", plan, ann.id, u32::MAX).await.unwrap();
         assert_eq!(org.name, "Acme");
         assert_eq!(org.plan, plan);
         assert_eq!(org.quota, plan.default_quota());
@@ -215,7 +222,7 @@ pub async fn create_org_applies_the_plan_quota_and_owner(store: S) {
 
 pub async fn create_org_with_unknown_owner_is_not_found(store: S) {
     let ghost = UserId::new();
-    assert_eq!(store.create_org("Ghost", Plan::Free, ghost).await, Err(StoreError::NotFound));
+    assert_eq!(store.create_org("Ghost", Plan::Free, ghost, u32::MAX).await, Err(StoreError::NotFound));
     assert!(store.orgs_of(ghost).await.unwrap().is_empty());
 }
 
@@ -235,9 +242,9 @@ pub async fn unknown_org_is_not_found(store: S) {
 pub async fn orgs_of_lists_memberships_in_org_creation_order(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
-    let first = store.create_org("First", Plan::Free, ann.id).await.unwrap();
-    let second = store.create_org("Second", Plan::Pro, bob.id).await.unwrap();
-    let third = store.create_org("Third", Plan::Free, ann.id).await.unwrap();
+    let first = store.create_org("First", Plan::Free, ann.id, u32::MAX).await.unwrap();
+    let second = store.create_org("Second", Plan::Pro, bob.id, u32::MAX).await.unwrap();
+    let third = store.create_org("Third", Plan::Free, ann.id, u32::MAX).await.unwrap();
     // Joined last, listed by when the organization was created.
     store.add_member(second.id, ann.id, Role::Viewer).await.unwrap();
     assert_eq!(
@@ -250,7 +257,7 @@ pub async fn orgs_of_lists_memberships_in_org_creation_order(store: S) {
 
 pub async fn rename_and_set_quota_return_the_updated_org(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let renamed = store.rename_org(org.id, "Acme Ltd").await.unwrap();
     assert_eq!(renamed, Organization { name: "Acme Ltd".to_owned(), ..org.clone() });
     assert_eq!(store.org(org.id).await.unwrap(), renamed);
@@ -266,7 +273,7 @@ pub async fn members_are_listed_in_join_order_with_emails(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     let cat = user(&store, "cat").await;
-    let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
     tokio::time::sleep(Duration::from_millis(3)).await;
     let b = store.add_member(org.id, bob.id, Role::Admin).await.unwrap();
     tokio::time::sleep(Duration::from_millis(3)).await;
@@ -286,7 +293,7 @@ pub async fn members_are_listed_in_join_order_with_emails(store: S) {
 pub async fn add_member_rejects_duplicates_and_unknowns(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
-    let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
     assert_eq!(store.add_member(org.id, ann.id, Role::Member).await, Err(StoreError::Conflict("member")));
     store.add_member(org.id, bob.id, Role::Member).await.unwrap();
     assert_eq!(store.add_member(org.id, bob.id, Role::Admin).await, Err(StoreError::Conflict("member")));
@@ -303,7 +310,7 @@ pub async fn set_role_changes_a_members_role(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     let cat = user(&store, "cat").await;
-    let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
     let added = store.add_member(org.id, bob.id, Role::Member).await.unwrap();
     let changed = store.set_role(org.id, bob.id, Role::Admin).await.unwrap();
     assert_eq!(changed, Member { role: Role::Admin, ..added });
@@ -319,7 +326,7 @@ pub async fn set_role_changes_a_members_role(store: S) {
 pub async fn last_owner_cannot_be_demoted(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
-    let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
     for role in [Role::Admin, Role::Member, Role::Viewer] {
         assert_eq!(store.set_role(org.id, ann.id, role).await, Err(StoreError::LastOwner));
     }
@@ -334,7 +341,7 @@ pub async fn last_owner_cannot_be_removed(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     let cat = user(&store, "cat").await;
-    let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
     assert_eq!(store.remove_member(org.id, ann.id).await, Err(StoreError::LastOwner));
     store.add_member(org.id, bob.id, Role::Admin).await.unwrap();
     store.remove_member(org.id, bob.id).await.unwrap();
@@ -352,7 +359,7 @@ pub async fn concurrent_owner_changes_always_leave_an_owner(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     for round in 0..6 {
-        let org = store.create_org("Acme", Plan::Free, ann.id).await.unwrap();
+        let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
         store.add_member(org.id, bob.id, Role::Owner).await.unwrap();
         // Each change alone is allowed; both together would leave no owner.
         let (s1, s2) = (store.clone(), store.clone());
@@ -376,8 +383,8 @@ pub async fn concurrent_owner_changes_always_leave_an_owner(store: S) {
 pub async fn delete_org_removes_what_it_owns_but_not_audit(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
-    let org = store.create_org("Doomed", Plan::Pro, ann.id).await.unwrap();
-    let kept = store.create_org("Kept", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Doomed", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    let kept = store.create_org("Kept", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     store.add_member(org.id, bob.id, Role::Member).await.unwrap();
     let inst = store.create_instance(new_instance(org.id, GIB)).await.unwrap();
     let kept_inst = store.create_instance(new_instance(kept.id, GIB)).await.unwrap();
@@ -412,7 +419,7 @@ pub async fn delete_org_removes_what_it_owns_but_not_audit(store: S) {
 
 pub async fn new_instances_are_pending_and_round_trip(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let local = store.create_instance(new_instance(org.id, 64 << 20)).await.unwrap();
     assert_eq!(local.instance.status, InstanceStatus::Pending);
     assert_eq!(local.instance.status_reason, None);
@@ -553,7 +560,7 @@ pub async fn concurrent_instance_creates_never_exceed_memory(store: S) {
 
 pub async fn instance_status_updates_and_deletes(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let rec = store.create_instance(new_instance(org.id, GIB)).await.unwrap();
     let id = rec.instance.id;
     let status = |s: InstanceRecord| (s.instance.status, s.instance.status_reason);
@@ -579,8 +586,8 @@ pub async fn instance_status_updates_and_deletes(store: S) {
 
 pub async fn instances_are_listed_per_org_and_overall(store: S) {
     let ann = user(&store, "ann").await;
-    let a = store.create_org("A", Plan::Pro, ann.id).await.unwrap();
-    let b = store.create_org("B", Plan::Pro, ann.id).await.unwrap();
+    let a = store.create_org("A", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    let b = store.create_org("B", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let a1 = store.create_instance(new_instance(a.id, 1)).await.unwrap();
     let b1 = store
         .create_instance(NewInstance {
@@ -605,7 +612,7 @@ pub async fn instances_are_listed_per_org_and_overall(store: S) {
 
 pub async fn api_keys_round_trip_their_optional_fields(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let i1 = store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id;
     let i2 = store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id;
     let rate = Some(Rate { per_second: 7, burst: 21 });
@@ -641,7 +648,7 @@ pub async fn api_keys_round_trip_their_optional_fields(store: S) {
 
 pub async fn a_keys_own_rate_is_changed_and_cleared(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let key = store.create_api_key(new_key(org.id)).await.unwrap();
     let rate = Rate { per_second: 3, burst: 9 };
     let set = store.set_api_key_rate_limit(key.id, Some(rate)).await.unwrap();
@@ -694,7 +701,7 @@ pub async fn concurrent_api_key_creates_never_exceed_the_quota(store: S) {
 
 pub async fn revoking_is_idempotent_and_keeps_the_first_time(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let new = new_key(org.id);
     let secret_hash = new.secret_hash;
     let key = store.create_api_key(new).await.unwrap();
@@ -711,7 +718,7 @@ pub async fn revoking_is_idempotent_and_keeps_the_first_time(store: S) {
 
 pub async fn touch_only_moves_last_use_forward(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let k1 = store.create_api_key(new_key(org.id)).await.unwrap().id;
     let k2 = store.create_api_key(new_key(org.id)).await.unwrap().id;
     let t0 = datetime!(2030-01-01 00:00:00 UTC);
@@ -734,7 +741,7 @@ pub async fn touch_only_moves_last_use_forward(store: S) {
 
 pub async fn duplicate_secret_hash_is_a_conflict(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let first = new_key(org.id);
     let twin = NewApiKey { id: ApiKeyId::new(), ..first.clone() };
     store.create_api_key(first).await.unwrap();
@@ -744,8 +751,8 @@ pub async fn duplicate_secret_hash_is_a_conflict(store: S) {
 
 pub async fn api_keys_are_listed_per_org_in_creation_order(store: S) {
     let ann = user(&store, "ann").await;
-    let a = store.create_org("A", Plan::Pro, ann.id).await.unwrap();
-    let b = store.create_org("B", Plan::Pro, ann.id).await.unwrap();
+    let a = store.create_org("A", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    let b = store.create_org("B", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let a1 = store.create_api_key(new_key(a.id)).await.unwrap();
     let b1 = store.create_api_key(new_key(b.id)).await.unwrap();
     let a2 = store.create_api_key(new_key(a.id)).await.unwrap();
@@ -759,8 +766,8 @@ pub async fn api_keys_are_listed_per_org_in_creation_order(store: S) {
 
 pub async fn audit_is_newest_first_and_per_org(store: S) {
     let ann = user(&store, "ann").await;
-    let a = store.create_org("A", Plan::Pro, ann.id).await.unwrap();
-    let b = store.create_org("B", Plan::Pro, ann.id).await.unwrap();
+    let a = store.create_org("A", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    let b = store.create_org("B", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let full = NewAuditEntry {
         org_id: Some(a.id),
         actor_user_id: Some(ann.id),
@@ -809,7 +816,7 @@ pub async fn audit_is_newest_first_and_per_org(store: S) {
 pub async fn audit_filters_by_action_actor_and_outcome(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     let rows = [
         (Some(ann.id), "instance.create", Outcome::Success),
         (Some(bob.id), "instance.create", Outcome::Failure),
@@ -857,7 +864,7 @@ pub async fn audit_filters_by_action_actor_and_outcome(store: S) {
 
 pub async fn audit_time_window_is_since_inclusive_until_exclusive(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     for i in 0..5 {
         store.append_audit(entry(Some(org.id), &format!("step.{i}"))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -883,7 +890,7 @@ pub async fn audit_time_window_is_since_inclusive_until_exclusive(store: S) {
 
 pub async fn audit_pages_backwards_with_a_cursor(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     // No pauses: entries may share a timestamp, and the id must still order them.
     for i in 0..10 {
         let action = if i % 2 == 0 { "even" } else { "odd" };
@@ -930,7 +937,7 @@ pub async fn audit_pages_backwards_with_a_cursor(store: S) {
 
 pub async fn audit_limit_defaults_to_50_and_is_capped_at_500(store: S) {
     let ann = user(&store, "ann").await;
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     for _ in 0..510 {
         store.append_audit(entry(Some(org.id), "bulk")).await.unwrap();
     }
@@ -958,7 +965,7 @@ pub async fn timestamps_round_trip(store: S) {
         "what is returned is what is stored"
     );
 
-    let org = store.create_org("Acme", Plan::Pro, ann.id).await.unwrap();
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
     assert_eq!(store.org(org.id).await.unwrap().created_at, org.created_at);
     let member = &store.members(org.id).await.unwrap()[0];
     assert!((member.joined_at - now).abs() < time::Duration::seconds(5));
@@ -1004,4 +1011,206 @@ pub async fn plan_rates_are_set_replaced_and_cleared(store: S) {
     store.set_plan_rate(Plan::Free, None).await.unwrap();
     store.set_plan_rate(Plan::Enterprise, None).await.unwrap();
     assert_eq!(store.plan_rates().await.unwrap(), [(Plan::Pro, Rate { per_second: 1000, burst: 100 })]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Abuse limits: registration, organizations per user, invitations.
+
+pub async fn first_user_only_admits_exactly_one_even_when_racing(store: S) {
+    let results =
+        race(8, |i| {
+            let store = store.clone();
+            async move {
+                store.create_user(&email(&format!("u{i}@example.com")), "h", Admission::FirstUserOnly).await
+            }
+        })
+        .await;
+    let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1, "{refused:?}");
+    assert!(ok[0].as_ref().unwrap().is_admin);
+    assert!(refused.iter().all(|r| r == &Err(StoreError::RegistrationClosed)), "{refused:?}");
+    // Open admission still works afterwards.
+    assert!(!user(&store, "later").await.is_admin);
+    assert_eq!(store.counts().await.unwrap().users, 2);
+}
+
+pub async fn owned_organizations_are_capped_even_when_racing(store: S) {
+    let ann = user(&store, "ann").await;
+    let bob = user(&store, "bob").await;
+    let results = race(10, |i| {
+        let store = store.clone();
+        async move { store.create_org(&format!("org{i}"), Plan::Free, ann.id, 3).await }
+    })
+    .await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| r == &Err(StoreError::QuotaExceeded(Limit::MaxOrganizations))),
+        "{results:?}"
+    );
+    // Being a member (not an owner) elsewhere does not count; another user has their own cap.
+    let theirs = store.create_org("Bob's", Plan::Free, bob.id, 3).await.unwrap();
+    store.add_member(theirs.id, ann.id, Role::Admin).await.unwrap();
+    assert_eq!(
+        store.create_org("fourth", Plan::Free, ann.id, 3).await,
+        Err(StoreError::QuotaExceeded(Limit::MaxOrganizations))
+    );
+    assert_eq!(store.orgs_of(ann.id).await.unwrap().len(), 4);
+    // Deleting one frees a slot.
+    let first = store.orgs_of(ann.id).await.unwrap()[0].0.id;
+    store.delete_org(first).await.unwrap();
+    store.create_org("again", Plan::Free, ann.id, 3).await.unwrap();
+}
+
+fn invitation(
+    org: OrgId,
+    to: &str,
+    role: Role,
+    by: UserId,
+    ttl: time::Duration,
+) -> (NewInvitation, SecretHash) {
+    let token_hash = hash();
+    let new = NewInvitation {
+        org_id: org,
+        email: email(to),
+        role,
+        invited_by: by,
+        expires_at: OffsetDateTime::now_utc() + ttl,
+        token_hash,
+    };
+    (new, token_hash)
+}
+
+pub async fn invitations_are_single_use_and_only_for_their_address(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("Acme", Plan::Free, ann.id, 3).await.unwrap();
+    let (new, token) = invitation(org.id, "bob@example.com", Role::Member, ann.id, time::Duration::hours(1));
+    let inv = store.create_invitation(new).await.unwrap();
+    assert_eq!(inv.invited_by, Some(ann.id));
+    assert_eq!(store.invitations(org.id, OffsetDateTime::now_utc()).await.unwrap(), vec![inv.clone()]);
+    assert_eq!(store.invitation_by_hash(&token).await.unwrap(), Some(inv.clone()));
+    assert_eq!(store.invitation_by_hash(&hash()).await.unwrap(), None);
+    let now = OffsetDateTime::now_utc();
+    let eve = email("eve@example.com");
+    assert_eq!(
+        store.accept_invitation(&token, Invitee::New { email: &eve, password_hash: "h" }, now).await,
+        Err(StoreError::Invitation(InvitationError::WrongEmail))
+    );
+    assert!(store.credentials(&eve).await.unwrap().is_none(), "a refused invitee gets no account");
+    assert_eq!(
+        store.accept_invitation(&hash(), Invitee::New { email: &eve, password_hash: "h" }, now).await,
+        Err(StoreError::NotFound)
+    );
+    // Two racing registrations with the one token: exactly one account, one membership.
+    let results = race(4, |_| {
+        let store = store.clone();
+        async move {
+            let bob = email("bob@example.com");
+            store.accept_invitation(&token, Invitee::New { email: &bob, password_hash: "h" }, now).await
+        }
+    })
+    .await;
+    let (ok, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1, "{lost:?}");
+    assert!(lost.iter().all(|r| r == &Err(StoreError::Invitation(InvitationError::Used))), "{lost:?}");
+    let (bob, member) = ok.into_iter().next().unwrap().unwrap();
+    assert!(!bob.is_admin);
+    assert_eq!((member.org_id, member.user_id, member.role), (org.id, bob.id, Role::Member));
+    assert_eq!(store.user(bob.id).await.unwrap(), bob);
+    assert_eq!(store.role_of(org.id, bob.id).await.unwrap(), Some(Role::Member));
+    assert!(store.invitations(org.id, OffsetDateTime::now_utc()).await.unwrap().is_empty());
+    assert_eq!(
+        store.revoke_invitation(org.id, inv.id, OffsetDateTime::now_utc()).await,
+        Err(StoreError::Invitation(InvitationError::Used))
+    );
+}
+
+pub async fn existing_users_accept_and_revoked_or_expired_invitations_are_refused(store: S) {
+    let ann = user(&store, "ann").await;
+    let bob = user(&store, "bob").await;
+    let org = store.create_org("Acme", Plan::Free, ann.id, 3).await.unwrap();
+    let other = store.create_org("Other", Plan::Free, ann.id, 3).await.unwrap();
+    let hour = time::Duration::hours(1);
+    let (new, revoked) = invitation(org.id, "bob@example.com", Role::Admin, ann.id, hour);
+    let inv = store.create_invitation(new).await.unwrap();
+    // Revoking goes through the invitation's own organization only.
+    assert_eq!(
+        store.revoke_invitation(other.id, inv.id, OffsetDateTime::now_utc()).await,
+        Err(StoreError::NotFound)
+    );
+    let gone = store.revoke_invitation(org.id, inv.id, OffsetDateTime::now_utc()).await.unwrap();
+    assert!(gone.revoked_at.is_some());
+    let now = OffsetDateTime::now_utc();
+    assert_eq!(
+        store.accept_invitation(&revoked, Invitee::Existing(bob.id), now).await,
+        Err(StoreError::Invitation(InvitationError::Revoked))
+    );
+    let (new, expiring) = invitation(org.id, "bob@example.com", Role::Admin, ann.id, hour);
+    store.create_invitation(new).await.unwrap();
+    let later = now + hour * 2;
+    assert_eq!(
+        store.accept_invitation(&expiring, Invitee::Existing(bob.id), later).await,
+        Err(StoreError::Invitation(InvitationError::Expired))
+    );
+    assert!(store.invitations(org.id, later).await.unwrap().is_empty());
+    assert_eq!(store.role_of(org.id, bob.id).await.unwrap(), None);
+    let (user2, member) = store.accept_invitation(&expiring, Invitee::Existing(bob.id), now).await.unwrap();
+    assert_eq!((user2, member.role), (bob.clone(), Role::Admin));
+    // Already a member: a second invitation cannot add them twice, and stays pending.
+    let (new, again) = invitation(org.id, "bob@example.com", Role::Viewer, ann.id, hour);
+    store.create_invitation(new).await.unwrap();
+    assert_eq!(
+        store.accept_invitation(&again, Invitee::Existing(bob.id), now).await,
+        Err(StoreError::Conflict("member"))
+    );
+    assert_eq!(store.invitations(org.id, now).await.unwrap().len(), 1);
+    // Deleting the organization takes its invitations with it.
+    store.delete_org(org.id).await.unwrap();
+    assert_eq!(store.invitation_by_hash(&again).await.unwrap(), None);
+}
+
+pub async fn pending_invitations_are_capped_per_org(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("Acme", Plan::Free, ann.id, 3).await.unwrap();
+    let results = race(MAX_PENDING_INVITATIONS as usize + 5, |i| {
+        let store = store.clone();
+        let (new, _) =
+            invitation(org.id, &format!("u{i}@example.com"), Role::Viewer, ann.id, time::Duration::hours(1));
+        async move { store.create_invitation(new).await }
+    })
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), MAX_PENDING_INVITATIONS as usize);
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| r == &Err(StoreError::QuotaExceeded(Limit::MaxInvitations)))
+    );
+    let (new, _) = invitation(OrgId::new(), "x@example.com", Role::Viewer, ann.id, time::Duration::hours(1));
+    assert_eq!(store.create_invitation(new).await, Err(StoreError::NotFound));
+}
+
+pub async fn deployment_audit_lists_only_entries_without_an_org(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("A", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    for action in ["auth.login", "auth.register", "auth.login", "api_key.create"] {
+        store.append_audit(entry(None, action)).await.unwrap();
+        store.append_audit(entry(Some(org.id), action)).await.unwrap();
+    }
+    let all = store.deployment_audit_logs(&AuditQuery::default()).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["api_key.create", "auth.login", "auth.register", "auth.login"]);
+    assert!(all.iter().all(|e| e.org_id.is_none()));
+    let logins = AuditQuery { action: Some("auth.login".into()), ..AuditQuery::default() };
+    assert_eq!(store.deployment_audit_logs(&logins).await.unwrap().len(), 2);
+    // Pages go backwards with the same cursor as an organization's.
+    let page = AuditQuery { limit: 2, ..AuditQuery::default() };
+    let first = store.deployment_audit_logs(&page).await.unwrap();
+    let next = AuditQuery { before: Some(first[1].id), ..page.clone() };
+    let second = store.deployment_audit_logs(&next).await.unwrap();
+    assert_eq!(second.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["auth.register", "auth.login"]);
+    assert_eq!(store.audit_logs(org.id, &AuditQuery::default()).await.unwrap().len(), 4);
 }

@@ -92,12 +92,18 @@ conformance!(
     audit_limit_defaults_to_50_and_is_capped_at_500,
     // Time.
     timestamps_round_trip,
+    first_user_only_admits_exactly_one_even_when_racing,
+    owned_organizations_are_capped_even_when_racing,
+    invitations_are_single_use_and_only_for_their_address,
+    existing_users_accept_and_revoked_or_expired_invitations_are_refused,
+    pending_invitations_are_capped_per_org,
+    deployment_audit_lists_only_entries_without_an_org,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
 mod sqlite_only {
     use redisgate_core::account::Email;
-    use redisgate_core::store::Store;
+    use redisgate_core::store::{Admission, Store};
     use redisgate_store::SqliteStore;
 
     #[tokio::test]
@@ -108,12 +114,18 @@ mod sqlite_only {
         let email = Email::parse("ann@example.com").unwrap();
         let ann = {
             let store = SqliteStore::open(path).await.unwrap();
-            store.create_user(&email, "h").await.unwrap()
+            store.create_user(&email, "h", Admission::Anyone).await.unwrap()
         };
         // Re-opening runs the migrations again, which must be a no-op.
         let store = SqliteStore::open(path).await.unwrap();
         assert_eq!(store.user(ann.id).await.unwrap(), ann);
-        assert!(!store.create_user(&Email::parse("bob@example.com").unwrap(), "h").await.unwrap().is_admin);
+        assert!(
+            !store
+                .create_user(&Email::parse("bob@example.com").unwrap(), "h", Admission::Anyone)
+                .await
+                .unwrap()
+                .is_admin
+        );
     }
 
     #[tokio::test]
@@ -135,7 +147,10 @@ mod sqlite_only {
     #[tokio::test]
     async fn in_memory_store_works_for_tests() {
         let store = SqliteStore::open(":memory:").await.unwrap();
-        let ann = store.create_user(&Email::parse("ann@example.com").unwrap(), "h").await.unwrap();
+        let ann = store
+            .create_user(&Email::parse("ann@example.com").unwrap(), "h", Admission::Anyone)
+            .await
+            .unwrap();
         assert!(ann.is_admin);
         assert_eq!(store.user(ann.id).await.unwrap(), ann);
     }
@@ -161,6 +176,7 @@ mod sqlite_only {
             [
                 "api_keys",
                 "audit_logs",
+                "invitations",
                 "memberships",
                 "organizations",
                 "plan_rate_limits",
