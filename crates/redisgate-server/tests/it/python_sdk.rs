@@ -78,13 +78,14 @@ async fn upstash_redis_python_sdk() {
     gate.shutdown().await;
 }
 
-/// The platform: an instance RedisGate runs, reached at `/redis/{id}` with an API key (admin
-/// scope, because the suite's read-your-writes case runs EVAL).
+/// The platform: an instance RedisGate runs, reached at `/redis/{id}` with a read-write API
+/// key, the scope an application gets (the suite's read-your-writes case runs EVAL, which
+/// read-write keys may, as Upstash's standard token).
 #[tokio::test(flavor = "multi_thread")]
 async fn upstash_redis_python_sdk_through_an_instance() {
     let gate = crate::api::control_plane().await;
     let tenant = crate::instances::Tenant::new(&gate, "sdk@example.com").await;
-    let (key, _) = tenant.key(serde_json::json!({"name": "sdk", "scope": "admin"})).await;
+    let (key, _) = tenant.key(serde_json::json!({"name": "sdk", "scope": "read-write"})).await;
     run_pytest(&format!("{}/redis/{}", gate.base, tenant.instance), &key).await;
     drop(tenant);
     gate.shutdown().await;
