@@ -150,7 +150,7 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
 /// policy, run, encode. The protocol path is the request's path from `path_start` on.
 async fn serve(gw: &Gateway, principal: Principal, path_start: usize, req: Request) -> Response {
     let Some(_in_flight) = gw.slots.request(principal.caller) else {
-        return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_REQUESTS, &gw.sync);
+        return reply::error(StatusCode::TOO_MANY_REQUESTS, &gw.slots.too_many_requests(), &gw.sync);
     };
     let Some((bucket, rate)) = principal.limit else {
         return serve_admitted(gw, principal, path_start, req).await;
@@ -257,7 +257,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let slot = match &req {
         Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => match gw.slots.stream(p.caller) {
             Some(slot) => Some(slot),
-            None => return reply::error(StatusCode::TOO_MANY_REQUESTS, slots::TOO_MANY_STREAMS, sync),
+            None => return reply::error(StatusCode::TOO_MANY_REQUESTS, &gw.slots.too_many_streams(), sync),
         },
         _ => None,
     };

@@ -13,11 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::ops::ratelimit::Bucket;
 
-/// The answer past `max_requests_in_flight_per_key` (429).
-pub const TOO_MANY_REQUESTS: &str = "ERR too many requests in flight for this key; retry when one is done";
-/// The answer past `max_streams_per_key` (429).
-pub const TOO_MANY_STREAMS: &str = "ERR too many concurrent streams for this key; close one first";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Request,
@@ -50,6 +45,19 @@ impl Slots {
     /// A place for one more SSE stream of `caller`, unless it has the most already.
     pub fn stream(self: &Arc<Self>, caller: Bucket) -> Option<Slot> {
         self.take((caller, Kind::Stream), self.max_streams)
+    }
+
+    /// The answer past `max_requests_in_flight_per_key` (429), naming the limit.
+    pub fn too_many_requests(&self) -> String {
+        format!(
+            "ERR too many requests in flight for this key (limit {}); retry when one is done",
+            self.max_requests
+        )
+    }
+
+    /// The answer past `max_streams_per_key` (429), naming the limit.
+    pub fn too_many_streams(&self) -> String {
+        format!("ERR too many concurrent streams for this key (limit {}); close one first", self.max_streams)
     }
 
     fn take(self: &Arc<Self>, key: (Bucket, Kind), max: usize) -> Option<Slot> {

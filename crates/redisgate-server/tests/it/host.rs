@@ -143,7 +143,10 @@ async fn sse_streams_per_key_are_bounded() {
     let (s3, r3) = stream(&g, &t.instance, &a).await;
     assert_eq!(s3, 429);
     let body: Value = r3.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().starts_with("ERR too many concurrent streams"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("ERR too many concurrent streams for this key (limit 2)"),
+        "{body}"
+    );
     // Another key of the same organization still gets its streams.
     let (sb, rb) = stream(&g, &t.instance, &b).await;
     assert_eq!(sb, 200);
@@ -216,7 +219,13 @@ async fn requests_in_flight_per_token_are_bounded() {
         let r = g.post("/", r#"["PING"]"#).await;
         if r.status() == 429 {
             let body: Value = r.json().await.unwrap();
-            assert!(body["error"].as_str().unwrap().starts_with("ERR too many requests in flight"), "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ERR too many requests in flight for this key (limit 2)"),
+                "{body}"
+            );
             break;
         }
         assert_eq!(r.status(), 200);
