@@ -49,13 +49,15 @@ fn record_outcome<T>(span: &Span, result: &Result<T, BackendError>, failed: impl
 /// Runs one command.
 pub async fn single(backend: &Backend, cmd: Command, access: Access) -> Result<Value, BackendError> {
     let span = redis_span(|| command_label(cmd.name()), None);
+    // Whether the client sent a script, decided before the compatibility rules: the scripts
+    // they write themselves (ZRANGE … LIMIT) are RedisGate's own and run on the shared
+    // connection, whatever the key's scope, as in a batch.
+    let scripts = Kinds::of([&cmd]);
     let run = async {
-        match compat::plan(cmd) {
-            Plan::Reply(v) => Ok(v),
-            Plan::Forward(cmd) => match Kinds::of([&cmd]) {
-                Some(kinds) => backend.run_script(&packed(&cmd), access, kinds).await,
-                None => backend.run(&packed(&cmd)).await,
-            },
+        match (compat::plan(cmd), scripts) {
+            (Plan::Reply(v), _) => Ok(v),
+            (Plan::Forward(cmd), Some(kinds)) => backend.run_script(&packed(&cmd), access, kinds).await,
+            (Plan::Forward(cmd), None) => backend.run(&packed(&cmd)).await,
         }
     };
     let result = run.instrument(span.clone()).await;
@@ -114,7 +116,7 @@ pub async fn pipeline(
 ) -> Result<Vec<Value>, BackendError> {
     let span = redis_span(|| "PIPELINE", Some(cmds.len()));
     let run = async {
-        let scripts = Kinds::of(&cmds);
+        let scripts = Kinds::of(&cmds); // the client's, as in `single`
         let (pipe, slots, sent) = plan_batch(cmds);
         let replies =
             if sent == 0 { Vec::new() } else { send_batch(backend, &pipe, sent, access, scripts).await? };

@@ -289,3 +289,28 @@ async fn scripts_run_with_the_rights_of_the_keys_scope() {
     assert_eq!(r, (200, json!({"result": "OK"})));
     assert_eq!(redis_cmd(&g, &t.instance, &rw, json!(["GET", "k"])).await, (200, json!({"result": null})));
 }
+
+/// ZRANGE with LIMIT on a rank range is emulated with RedisGate's own Lua (PROTOCOL.md §10):
+/// a read-only key, which may send no script itself, still gets the read it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_scripts_run_for_read_only_keys() {
+    let g = gate_with_script_timeout().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (rw, _) = t.key(json!({"name": "rw", "scope": "read-write"})).await;
+    let (ro, _) = t.key(json!({"name": "ro", "scope": "read-only"})).await;
+    let zadd = json!(["ZADD", "z", 1, "a", 2, "b", 3, "c"]);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, zadd).await, (200, json!({"result": 3})));
+    let zrange = json!(["ZRANGE", "z", 0, -1, "LIMIT", 1, 1]);
+    assert_eq!(redis_cmd(&g, &t.instance, &ro, zrange.clone()).await, (200, json!({"result": ["b"]})));
+    for path in ["pipeline", "multi-exec"] {
+        let r = g
+            .http
+            .post(g.url(&format!("/redis/{}/{path}", t.instance)))
+            .bearer_auth(&ro)
+            .json(&json!([zrange]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap(), json!([{"result": ["b"]}]), "{path}");
+    }
+}
