@@ -236,6 +236,9 @@ pub trait Store: Send + Sync + 'static {
     /// The entries of no organization (logins, registrations, attempts by non-members), with
     /// the same filters and pages as `audit_logs`.
     async fn deployment_audit_logs(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+    /// Deletes at most `limit` of the oldest entries created before `before` and answers how
+    /// many went: retention calls it in batches, so no call holds a long lock.
+    async fn prune_audit(&self, before: OffsetDateTime, limit: u32) -> StoreResult<u64>;
 
     // Plan rate limits.
     /// The rates set for plans (plans without one use the configuration).

@@ -42,7 +42,7 @@ use redisgate_core::store::Store;
 use redisgate_provision::{LocalOptions, LocalProvisioner};
 
 use crate::api::ApiState;
-use crate::api::auth::LoginThrottle;
+use crate::api::auth::{AnonymousLimit, LoginThrottle};
 use crate::config::{BackendSettings, CorsSettings, RateLimitMode, Settings};
 use crate::gateway::auth::{Principal, Tokens};
 use crate::gateway::backend::Backend;
@@ -149,9 +149,12 @@ pub async fn launch(
             a.max_failed_logins_per_email,
             a.max_failed_logins_per_ip,
         ),
+        anonymous: AnonymousLimit::new(a.anonymous_rate()),
         max_orgs_per_user: settings.quota.max_organizations_per_user,
         trusted_proxies: settings.http.trusted_proxies.clone(),
     });
+    tracker.spawn(forget_idle_addresses(Arc::clone(&api), cancel.clone()));
+    tracker.spawn(api::audit::retention(Arc::clone(&api.store), settings.audit.retention, cancel.clone()));
     // A separate metrics listener, when configured, is bound before serving starts so that a
     // taken port fails start-up instead of silently dropping the metrics.
     let metrics_listener = match settings.metrics_listen {
@@ -258,6 +261,16 @@ async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
                 keys.refresh_plan_rates().await;
             }
             () = cancel.cancelled() => return keys.flush_usage().await,
+        }
+    }
+}
+
+/// Keeps `auth.anonymous_rate`'s memory to the addresses seen within the last seconds.
+async fn forget_idle_addresses(api: Arc<ApiState>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => api.anonymous.forget_idle(),
+            () = cancel.cancelled() => return,
         }
     }
 }

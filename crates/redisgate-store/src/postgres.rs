@@ -1105,6 +1105,19 @@ impl Store for PgStore {
         self.audit_page(None, query).await
     }
 
+    async fn prune_audit(&self, before: OffsetDateTime, limit: u32) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM audit_logs WHERE id IN \
+             (SELECT id FROM audit_logs WHERE created_at < $1 ORDER BY created_at, id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "audit entry"))?;
+        Ok(done.rows_affected())
+    }
+
     async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>> {
         let rows: Vec<(String, i32, i32)> =
             sqlx::query_as("SELECT plan, per_second, burst FROM plan_rate_limits ORDER BY plan")

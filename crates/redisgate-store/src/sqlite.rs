@@ -1204,6 +1204,20 @@ impl Store for SqliteStore {
         self.audit_page(None, query).await
     }
 
+    async fn prune_audit(&self, before: OffsetDateTime, limit: u32) -> StoreResult<u64> {
+        // Timestamps are fixed-width UTC text, so they compare as they sort.
+        let done = sqlx::query(
+            "DELETE FROM audit_logs WHERE id IN \
+             (SELECT id FROM audit_logs WHERE created_at < ?1 ORDER BY created_at, id LIMIT ?2)",
+        )
+        .bind(ts(before))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     // Plan rate limits.
 
     async fn plan_rates(&self) -> StoreResult<Vec<(Plan, Rate)>> {

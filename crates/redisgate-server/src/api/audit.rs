@@ -1,5 +1,6 @@
 //! The audit log: recorded for every management mutation and every login, listed per
-//! organization with filters and pagination. Entries never hold a secret.
+//! organization with filters and pagination. Entries never hold a secret. Entries older
+//! than `audit.retention` are deleted by [`retention`], a background task.
 
 use std::sync::Arc;
 
@@ -8,8 +9,10 @@ use redisgate_core::account::User;
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{AuditId, OrgId, UserId};
 use redisgate_core::org::Action;
+use redisgate_core::store::{Store, StoreResult};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -185,6 +188,54 @@ async fn deployment(
     let query = f.query()?;
     let items = state.store.deployment_audit_logs(&query).await?;
     Ok(axum::Json(AuditPage::of(items, query.limit)))
+}
+
+/// Entries deleted per statement: small enough that no statement holds the table (SQLite's
+/// single writer, PostgreSQL's row locks) for long, while a backlog still goes quickly.
+const PRUNE_BATCH: u32 = 1000;
+
+/// How often [`retention`] looks for entries past the retention.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the entries created before `before`, batch by batch, until none is left or
+/// `cancel` fires; answers how many went.
+pub async fn prune(
+    store: &dyn Store,
+    before: OffsetDateTime,
+    cancel: &CancellationToken,
+) -> StoreResult<u64> {
+    let mut total = 0;
+    while !cancel.is_cancelled() {
+        let n = store.prune_audit(before, PRUNE_BATCH).await?;
+        total += n;
+        if n < u64::from(PRUNE_BATCH) {
+            break;
+        }
+        // Let other writers in between batches.
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
+}
+
+/// `audit.retention`: prunes at start, then every [`PRUNE_INTERVAL`], until `cancel`.
+pub async fn retention(store: Arc<dyn Store>, keep: std::time::Duration, cancel: CancellationToken) {
+    let keep = time::Duration::try_from(keep).expect("audit.retention is validated");
+    let mut every = tokio::time::interval(PRUNE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        match prune(store.as_ref(), OffsetDateTime::now_utc() - keep, &cancel).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!(crate::ops::metrics::AUDIT_PRUNED).increment(n);
+                tracing::info!(audit.pruned = n, "deleted audit entries past audit.retention");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not prune the audit log; retrying next hour"),
+        }
+    }
 }
 
 pub fn routes() -> OpenApiRouter<Arc<ApiState>> {

@@ -1,5 +1,11 @@
 //! Accounts: register, log in (throttled), who am I, log out.
 //!
+//! The routes anyone may call (register, log in, and accepting an invitation) are first
+//! held to `auth.anonymous_rate` per client address ([`Admitted`]): past it a request is
+//! refused before any password hash, store read or audit row, so a flood from one address
+//! costs neither CPU nor database growth. Those refusals are counted in
+//! `auth_rate_limit_rejections_total`, not audited (auditing them would be the growth).
+//!
 //! Passwords are hashed with Argon2id off the async threads. Sessions are opaque bearer
 //! tokens (`rgs_…`, 256 random bits) that expire; only their SHA-256 is stored, so a copy of
 //! the database logs nobody in.
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use http::StatusCode;
@@ -20,6 +26,7 @@ use redisgate_core::account::{self, Email, Registration, User};
 use redisgate_core::audit::Outcome;
 use redisgate_core::org::Role;
 use redisgate_core::quota::Plan;
+use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{Admission, Invitee, SecretHash, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,6 +35,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::gateway::auth::bearer;
+use crate::ops::metrics::AUTH_RATE_LIMIT_REJECTIONS;
+use crate::ops::ratelimit::LocalLimiter;
 
 use super::{ApiError, ApiJson, ApiResult, ApiState, RequestMeta, State};
 use crate::api::audit;
@@ -67,6 +76,50 @@ fn throttle_address(ip: Option<&str>) -> String {
         },
         Some(ip) => ip.to_string(),
         None => ip.unwrap_or("-").to_owned(),
+    }
+}
+
+/// `auth.anonymous_rate`: GCRA per client address (as the login throttle counts them), in
+/// this process' memory.
+pub struct AnonymousLimit {
+    rate: Rate,
+    buckets: LocalLimiter<String>,
+}
+
+impl AnonymousLimit {
+    pub fn new(rate: Rate) -> Self {
+        Self { rate, buckets: LocalLimiter::new() }
+    }
+
+    /// Spends one request of the address, or `Err(retry_after)`.
+    fn check(&self, ip: Option<&str>) -> Result<(), Duration> {
+        let d = self.buckets.check(throttle_address(ip), self.rate);
+        if d.allowed { Ok(()) } else { Err(d.retry_after) }
+    }
+
+    /// Forgets addresses whose budget is full again; called periodically, so memory is
+    /// bounded by the addresses seen within one burst's refill time.
+    pub fn forget_idle(&self) {
+        self.buckets.retain_recent();
+    }
+}
+
+/// Where a request to an anonymous route came from, once `auth.anonymous_rate` admitted it.
+/// Extracted before the body, so even malformed requests spend the budget.
+pub struct Admitted(pub RequestMeta);
+
+impl FromRequestParts<Arc<ApiState>> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let Ok(meta) = RequestMeta::from_request_parts(parts, state).await;
+        if let Err(retry_after) = state.anonymous.check(meta.ip.as_deref()) {
+            // The route template: a closed set of label values.
+            let route = parts.extensions.get::<MatchedPath>().map_or("-", MatchedPath::as_str).to_owned();
+            metrics::counter!(AUTH_RATE_LIMIT_REJECTIONS, "route" => route).increment(1);
+            return Err(ApiError::TooManyRequests { retry_after });
+        }
+        Ok(Admitted(meta))
     }
 }
 
@@ -268,6 +321,7 @@ pub struct NewAccount {
 /// an invitation, `open` lets anyone in, `closed` nobody.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = NewAccount,
     responses((status = 201, body = User),
+        (status = 429, description = "too many requests from this address (`auth.anonymous_rate`)", body = super::error::ErrorBody),
         (status = 403, description = "invitation required, registration closed, or the invitation is for another e-mail", body = super::error::ErrorBody),
         (status = 404, description = "unknown invitation", body = super::error::ErrorBody),
         (status = 409, description = "e-mail taken", body = super::error::ErrorBody),
@@ -275,7 +329,7 @@ pub struct NewAccount {
         (status = 422, body = super::error::ErrorBody)))]
 async fn register(
     state: State,
-    meta: RequestMeta,
+    Admitted(meta): Admitted,
     ApiJson(c): ApiJson<NewAccount>,
 ) -> ApiResult<impl IntoResponse> {
     let email = Email::parse(&c.email).map_err(|m| ApiError::validation("email", m))?;
@@ -346,10 +400,10 @@ async fn create_account(
 
 /// Log in; answers a session token.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Credentials,
-    responses((status = 200, body = LoginAnswer), (status = 401, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
+    responses((status = 200, body = LoginAnswer), (status = 401, body = super::error::ErrorBody), (status = 429, description = "throttled failures, or too many requests from this address", body = super::error::ErrorBody)))]
 async fn login(
     state: State,
-    meta: RequestMeta,
+    Admitted(meta): Admitted,
     ApiJson(c): ApiJson<Credentials>,
 ) -> ApiResult<axum::Json<LoginAnswer>> {
     let email = Email::parse(&c.email).map_err(|m| ApiError::validation("email", m))?;

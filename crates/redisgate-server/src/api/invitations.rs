@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::audit;
-use super::auth::{CurrentUser, hash_secret, random_token};
+use super::auth::{Admitted, CurrentUser, hash_secret, random_token};
 use super::error::ErrorBody;
 use super::orgs::may_manage;
 use super::{ApiError, ApiJson, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
@@ -142,10 +142,12 @@ async fn revoke(
     request_body = Acceptance,
     responses((status = 200, body = Member), (status = 403, description = "the invitation is for another e-mail", body = ErrorBody),
         (status = 404, description = "unknown invitation", body = ErrorBody), (status = 409, description = "already a member", body = ErrorBody),
-        (status = 410, description = "used, revoked or expired", body = ErrorBody)))]
+        (status = 410, description = "used, revoked or expired", body = ErrorBody),
+        (status = 429, description = "too many requests from this address (`auth.anonymous_rate`)", body = ErrorBody)))]
 async fn accept(
     state: State,
-    meta: RequestMeta,
+    // Before the session lookup: guessing tokens is held to the same per-address budget.
+    Admitted(meta): Admitted,
     CurrentUser(user): CurrentUser,
     ApiJson(req): ApiJson<Acceptance>,
 ) -> ApiResult<axum::Json<Member>> {

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub rate_limit: crate::config::RateLimitSettings,
     pub auth: AuthSettings,
     pub throttle: auth::LoginThrottle,
+    /// `auth.anonymous_rate`.
+    pub anonymous: auth::AnonymousLimit,
     /// `quota.max_organizations_per_user`.
     pub max_orgs_per_user: u32,
     /// `http.trusted_proxies`: peers whose forwarding headers name the client.

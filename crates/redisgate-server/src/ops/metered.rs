@@ -116,6 +116,7 @@ metered! {
     fn append_audit(&self, entry: NewAuditEntry) -> ();
     fn audit_logs(&self, org: OrgId, query: &AuditQuery) -> Vec<AuditEntry>;
     fn deployment_audit_logs(&self, query: &AuditQuery) -> Vec<AuditEntry>;
+    fn prune_audit(&self, before: OffsetDateTime, limit: u32) -> u64;
     fn plan_rates(&self) -> Vec<(Plan, Rate)>;
     fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> ();
     fn counts(&self) -> Counts;

@@ -35,6 +35,8 @@ pub const API_KEY_REQUESTS: &str = "api_key_requests_total";
 pub const API_KEY_AUTH_FAILURES: &str = "api_key_auth_failures_total";
 pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
 pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
+pub const AUTH_RATE_LIMIT_REJECTIONS: &str = "auth_rate_limit_rejections_total";
+pub const AUDIT_PRUNED: &str = "audit_entries_pruned_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -86,6 +88,11 @@ fn describe() {
     describe_counter!(API_KEY_REQUESTS, "Data-plane requests authenticated by an API key");
     describe_counter!(API_KEY_AUTH_FAILURES, "Data-plane requests refused for a bad key");
     describe_counter!(RATE_LIMIT_REJECTIONS, "Requests refused by the rate limiter (429)");
+    describe_counter!(
+        AUTH_RATE_LIMIT_REJECTIONS,
+        "Requests to register, log in or accept an invitation refused by auth.anonymous_rate (429, not audited), by route"
+    );
+    describe_counter!(AUDIT_PRUNED, "Audit log entries deleted by audit.retention");
     describe_counter!(
         RATE_LIMIT_FALLBACKS,
         "Requests limited locally because the shared (distributed) limiter could not answer"

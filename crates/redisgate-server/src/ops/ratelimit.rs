@@ -13,7 +13,7 @@
 //! never fails a request.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher as _;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -45,7 +45,9 @@ impl std::fmt::Display for Bucket {
 /// The data plane's limiter: shared budgets when distributed, with the local ones as the
 /// fall-back.
 pub struct RateLimiter {
-    local: LocalLimiter,
+    // Buckets are ids of authenticated keys or token positions, not attacker-chosen input:
+    // the fast hash is safe here.
+    local: LocalLimiter<Bucket, rustc_hash::FxBuildHasher>,
     shared: Option<SharedLimiter>,
 }
 
@@ -86,31 +88,61 @@ impl RateLimiter {
 
 const SHARDS: usize = 16;
 
-/// TATs per bucket, sharded so concurrent requests of different keys rarely share a lock.
-struct LocalLimiter {
+/// TATs per key, sharded so concurrent requests of different keys rarely share a lock.
+/// Keys chosen by clients (addresses) keep the default, keyed hash.
+pub struct LocalLimiter<K, S = RandomState> {
     epoch: Instant,
-    // Buckets are ids of authenticated keys or token positions, not attacker-chosen input:
-    // the fast hash is safe here.
-    shards: [Mutex<HashMap<Bucket, u64, rustc_hash::FxBuildHasher>>; SHARDS],
+    hasher: S,
+    shards: [Mutex<HashMap<K, u64, S>>; SHARDS],
 }
 
-impl LocalLimiter {
-    fn new() -> Self {
-        LocalLimiter { epoch: Instant::now(), shards: Default::default() }
+impl<K: Hash + Eq, S: BuildHasher + Clone + Default> LocalLimiter<K, S> {
+    pub fn new() -> Self {
+        let hasher = S::default();
+        LocalLimiter {
+            epoch: Instant::now(),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(hasher.clone()))),
+            hasher,
+        }
     }
 
     /// Uses tokio's clock, so tests can pause it.
-    fn check(&self, bucket: Bucket, rate: Rate) -> Decision {
+    fn now(&self) -> u64 {
         // Offset by a second so that "never seen" (TAT 0) is always in the past.
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000;
-        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(bucket) as usize) % SHARDS];
+        self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000
+    }
+
+    pub fn check(&self, key: K, rate: Rate) -> Decision {
+        let now = self.now();
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
         let mut map = shard.lock().expect("rate limiter lock");
-        let tat = map.get(&bucket).copied().unwrap_or(0);
+        let tat = map.get(&key).copied().unwrap_or(0);
         let (decision, new_tat) = rate.check(tat, now);
         if new_tat != tat {
-            map.insert(bucket, new_tat);
+            map.insert(key, new_tat);
         }
         decision
+    }
+
+    /// Forgets the keys whose bucket is full again (TAT in the past): for GCRA they are the
+    /// same as keys never seen, so this changes no decision and bounds memory by the keys
+    /// active within one burst's refill time.
+    pub fn retain_recent(&self) {
+        let now = self.now();
+        for shard in &self.shards {
+            shard.lock().expect("rate limiter lock").retain(|_, tat| *tat > now);
+        }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("rate limiter lock").len()).sum()
+    }
+}
+
+impl<K: Hash + Eq, S: BuildHasher + Clone + Default> Default for LocalLimiter<K, S> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -188,7 +220,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gcra_on_a_paused_clock() {
-        let limiter = LocalLimiter::new();
+        let limiter = LocalLimiter::<Bucket, rustc_hash::FxBuildHasher>::new();
         let rate = Rate { per_second: 10, burst: 5 };
         let key = Bucket::Token(0);
         let admitted = (0..8).filter(|_| limiter.check(key, rate).allowed).count();
@@ -205,6 +237,28 @@ mod tests {
         // After a quiet second the bucket is full again.
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!((0..8).filter(|_| limiter.check(key, rate).allowed).count(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_buckets_are_forgotten_without_changing_decisions() {
+        let limiter = LocalLimiter::<u32>::new();
+        let rate = Rate { per_second: 10, burst: 5 };
+        for key in 0..1000 {
+            assert!(limiter.check(key, rate).allowed);
+        }
+        (0..4).for_each(|_| assert!(limiter.check(7, rate).allowed));
+        assert!(!limiter.check(7, rate).allowed, "key 7 spent its burst");
+        limiter.retain_recent();
+        assert_eq!(limiter.remembered(), 1000, "no bucket has refilled yet");
+        // One emission interval later only key 7 is still below full.
+        tokio::time::advance(Duration::from_millis(101)).await;
+        limiter.retain_recent();
+        assert_eq!(limiter.remembered(), 1, "the others are as good as never seen");
+        assert!(limiter.check(7, rate).allowed, "one more after 100 ms, as before");
+        assert!(!limiter.check(7, rate).allowed, "and still remembered as spent");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        limiter.retain_recent();
+        assert_eq!(limiter.remembered(), 0);
     }
 
     #[test]

@@ -431,3 +431,100 @@ async fn invitation_routes_are_in_the_openapi_document() {
     let register = &doc["components"]["schemas"]["NewAccount"]["properties"];
     assert!(register.get("invitation").is_some(), "{register}");
 }
+
+/// The per-address budget of the anonymous auth routes (`auth.anonymous_rate`'s default).
+const ANONYMOUS_BURST: usize = 30;
+
+/// The deployment's own audit entries from client address `ip`.
+async fn deployment_entries_from(root: &Api<'_>, ip: &str) -> Vec<Value> {
+    let (s, page) = root.get("/api/audit-logs?limit=500").await;
+    assert_eq!(s, 200, "{page}");
+    page["items"].as_array().unwrap().iter().filter(|e| e["ip"] == ip).cloned().collect()
+}
+
+#[tokio::test]
+async fn a_flood_of_anonymous_requests_is_refused_before_it_writes_anything() {
+    // Clients are told apart by the header the (trusted) test client writes; all loopback.
+    let mut settings = Settings::default();
+    settings.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let g = Gate::start_as_deployed(settings).await;
+    let (root, _) = bootstrap(&g).await;
+    let stranger = json!({"email": "eve@example.com", "password": PASSWORD});
+    let guess = json!({"email": "root@example.com", "password": "not the password"});
+    let mut answers = Vec::new();
+    for i in 0..ANONYMOUS_BURST + 20 {
+        // Refused registrations and failed logins: each used to leave an audit row.
+        let (path, body) = if i % 2 == 0 { ("/auth/register", &stranger) } else { ("/auth/login", &guess) };
+        let r =
+            g.http.post(g.url(path)).header("x-forwarded-for", "127.0.0.2").json(body).send().await.unwrap();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        answers.push((r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap()));
+    }
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    // The login throttle (past 5 failures per e-mail) answers 429 too, but with an audit row;
+    // the address limit refuses everything past the burst, registrations included.
+    assert!(
+        answers[ANONYMOUS_BURST + 1..].iter().all(|(s, _, _)| *s == 429),
+        "past the burst every request is refused: {answers:?}"
+    );
+    for (s, retry_after, body) in &refused {
+        assert_error(*s, body, 429, "too_many_requests");
+        assert!(retry_after.as_deref().is_some_and(|v| v.parse::<u64>().unwrap() >= 1), "{body}");
+    }
+    // The metadata store grew by at most the burst, not by the flood.
+    let written = deployment_entries_from(&root, "127.0.0.2").await.len();
+    assert!(written <= ANONYMOUS_BURST, "{written} audit rows for one address");
+    // Another address has its own budget.
+    let (s, body) = post_from(&g, "127.0.0.3", "/auth/register", stranger.clone()).await;
+    assert_error(s, &body, 403, "invitation_required");
+    let other = json!({"email": "nobody@example.com", "password": "not the password"});
+    let (s, body) = post_from(&g, "127.0.0.3", "/auth/login", other).await;
+    assert_error(s, &body, 401, "invalid_credentials");
+    // The refusals are counted where an operator sees them.
+    let (_, metrics) = Api::anon(&g).get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("auth_rate_limit_rejections_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn audit_entries_older_than_the_retention_are_pruned() {
+    let data = tempfile::tempdir().unwrap();
+    let settings = Settings { data_dir: data.path().to_owned(), ..Settings::default() };
+    let g = Gate::start_with_data_dir(settings.clone()).await;
+    let (root, base) = bootstrap(&g).await;
+    assert_eq!(audit_actions(&root, &base).await.len(), 1, "org.create");
+    g.shutdown().await;
+    // The registration becomes a year old (the stores write the time themselves).
+    {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}", data.path().join("redisgate.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let aged = sqlx::query("UPDATE audit_logs SET created_at = ?1 WHERE action = 'auth.register'")
+            .bind("2025-01-01T00:00:00.000000Z")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(aged.rows_affected(), 1);
+    }
+    let g = Gate::start_with_data_dir(settings).await;
+    let root = login(&g, "root@example.com").await;
+    // Retention runs at start and then periodically: poll until the old entry is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, page) = root.get("/api/audit-logs?action=auth.register").await;
+        assert_eq!(s, 200, "{page}");
+        if page["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the year-old entry was never pruned: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Recent entries stay.
+    let (_, logins) = root.get("/api/audit-logs?action=auth.login").await;
+    assert_eq!(logins["items"].as_array().unwrap().len(), 2, "{logins}");
+    assert_eq!(audit_actions(&root, &base).await.len(), 1, "org.create stays");
+    g.shutdown().await;
+}

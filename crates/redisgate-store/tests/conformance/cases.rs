@@ -813,6 +813,38 @@ pub async fn audit_is_newest_first_and_per_org(store: S) {
     assert_eq!(other.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["org.rename"]);
 }
 
+pub async fn audit_prune_removes_old_entries_in_batches_and_keeps_new_ones(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+    for action in ["old.1", "old.2", "old.3"] {
+        store.append_audit(entry(Some(org.id), action)).await.unwrap();
+    }
+    store.append_audit(entry(None, "old.deployment")).await.unwrap();
+    let all = AuditQuery { limit: 100, ..AuditQuery::default() };
+    let newest_old = store.audit_logs(org.id, &all).await.unwrap()[0].created_at;
+    // Stores keep microseconds: wait (without sleeping) until the clock has moved past them.
+    while OffsetDateTime::now_utc() <= newest_old + time::Duration::milliseconds(1) {
+        tokio::task::yield_now().await;
+    }
+    let cutoff = OffsetDateTime::now_utc();
+    store.append_audit(entry(Some(org.id), "new")).await.unwrap();
+    store.append_audit(entry(None, "new.deployment")).await.unwrap();
+
+    // Nothing is older than a cutoff before every entry.
+    assert_eq!(store.prune_audit(cutoff - time::Duration::days(1), 10).await.unwrap(), 0);
+    // Batches: at most `limit` at a time, oldest first, across organizations.
+    assert_eq!(store.prune_audit(cutoff, 2).await.unwrap(), 2);
+    let left: Vec<_> = store.audit_logs(org.id, &all).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(left, ["new", "old.3"]);
+    assert_eq!(store.prune_audit(cutoff, 10).await.unwrap(), 2);
+    assert_eq!(store.prune_audit(cutoff, 10).await.unwrap(), 0, "nothing old is left");
+    let left: Vec<_> = store.audit_logs(org.id, &all).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(left, ["new"]);
+    let deployment: Vec<_> =
+        store.deployment_audit_logs(&all).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(deployment, ["new.deployment"]);
+}
+
 pub async fn audit_filters_by_action_actor_and_outcome(store: S) {
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;

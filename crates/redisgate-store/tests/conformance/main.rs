@@ -86,6 +86,7 @@ conformance!(
     api_keys_are_listed_per_org_in_creation_order,
     // Audit.
     audit_is_newest_first_and_per_org,
+    audit_prune_removes_old_entries_in_batches_and_keeps_new_ones,
     audit_filters_by_action_actor_and_outcome,
     audit_time_window_is_since_inclusive_until_exclusive,
     audit_pages_backwards_with_a_cursor,
