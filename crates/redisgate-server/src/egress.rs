@@ -27,9 +27,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::config::{ConfigError, Settings};
 
 /// The ports local instances listen on right now (they come and go).
 pub type LocalPorts = Arc<dyn Fn() -> Vec<u16> + Send + Sync>;
@@ -114,6 +117,26 @@ impl Egress {
     pub fn resolver(self: &Arc<Self>) -> SharedResolver {
         SharedResolver::new(Resolver(Arc::clone(self)))
     }
+}
+
+/// The policy `settings` configure, knowing RedisGate's own services: `listen` (the bound
+/// listener; `redisgate check` knows only the configured address), the metrics listener, the
+/// PostgreSQL metadata database, the limiter's Redis and the standalone tokens' Redis servers,
+/// and the local instances' ports as `local_ports` tells them.
+pub async fn for_settings(
+    settings: &Settings,
+    listen: SocketAddr,
+    local_ports: LocalPorts,
+) -> Result<Arc<Egress>, ConfigError> {
+    let policy = settings.instances.external.policy()?;
+    let mut own: Vec<(String, u16)> = std::iter::once(listen)
+        .chain(settings.metrics_listen)
+        .map(|a| (a.ip().to_string(), a.port()))
+        .collect();
+    own.extend(settings.database_url.as_ref().and_then(|u| database_endpoint(u.expose_secret())));
+    let redis_urls = settings.rate_limit.redis_url.iter().chain(settings.tokens.iter().map(|t| &t.url));
+    own.extend(redis_urls.filter_map(|u| redis_endpoint(u.expose_secret())));
+    Ok(Egress::new(policy, own, local_ports, settings.backend.connect_timeout).await)
 }
 
 /// Any byte stream to a Redis server: plain TCP or TLS over it.

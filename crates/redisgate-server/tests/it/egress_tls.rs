@@ -65,6 +65,8 @@ async fn tls_streams_are_checked_at_every_connect() {
     let (egress, own) = adjustable_egress().await;
     let url = format!("rediss://localhost:{}/#insecure", redis.port);
     let (backend, tracker, cancel) = checked_backend(&url, egress.resolver());
+    // The shared connection is up (it stays up: only new connections are checked).
+    assert!(backend.run(&redis::cmd("PING")).await.is_ok());
     drop(backend.pubsub().await.expect("an allowed TLS pub/sub connection"));
     drop(backend.monitor().await.expect("an allowed TLS monitor connection"));
 
