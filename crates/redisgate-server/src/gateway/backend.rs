@@ -25,7 +25,7 @@ use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, Client, Value};
 use redisgate_core::provision::UNREACHABLE;
 use redisgate_provision::SharedResolver;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -529,9 +529,7 @@ async fn monitor_over(
     conn.write_all(&packed).await?;
     conn.flush().await?;
     for i in 0..setup.len() {
-        let mut reply = Vec::new();
-        conn.read_until(b'\n', &mut reply).await?;
-        if !reply.starts_with(b"+") {
+        if !line(&mut conn).await?.is_some_and(|reply| reply.starts_with(b"+")) {
             let kind = if i == 0 && info.password().is_some() {
                 redis::ErrorKind::AuthenticationFailed
             } else {
@@ -541,16 +539,22 @@ async fn monitor_over(
         }
     }
     let lines = futures_util::stream::unfold(conn, |mut conn| async move {
-        let mut line = Vec::new();
-        match conn.read_until(b'\n', &mut line).await {
-            Ok(n) if n > 0 => {
-                let text = line.strip_prefix(b"+").unwrap_or(&line).trim_ascii_end().to_vec();
-                Some((Value::BulkString(text), conn))
-            }
-            _ => None,
-        }
+        let text = line(&mut conn).await.ok()??;
+        Some((Value::BulkString(text.strip_prefix(b"+").unwrap_or(&text).to_vec()), conn))
     });
     Ok(lines.boxed())
+}
+
+/// The longest MONITOR line read: the server is a tenant's, and a line without its end would
+/// otherwise grow without bound. (Redis writes a command's arguments into its line, so a
+/// larger write ends the stream.)
+const MAX_MONITOR_LINE: u64 = 4 << 20;
+
+/// One line without its `\r\n`; `None` at the end of the stream or past [`MAX_MONITOR_LINE`].
+async fn line(conn: &mut BufReader<Box<dyn crate::egress::Io>>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    conn.take(MAX_MONITOR_LINE).read_until(b'\n', &mut line).await?;
+    Ok(line.ends_with(b"\n").then(|| line.trim_ascii_end().to_vec()))
 }
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.
