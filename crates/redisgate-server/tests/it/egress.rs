@@ -360,3 +360,25 @@ async fn every_reconnect_is_checked_again() {
     assert_eq!(connections(&redis).await, before + 1, "no connection from RedisGate since the change");
     stop(tracker, cancel).await;
 }
+
+/// The monitor of a tenant's server reads lines RedisGate did not write: one past the bound (a
+/// write of a value larger than 4 MiB is echoed in full) ends the stream instead of growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_line_past_the_bound_ends_the_stream() {
+    use futures_util::StreamExt;
+
+    let redis = Redis::start().await;
+    let (egress, _) = adjustable_egress().await;
+    let (backend, tracker, cancel) = checked_backend(&redis.url(), egress.resolver());
+    let (mut monitor, _guard) = backend.monitor().await.expect("a monitor connection");
+    let _: () = redis.cmd(&["SET", "small", "x"]).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), monitor.next()).await.unwrap();
+    assert!(
+        matches!(&first, Some(redis::Value::BulkString(l)) if l.ends_with(br#""SET" "small" "x""#)),
+        "{first:?}"
+    );
+    let _: () = redis.cmd(&["SET", "big", &"x".repeat(5 << 20)]).await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), monitor.count()).await;
+    assert_eq!(rest, Ok(0), "the stream ended at the long line");
+    stop(tracker, cancel).await;
+}
