@@ -155,8 +155,15 @@ pub async fn dial(
 ) -> redis::RedisResult<Box<dyn Io>> {
     let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
     let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
-    let checked = resolver.resolve(&host, port).await?.next().ok_or_else(|| refused("no address"))?;
-    let tcp = TcpStream::connect(checked).await?;
+    // Each admitted address in turn, as the redis crate tries every one it resolved.
+    let mut tcp = Err(refused("no address"));
+    for checked in resolver.resolve(&host, port).await? {
+        tcp = TcpStream::connect(checked).await.map_err(redis::RedisError::from);
+        if tcp.is_ok() {
+            break;
+        }
+    }
+    let tcp = tcp?;
     tcp.set_nodelay(true)?;
     match info.addr() {
         // URLs carry no client certificates or roots of their own (`tls_params` comes only from
