@@ -49,10 +49,15 @@ impl redis::io::AsyncDNSResolver for SharedResolver {
 }
 
 /// One authenticated PING to `url` within `timeout`: how long it took, or why it failed, with
-/// the URL and its password redacted (safe for owners, logs and `redisgate check`).
-pub async fn ping(url: &str, timeout: std::time::Duration) -> Result<std::time::Duration, String> {
+/// the URL and its password redacted (safe for owners, logs and `redisgate check`). With a
+/// `resolver`, only the addresses it returns are dialled.
+pub async fn ping(
+    url: &str,
+    timeout: std::time::Duration,
+    resolver: Option<&SharedResolver>,
+) -> Result<std::time::Duration, String> {
     let started = std::time::Instant::now();
-    probe::ping(url, timeout, None)
+    probe::ping(url, timeout, resolver)
         .await
         .map(|()| started.elapsed())
         .map_err(|e| redact::Redactor::for_url(url).redact(&e.describe()))

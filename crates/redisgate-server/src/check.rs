@@ -1,8 +1,14 @@
 //! `redisgate check`: the configuration, the metadata store and every Redis RedisGate would
 //! talk to, one line each with its latency or its error. It runs beside a serving RedisGate
 //! (it reaches local instances through their `redis.conf`), starts nothing and changes nothing.
+//!
+//! External instances are tenants' URLs: they are pinged through the same egress policy as
+//! the server's connections (`instances.external.allow`, RedisGate's own addresses as far as
+//! the configuration and the local instances' `redis.conf` tell them), so an operator's check
+//! never connects where the server would refuse to.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redisgate_core::instance::ProvisionerKind;
@@ -11,6 +17,7 @@ use redisgate_provision::LocalProvisioner;
 use secrecy::ExposeSecret;
 
 use crate::config::Settings;
+use crate::egress;
 use crate::secrets::Sealer;
 
 /// One checked component.
@@ -39,7 +46,7 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         let name = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
         lines.push(Line {
             component: format!("standalone redis {name}"),
-            result: redisgate_provision::ping(t.url.expose_secret(), TIMEOUT).await,
+            result: redisgate_provision::ping(t.url.expose_secret(), TIMEOUT, None).await,
         });
     }
     // Opening SQLite creates the file: a check must not, so a missing file is reported.
@@ -83,6 +90,20 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         Sealer::load(secret_key.as_deref(), &settings.data_dir).map_err(|e| e.to_string())
     };
     let root = settings.data_dir.join("instances");
+    let local_ports: Vec<u16> = records
+        .iter()
+        .filter(|r| r.instance.provisioner == ProvisionerKind::Local)
+        .filter_map(|r| LocalProvisioner::configured_url(Path::new(&root), r.instance.id))
+        .filter_map(|url| egress::redis_endpoint(url.expose()).map(|(_, port)| port))
+        .collect();
+    let policy =
+        match egress::for_settings(settings, settings.listen, Arc::new(move || local_ports.clone())).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                lines.push(Line { component: "egress policy".into(), result: Err(e.to_string()) });
+                None
+            }
+        };
     for rec in records {
         let inst = &rec.instance;
         let component = format!("instance {} ({}, {})", inst.id, inst.name, inst.provisioner.as_str());
@@ -99,11 +120,28 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
                 _ => Err("no usable secret key or stored URL".to_owned()),
             },
         };
-        let result = match url {
-            Ok(url) => redisgate_provision::ping(url.expose(), TIMEOUT).await,
-            Err(e) => Err(e),
+        let result = match (url, inst.provisioner) {
+            (Err(e), _) => Err(e),
+            (Ok(url), ProvisionerKind::Local) => redisgate_provision::ping(url.expose(), TIMEOUT, None).await,
+            (Ok(url), ProvisionerKind::External) => match &policy {
+                None => Err("not checked: the egress policy is invalid".to_owned()),
+                Some(policy) => checked_ping(policy, url.expose()).await,
+            },
         };
         lines.push(Line { component, result });
     }
     lines
+}
+
+/// PING of a tenant's URL only where the egress policy admits it, dialling only the admitted
+/// addresses. A refusal names the address and the rule: `check` is the operator's.
+async fn checked_ping(policy: &Arc<egress::Egress>, url: &str) -> Result<Duration, String> {
+    if let Some((host, port)) = egress::redis_endpoint(url)
+        && let Err(e) = policy.admitted(&host, port).await
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(format!("refused by the egress policy ({e})"));
+    }
+    // Names that do not resolve, and bad URLs, are the PING's to report.
+    redisgate_provision::ping(url, TIMEOUT, Some(&policy.resolver())).await
 }

@@ -4,7 +4,8 @@
 //!
 //! It plugs into the redis crate as its DNS resolver ([`Egress::resolver`]), so every connect
 //! of an external instance is checked where it happens: the PING at creation and at each
-//! start, the shared connection's reconnects, and the dedicated SSE connections. A name that
+//! start, the shared connection's reconnects; the dedicated SSE connections, which the redis
+//! crate cannot open through a resolver, are dialled here ([`dial`]). A name that
 //! resolves elsewhere the second time (DNS rebinding) is judged by the second answer, and the
 //! connection goes to that checked address and no other.
 //!
@@ -15,13 +16,23 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::RedisFuture;
 use redis::io::AsyncDNSResolver;
 use redisgate_core::egress::{EgressPolicy, OwnAddresses};
 use redisgate_provision::SharedResolver;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{ConfigError, Settings};
 
 /// The ports local instances listen on right now (they come and go).
 pub type LocalPorts = Arc<dyn Fn() -> Vec<u16> + Send + Sync>;
@@ -108,20 +119,137 @@ impl Egress {
     }
 }
 
-/// `client` pinned to an address `resolver` admits now, for connections the redis crate
-/// opens without a resolver of ours (pub/sub, monitor): plain TCP dials exactly the checked
-/// address. TLS must dial by name to verify the certificate, so it is checked here and then
-/// resolved once more by the driver.
-pub async fn pinned(client: &redis::Client, resolver: &SharedResolver) -> redis::RedisResult<redis::Client> {
-    let info = client.get_connection_info();
+/// The policy `settings` configure, knowing RedisGate's own services: `listen` (the bound
+/// listener; `redisgate check` knows only the configured address), the metrics listener, the
+/// PostgreSQL metadata database, the limiter's Redis and the standalone tokens' Redis servers,
+/// and the local instances' ports as `local_ports` tells them.
+pub async fn for_settings(
+    settings: &Settings,
+    listen: SocketAddr,
+    local_ports: LocalPorts,
+) -> Result<Arc<Egress>, ConfigError> {
+    let policy = settings.instances.external.policy()?;
+    let mut own: Vec<(String, u16)> = std::iter::once(listen)
+        .chain(settings.metrics_listen)
+        .map(|a| (a.ip().to_string(), a.port()))
+        .collect();
+    own.extend(settings.database_url.as_ref().and_then(|u| database_endpoint(u.expose_secret())));
+    let redis_urls = settings.rate_limit.redis_url.iter().chain(settings.tokens.iter().map(|t| &t.url));
+    own.extend(redis_urls.filter_map(|u| redis_endpoint(u.expose_secret())));
+    Ok(Egress::new(policy, own, local_ports, settings.backend.connect_timeout).await)
+}
+
+/// Any byte stream to a Redis server: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
+
+/// A connection for `info` (a tenant's `redis://` or `rediss://` URL) to an address `resolver`
+/// admits now, for connections the redis crate would otherwise open by name without a resolver
+/// of ours (pub/sub, monitor). The TCP connection goes to exactly the checked address, and TLS
+/// runs over it verified for the URL's host name, so a DNS answer that changes between the
+/// check and the dial (rebinding) is never used. Setting up the Redis session (AUTH, SELECT)
+/// is the caller's.
+pub async fn dial(
+    info: &redis::ConnectionInfo,
+    resolver: &SharedResolver,
+) -> redis::RedisResult<Box<dyn Io>> {
     let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
     let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
-    let checked = resolver.resolve(&host, port).await?.next().ok_or_else(|| refused("no address"))?;
+    // Each admitted address in turn, as the redis crate tries every one it resolved.
+    let mut tcp = Err(refused("no address"));
+    for checked in resolver.resolve(&host, port).await? {
+        tcp = TcpStream::connect(checked).await.map_err(redis::RedisError::from);
+        if tcp.is_ok() {
+            break;
+        }
+    }
+    let tcp = tcp?;
+    tcp.set_nodelay(true)?;
     match info.addr() {
-        redis::ConnectionAddr::Tcp(..) => redis::Client::open(
-            info.clone().set_addr(redis::ConnectionAddr::Tcp(checked.ip().to_string(), checked.port())),
-        ),
-        _ => Ok(client.clone()),
+        // URLs carry no client certificates or roots of their own (`tls_params` comes only from
+        // the builder API), so the URL's `#insecure` is all there is to honour.
+        redis::ConnectionAddr::TcpTls { insecure, .. } => {
+            let name = ServerName::try_from(unbracketed(&host).to_owned()).map_err(|_| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a TLS server name"))
+            })?;
+            let connector = TlsConnector::from(tls_config(*insecure)?);
+            Ok(Box::new(connector.connect(name, tcp).await?))
+        }
+        _ => Ok(Box::new(tcp)),
+    }
+}
+
+/// The rustls configuration the redis crate builds for a `rediss://` URL (its
+/// `tokio-rustls-comp` without `tls-rustls-webpki-roots`): the platform's roots, or with
+/// `#insecure` no verification and no SNI. Built once: the roots are read from disk.
+fn tls_config(insecure: bool) -> redis::RedisResult<Arc<ClientConfig>> {
+    static VERIFIED: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    static INSECURE: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    let build = || -> Result<Arc<ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        if insecure {
+            let verifier = NoVerification(provider.signature_verification_algorithms);
+            let mut config = builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            config.enable_sni = false;
+            return Ok(Arc::new(config));
+        }
+        let native = rustls_native_certs::load_native_certs();
+        if let Some(e) = native.errors.first() {
+            return Err(format!("cannot load the platform's root certificates: {e}"));
+        }
+        let mut roots = RootCertStore::empty();
+        let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+        Ok(Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+    };
+    let cell = if insecure { &INSECURE } else { &VERIFIED };
+    cell.get_or_init(build)
+        .clone()
+        .map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "TLS configuration", e)))
+}
+
+/// `#insecure`: any certificate and signature is accepted, exactly as the redis crate does for
+/// such URLs (the tenant asked for encryption without authentication of the server).
+#[derive(Debug)]
+struct NoVerification(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
     }
 }
 
@@ -146,12 +274,15 @@ impl AsyncDNSResolver for Resolver {
 }
 
 async fn lookup(host: &str, port: u16, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
-    // The redis crate hands IPv6 hosts over with or without their URL brackets.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((unbracketed(host), port))).await {
         Ok(found) => Ok(found?.collect()),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "DNS resolution timed out")),
     }
+}
+
+/// The redis crate hands IPv6 hosts over with or without their URL brackets.
+fn unbracketed(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Whether `ip` is one of this machine's addresses: only those can be bound. (Binding a UDP

@@ -80,7 +80,11 @@ pub async fn launch(
             ..LocalOptions::default()
         },
     );
-    let egress = egress_policy(&settings, &listener, &local).await?;
+    let egress = {
+        let local = Arc::clone(&local);
+        let listen = listener.local_addr().context("listener address")?;
+        egress::for_settings(&settings, listen, Arc::new(move || local.ports())).await?
+    };
     let instances = Arc::new(Instances::new(
         Arc::clone(&store),
         local,
@@ -226,28 +230,6 @@ fn status_sink(store: &Arc<dyn Store>, tracker: &TaskTracker) -> StatusSink {
             }
         });
     })
-}
-
-/// The egress policy of external instances, knowing RedisGate's own addresses: the listeners,
-/// the metadata database, the limiter's Redis, the standalone tokens' Redis servers and (asked
-/// at every check) the local instances' ports.
-async fn egress_policy(
-    settings: &Settings,
-    listener: &TcpListener,
-    local: &Arc<LocalProvisioner>,
-) -> anyhow::Result<Arc<egress::Egress>> {
-    let policy = settings.instances.external.policy()?;
-    let listen = listener.local_addr().context("listener address")?;
-    let mut own: Vec<(String, u16)> = std::iter::once(listen)
-        .chain(settings.metrics_listen)
-        .map(|a| (a.ip().to_string(), a.port()))
-        .collect();
-    own.extend(settings.database_url.as_ref().and_then(|u| egress::database_endpoint(u.expose_secret())));
-    let redis_urls = settings.rate_limit.redis_url.iter().chain(settings.tokens.iter().map(|t| &t.url));
-    own.extend(redis_urls.filter_map(|u| egress::redis_endpoint(u.expose_secret())));
-    let local = Arc::clone(local);
-    let local_ports: egress::LocalPorts = Arc::new(move || local.ports());
-    Ok(egress::Egress::new(policy, own, local_ports, settings.backend.connect_timeout).await)
 }
 
 /// Writes API keys' `last_used_at` and reloads plan rates once a second, and writes the usage

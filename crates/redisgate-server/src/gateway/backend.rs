@@ -19,10 +19,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, Client, Value};
 use redisgate_core::provision::UNREACHABLE;
 use redisgate_provision::SharedResolver;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -356,31 +359,40 @@ impl Backend {
         if self.egress.is_some() { UNREACHABLE } else { short_reason(e) }
     }
 
-    /// The client a dedicated connection uses: for a tenant's server, one pinned to an
-    /// address the egress policy admits right now.
-    async fn dedicated_client(&self) -> redis::RedisResult<Client> {
-        match &self.egress {
-            Some(egress) => crate::egress::pinned(&self.client, egress).await,
-            None => Ok(self.client.clone()),
-        }
-    }
-
     /// A dedicated pub/sub connection for one SSE stream. The guard bounds concurrent
     /// streams and counts the connection; hold it as long as the connection.
     pub async fn pubsub(&self) -> Result<(PubSub, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn =
-            self.connect_dedicated(async { self.dedicated_client().await?.get_async_pubsub().await }).await?;
+        let info = self.client.get_connection_info();
+        let conn = self
+            .connect_dedicated(async {
+                match &self.egress {
+                    // `new` sets the session up (AUTH, SELECT) as the crate's own connect does.
+                    Some(egress) => {
+                        PubSub::new(info.redis_settings(), crate::egress::dial(info, egress).await?).await
+                    }
+                    None => self.client.get_async_pubsub().await,
+                }
+            })
+            .await?;
         Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
-    /// A dedicated connection that has already sent MONITOR.
-    pub async fn monitor(&self) -> Result<(redis::aio::Monitor, StreamGuard), BackendError> {
+    /// A dedicated connection that has already sent MONITOR, as the lines Redis sends.
+    pub async fn monitor(&self) -> Result<(MonitorLines, StreamGuard), BackendError> {
         let permit = self.stream_permit()?;
-        let conn = self
-            .connect_dedicated(async { self.dedicated_client().await?.get_async_monitor().await })
+        let info = self.client.get_connection_info();
+        let lines = self
+            .connect_dedicated(async {
+                match &self.egress {
+                    Some(egress) => {
+                        monitor_over(crate::egress::dial(info, egress).await?, info.redis_settings()).await
+                    }
+                    None => Ok(self.client.get_async_monitor().await?.into_on_message::<Value>().boxed()),
+                }
+            })
             .await?;
-        Ok((conn, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
+        Ok((lines, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
     /// Asks the supervisor to check the connection now: a request just saw it fail.
@@ -490,6 +502,59 @@ impl Drop for ActiveConnection {
 pub struct StreamGuard {
     _permit: OwnedSemaphorePermit,
     _active: ActiveConnection,
+}
+
+/// What a MONITOR connection sends: one value per command Redis runs.
+pub type MonitorLines = BoxStream<'static, Value>;
+
+/// MONITOR over `stream`, a connection [`crate::egress::dial`] opened: the redis crate builds
+/// its `Monitor` only over connections it dials itself. The session is set up as its connect
+/// does (AUTH with the URL's user and password, SELECT of its database), pipelined; every
+/// reply up to MONITOR's must be `+OK`. Redis writes each monitored command as one simple
+/// string line (it escapes the arguments), so lines are all there is to parse.
+async fn monitor_over(
+    stream: Box<dyn crate::egress::Io>,
+    info: &redis::RedisConnectionInfo,
+) -> redis::RedisResult<MonitorLines> {
+    let mut setup = Vec::new();
+    if let Some(password) = info.password() {
+        setup.push(redis::cmd("AUTH").arg(info.username()).arg(password).clone());
+    }
+    if info.db() != 0 {
+        setup.push(redis::cmd("SELECT").arg(info.db()).clone());
+    }
+    setup.push(redis::cmd("MONITOR"));
+    let mut conn = BufReader::new(stream);
+    let packed: Vec<u8> = setup.iter().flat_map(redis::Cmd::get_packed_command).collect();
+    conn.write_all(&packed).await?;
+    conn.flush().await?;
+    for i in 0..setup.len() {
+        if !line(&mut conn).await?.is_some_and(|reply| reply.starts_with(b"+")) {
+            let kind = if i == 0 && info.password().is_some() {
+                redis::ErrorKind::AuthenticationFailed
+            } else {
+                redis::ErrorKind::Io
+            };
+            return Err(redis::RedisError::from((kind, "the server refused the MONITOR session")));
+        }
+    }
+    let lines = futures_util::stream::unfold(conn, |mut conn| async move {
+        let text = line(&mut conn).await.ok()??;
+        Some((Value::BulkString(text.strip_prefix(b"+").unwrap_or(&text).to_vec()), conn))
+    });
+    Ok(lines.boxed())
+}
+
+/// The longest MONITOR line read: the server is a tenant's, and a line without its end would
+/// otherwise grow without bound. (Redis writes a command's arguments into its line, so a
+/// larger write ends the stream.)
+const MAX_MONITOR_LINE: u64 = 4 << 20;
+
+/// One line without its `\r\n`; `None` at the end of the stream or past [`MAX_MONITOR_LINE`].
+async fn line(conn: &mut BufReader<Box<dyn crate::egress::Io>>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    conn.take(MAX_MONITOR_LINE).read_until(b'\n', &mut line).await?;
+    Ok(line.ends_with(b"\n").then(|| line.trim_ascii_end().to_vec()))
 }
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.

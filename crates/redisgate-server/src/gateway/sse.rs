@@ -130,7 +130,7 @@ pub async fn monitor(
     slot: Option<Slot>,
 ) -> Result<Response, BackendError> {
     let (mon, permit) = backend.monitor().await?;
-    let lines = mon.into_on_message::<redis::Value>().map(move |line| {
+    let lines = mon.map(move |line| {
         let _held = (&permit, &slot);
         match line {
             redis::Value::SimpleString(s) => event(s.as_bytes()),

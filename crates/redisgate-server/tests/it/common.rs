@@ -373,3 +373,89 @@ impl PgDatabase {
         let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut self.admin).await;
     }
 }
+
+/// A `redis-server` that speaks only TLS, on loopback, with a self-signed certificate for
+/// `localhost`.
+pub struct TlsRedis {
+    pub port: u16,
+    password: Option<&'static str>,
+    _child: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    pub async fn start() -> TlsRedis {
+        TlsRedis::start_with(None).await
+    }
+
+    pub async fn start_with(password: Option<&'static str>) -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        self_signed(&cert, &key);
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--tls-auth-clients", "no"])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server installed (scripts/test.sh installs it)");
+        let r = TlsRedis { port, password, _child: KillOnDrop(child), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while r.try_cmd::<String>(&["PING"]).await.is_err() {
+            assert!(Instant::now() < deadline, "TLS redis-server did not start on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        r
+    }
+
+    pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
+        let client = redis::Client::open(format!("rediss://{auth}127.0.0.1:{}/#insecure", self.port))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd(args[0]).arg(&args[1..]).query_async(&mut c).await
+    }
+
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_cmd(args).await.unwrap()
+    }
+
+    /// Connections accepted so far (this question is one of them).
+    pub async fn connections(&self) -> u64 {
+        let info: String = self.cmd(&["INFO", "stats"]).await;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waits until a client of this server runs `command` (`subscribe`, `monitor`).
+    pub async fn wait_client(&self, command: &str) {
+        let want = format!("cmd={command}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.cmd::<String>(&["CLIENT", "LIST"]).await.contains(&want) {
+            assert!(Instant::now() < deadline, "no client ran {command}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl installed (scripts/test.sh installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}

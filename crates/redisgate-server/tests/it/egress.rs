@@ -6,17 +6,24 @@
 //! Only loopback is ever connected to; other address classes are unit tests of
 //! `redisgate_core::egress`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redisgate_server::config::{RateLimitMode, Settings};
+use redisgate_core::egress::EgressPolicy;
+use redisgate_provision::SharedResolver;
+use redisgate_server::config::{BackendSettings, RateLimitMode, Settings};
+use redisgate_server::egress::{Egress, LocalPorts};
+use redisgate_server::gateway::backend::Backend;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::Api;
 use crate::common::{Gate, PgDatabase, Redis, free_port, settings};
 use crate::instances::redis_cmd;
 
 /// The one status reason tenants see for an external server RedisGate cannot use.
-const UNREACHABLE: &str = "could not connect to the server; check the URL, the password and that the server accepts connections from RedisGate";
+pub const UNREACHABLE: &str = "could not connect to the server; check the URL, the password and that the server accepts connections from RedisGate";
 
 /// An organization of a fresh account's, and its instances URL.
 async fn org<'a>(g: &'a Gate, email: &str) -> (Api<'a>, String) {
@@ -31,7 +38,7 @@ async fn create_external(api: &Api<'_>, instances: &str, url: &str) -> (u16, Val
 }
 
 /// Connections `redis` has accepted so far (this question is one of them).
-async fn connections(redis: &Redis) -> u64 {
+pub async fn connections(redis: &Redis) -> u64 {
     let info: String = redis.cmd(&["INFO", "stats"]).await;
     info.lines()
         .find_map(|l| l.strip_prefix("total_connections_received:"))
@@ -283,37 +290,60 @@ async fn sse_streams_of_an_allowed_server_still_work() {
 /// connect, not once: when its address becomes one the policy refuses (here: one of RedisGate's
 /// own local-instance ports, as the local provisioner would report it), the next reconnect is
 /// refused before it dials, and the server sees no connection from RedisGate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_reconnect_is_checked_again() {
-    use std::sync::{Arc, Mutex};
-
-    use redisgate_core::egress::EgressPolicy;
-    use redisgate_server::config::BackendSettings;
-    use redisgate_server::egress::{Egress, LocalPorts};
-    use redisgate_server::gateway::backend::Backend;
-
-    let mut redis = Redis::start().await;
+/// An egress policy admitting loopback, and the list of "local instance ports" it refuses,
+/// which a test changes to turn an allowed address into one of RedisGate's own.
+pub async fn adjustable_egress() -> (Arc<Egress>, Arc<Mutex<Vec<u16>>>) {
     let own: Arc<Mutex<Vec<u16>>> = Arc::default();
     let local_ports: LocalPorts = {
         let own = Arc::clone(&own);
         Arc::new(move || own.lock().unwrap().clone())
     };
     let policy = EgressPolicy::parse(&["127.0.0.0/8"]).unwrap();
-    let egress = Egress::new(policy, [], local_ports, Duration::from_secs(2)).await;
+    (Egress::new(policy, [], local_ports, Duration::from_secs(2)).await, own)
+}
+
+/// A tenant's backend for `url` whose connections resolve through `resolver`, quick to notice
+/// and retry; stop it with [`stop`].
+pub fn checked_backend(
+    url: &str,
+    resolver: SharedResolver,
+) -> (Arc<Backend>, TaskTracker, CancellationToken) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = BackendSettings {
         connect_retries: 0,
         retry_delay: Duration::from_millis(50),
         health_check_interval: Duration::from_millis(50),
         ..BackendSettings::default()
     };
-    let (tracker, cancel) =
-        (tokio_util::task::TaskTracker::new(), tokio_util::sync::CancellationToken::new());
-    let client = redis::Client::open(format!("redis://localhost:{}", redis.port)).unwrap();
-    let backend =
-        Backend::start_checked("t".into(), client, egress.resolver(), cfg, &tracker, cancel.clone());
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let client = redis::Client::open(url).unwrap();
+    let backend = Backend::start_checked("t".into(), client, resolver, cfg, &tracker, cancel.clone());
+    (backend, tracker, cancel)
+}
+
+pub async fn stop(tracker: TaskTracker, cancel: CancellationToken) {
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Neither a pub/sub nor a monitor connection opens, and the caller is told only the one reason.
+pub async fn assert_streams_refused(backend: &Backend, why: &str) {
+    for stream in [backend.pubsub().await.map(drop), backend.monitor().await.map(drop)] {
+        let e = stream.expect_err(why);
+        assert!(e.to_string().contains(UNREACHABLE), "{why}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reconnect_is_checked_again() {
+    let mut redis = Redis::start().await;
+    let (egress, own) = adjustable_egress().await;
+    let (backend, tracker, cancel) =
+        checked_backend(&format!("redis://localhost:{}", redis.port), egress.resolver());
     assert!(backend.run(&redis::cmd("PING")).await.is_ok(), "allowed while the address is the tenant's");
-    drop(backend.pubsub().await.expect("a pinned pub/sub connection to an allowed address"));
-    drop(backend.monitor().await.expect("a pinned monitor connection to an allowed address"));
+    drop(backend.pubsub().await.expect("a pub/sub connection to an allowed address"));
+    drop(backend.monitor().await.expect("a monitor connection to an allowed address"));
 
     own.lock().unwrap().push(redis.port);
     redis.restart().await;
@@ -326,12 +356,29 @@ async fn every_reconnect_is_checked_again() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for stream in [backend.pubsub().await.map(drop), backend.monitor().await.map(drop)] {
-        let e = stream.expect_err("stream connections are refused too");
-        assert!(e.to_string().contains(UNREACHABLE), "{e}");
-    }
+    assert_streams_refused(&backend, "stream connections are refused too").await;
     assert_eq!(connections(&redis).await, before + 1, "no connection from RedisGate since the change");
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
+    stop(tracker, cancel).await;
+}
+
+/// The monitor of a tenant's server reads lines RedisGate did not write: one past the bound (a
+/// write of a value larger than 4 MiB is echoed in full) ends the stream instead of growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_line_past_the_bound_ends_the_stream() {
+    use futures_util::StreamExt;
+
+    let redis = Redis::start().await;
+    let (egress, _) = adjustable_egress().await;
+    let (backend, tracker, cancel) = checked_backend(&redis.url(), egress.resolver());
+    let (mut monitor, _guard) = backend.monitor().await.expect("a monitor connection");
+    let _: () = redis.cmd(&["SET", "small", "x"]).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), monitor.next()).await.unwrap();
+    assert!(
+        matches!(&first, Some(redis::Value::BulkString(l)) if l.ends_with(br#""SET" "small" "x""#)),
+        "{first:?}"
+    );
+    let _: () = redis.cmd(&["SET", "big", &"x".repeat(5 << 20)]).await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), monitor.count()).await;
+    assert_eq!(rest, Ok(0), "the stream ended at the long line");
+    stop(tracker, cancel).await;
 }

@@ -333,8 +333,12 @@ async fn instances_survive_a_restart_and_deletion_removes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_every_component() {
     let data = tempfile::tempdir().unwrap();
-    let redis = Redis::start().await;
+    let (redis, token_redis) = (Redis::start().await, Redis::start().await);
     let mut settings = Settings { data_dir: data.path().to_owned(), ..Settings::default() };
+    // The check applies the deployment's egress policy to external instances, as the server
+    // does: loopback is opened here as the test Gate opens it for itself, and the token's Redis
+    // (one of RedisGate's own services, refused to tenants) is not the tenant's server.
+    settings.instances.external.allow = vec!["127.0.0.0/8".into()];
     let g = Gate::start_with_data_dir(settings.clone()).await;
     let t = Tenant::new(&g, "ann@example.com").await;
     let (s, ext) = t
@@ -345,7 +349,7 @@ async fn check_reports_every_component() {
         )
         .await;
     assert_eq!(s, 201, "{ext}");
-    settings.tokens = vec![crate::common::token("standalone-token", &redis, false)];
+    settings.tokens = vec![crate::common::token("standalone-token", &token_redis, false)];
     let lines = redisgate_server::check::run(&settings, "test").await;
     let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
     assert!(lines.iter().all(|l| l.result.is_ok()), "{text:#?}");

@@ -7,6 +7,8 @@ mod commands;
 mod common;
 mod deploy;
 mod egress;
+mod egress_check;
+mod egress_tls;
 mod host;
 mod instances;
 mod isolation;

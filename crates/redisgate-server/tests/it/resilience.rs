@@ -91,30 +91,8 @@ async fn response_timeout_is_explicit_and_nothing_is_resent() {
 
 #[tokio::test]
 async fn rediss_backend_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl installed (scripts/test.sh installs it)");
-    assert!(made.status.success());
-    let port = crate::common::free_port();
-    let _tls_redis = crate::common::KillOnDrop(
-        std::process::Command::new("redis-server")
-            .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--tls-auth-clients", "no"])
-            .args(["--tls-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(&cert)
-            .arg("--tls-key-file")
-            .arg(&key)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let tls_redis = crate::common::TlsRedis::start().await;
+    let port = tls_redis.port;
     let url = format!("rediss://127.0.0.1:{port}/#insecure");
     let tls = redisgate_server::config::TokenConfig {
         token: TOKEN.to_owned().into(),
