@@ -13,10 +13,41 @@
 //! where they come from ([`Origin`]): newer Redis versions (hash-field TTLs, `HGETEX` ...) and
 //! the JSON module Upstash serves; a backend without them answers `ERR unknown command` itself.
 
-use crate::policy::Class::{self, *};
-use crate::policy::{
-    ADMIN, BLOCKING, CONNECTION_STATE as CONN, PUBSUB as SUB, REPLICATION as REPL, TRANSACTION as TX,
-};
+use Class::*;
+
+/// How the gateway treats a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Reads data; allowed for read-only tokens.
+    Read,
+    /// A read that walks the whole keyspace; refused for read-only tokens, as Upstash does.
+    ExpensiveRead,
+    /// May write data: read-write and admin tokens.
+    Write,
+    /// Runs or loads a script or function (EVAL, EVALSHA, FCALL, their `_RO` forms, SCRIPT LOAD,
+    /// FUNCTION LOAD): read-write and admin tokens. Read-only tokens run no script, not even a
+    /// `_RO` one: a script is the way around the read-only bans on KEYS and SCAN, and an endless
+    /// one stalls the instance. What a script may call is [`crate::policy::allowed_in_script`].
+    Script,
+    /// Wipes data or manages the scripts other clients rely on (FLUSHALL, FLUSHDB, SCRIPT FLUSH,
+    /// FUNCTION DELETE ...): admin access only.
+    Gated,
+    /// Never forwarded; the reason is shown to the client.
+    Refused(&'static str),
+}
+
+/// Why commands of a class are refused: the sentence shown to clients.
+pub const CONNECTION_STATE: &str = "it changes the state of the shared backend connection";
+pub const TRANSACTION: &str = "send the whole transaction to the /multi-exec endpoint instead";
+pub const PUBSUB: &str = "use the /subscribe, /psubscribe or /monitor streaming endpoints instead";
+pub const BLOCKING: &str = "blocking commands would hold the shared backend connection";
+pub const ADMIN: &str = "server administration is not exposed to tokens";
+pub const REPLICATION: &str = "replication commands are not exposed to tokens";
+// Short names for the table below.
+const CONN: &str = CONNECTION_STATE;
+const TX: &str = TRANSACTION;
+const SUB: &str = PUBSUB;
+const REPL: &str = REPLICATION;
 
 /// Redis' `readonly` flag.
 pub const READONLY: u8 = 1;

@@ -18,7 +18,8 @@
 //! catalog lists the commands the Upstash SDKs send that plain Redis 7.0 lacks (hash-field TTLs,
 //! `HGETEX`, `JSON.*`), so those still reach a backend that has them.
 
-use crate::catalog::{self, BLOCKING_FLAG, NOSCRIPT};
+pub use crate::catalog::Class;
+use crate::catalog::{self, BLOCKING, BLOCKING_FLAG, NOSCRIPT};
 use crate::command::Command;
 
 /// What a token may do.
@@ -32,27 +33,6 @@ pub enum Access {
     ReadWrite,
     /// Read commands only, minus keyspace-wide scans and scripts ("Read Only" token in Upstash).
     ReadOnly,
-}
-
-/// How the gateway treats a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Reads data; allowed for read-only tokens.
-    Read,
-    /// A read that walks the whole keyspace; refused for read-only tokens, as Upstash does.
-    ExpensiveRead,
-    /// May write data: read-write and admin tokens.
-    Write,
-    /// Runs or loads a script or function (EVAL, EVALSHA, FCALL, their `_RO` forms, SCRIPT LOAD,
-    /// FUNCTION LOAD): read-write and admin tokens. Read-only tokens run no script, not even a
-    /// `_RO` one: a script is the way around the read-only bans on KEYS and SCAN, and an endless
-    /// one stalls the instance. What a script may call is [`allowed_in_script`].
-    Script,
-    /// Wipes data or manages the scripts other clients rely on (FLUSHALL, FLUSHDB, SCRIPT FLUSH,
-    /// FUNCTION DELETE ...): admin access only.
-    Gated,
-    /// Never forwarded; the reason is shown to the client.
-    Refused(&'static str),
 }
 
 /// Why a command was refused. The text keeps Redis' error-code style.
@@ -70,12 +50,6 @@ pub enum Refusal {
     UnknownSubcommand { command: &'static str, sub: String },
 }
 
-pub(crate) const CONNECTION_STATE: &str = "it changes the state of the shared backend connection";
-pub(crate) const TRANSACTION: &str = "send the whole transaction to the /multi-exec endpoint instead";
-pub(crate) const PUBSUB: &str = "use the /subscribe, /psubscribe or /monitor streaming endpoints instead";
-pub(crate) const BLOCKING: &str = "blocking commands would hold the shared backend connection";
-pub(crate) const ADMIN: &str = "server administration is not exposed to tokens";
-pub(crate) const REPLICATION: &str = "replication commands are not exposed to tokens";
 const UNKNOWN: &str = "RedisGate does not know this command";
 
 /// The class of a command name (upper case). For a command whose class depends on its
