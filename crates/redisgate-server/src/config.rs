@@ -94,6 +94,10 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// Rates for organizations on a plan, e.g. `[rate_limit.plans.pro] per_second = 1000`.
     pub plans: HashMap<Plan, Rate>,
+    /// The rate of standalone tokens that have none of their own. Unset (the default): they are
+    /// not limited, as with serverless-redis-http, whose place they take in CI and compose
+    /// files; `per_second`/`burst` above are API keys' default.
+    pub tokens: Option<Rate>,
     /// `local`: each replica keeps its own budgets. `distributed`: replicas share them in
     /// `redis_url`, falling back to `local` while that Redis cannot answer.
     pub mode: RateLimitMode,
@@ -119,6 +123,7 @@ impl Default for RateLimitSettings {
             per_second: 100,
             burst: 100,
             plans: HashMap::new(),
+            tokens: None,
             mode: RateLimitMode::Local,
             redis_url: None,
             redis_timeout: Duration::from_millis(100),
@@ -252,6 +257,9 @@ pub struct TokenConfig {
     /// A name for logs; defaults to the backend's host and port.
     #[serde(default)]
     pub name: Option<String>,
+    /// This token's own rate limit; unset means `rate_limit.tokens` (by default none).
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
 }
 
 /// Limits and timeouts of the HTTP side.
@@ -518,7 +526,7 @@ impl Settings {
         }
         s.apply_srh_env(env)?;
         if let (Some(token), Some(url)) = (s.token.take(), s.redis_url.take()) {
-            s.tokens.push(TokenConfig { token, url, read_only: false, name: None });
+            s.tokens.push(TokenConfig { token, url, read_only: false, name: None, rate_limit: None });
         } else if s.token.is_some() || s.redis_url.is_some() {
             return Err(invalid("token", "REDISGATE_TOKEN and REDISGATE_REDIS_URL must be set together"));
         }
@@ -550,6 +558,7 @@ impl Settings {
                     url: url.clone().into(),
                     read_only: false,
                     name: None,
+                    rate_limit: None,
                 });
                 Ok(())
             }
@@ -572,6 +581,7 @@ impl Settings {
                         url: e.connection_string.into(),
                         read_only: false,
                         name: e.srh_id,
+                        rate_limit: None,
                     });
                 }
                 Ok(())
@@ -633,7 +643,9 @@ impl Settings {
         }
         let rates = std::iter::once(("rate_limit", self.rate_limit.default_rate()))
             .chain(std::iter::once(("auth.anonymous_rate", self.auth.anonymous_rate())))
-            .chain(self.rate_limit.plans.values().map(|r| ("rate_limit.plans", *r)));
+            .chain(self.rate_limit.plans.values().map(|r| ("rate_limit.plans", *r)))
+            .chain(self.rate_limit.tokens.map(|r| ("rate_limit.tokens", r)))
+            .chain(self.tokens.iter().filter_map(|t| t.rate_limit.map(|r| ("tokens[].rate_limit", r))));
         for (key, r) in rates {
             if r.per_second == 0 || r.burst == 0 {
                 return Err(invalid(key, "per_second and burst must be at least 1"));

@@ -301,10 +301,11 @@ fn build_tokens(
         };
         // A standalone token is Upstash's "Standard" token: every command, scripts included.
         let access = if t.read_only { Access::ReadOnly } else { Access::Admin };
-        let limit = settings
-            .rate_limit
-            .enabled
-            .then(|| (ops::ratelimit::Bucket::Token(i), settings.rate_limit.default_rate()));
+        // Unlimited unless the token or `rate_limit.tokens` says otherwise: standalone mode
+        // replaces SRH, which has no limit, in CI runs that send as fast as they can.
+        let rate = t.rate_limit.or(settings.rate_limit.tokens);
+        let limit =
+            rate.filter(|_| settings.rate_limit.enabled).map(|r| (ops::ratelimit::Bucket::Token(i), r));
         tokens.add(
             t.token.expose_secret(),
             Principal { access, backend, caller: ops::ratelimit::Bucket::Token(i), limit },

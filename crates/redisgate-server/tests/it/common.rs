@@ -167,7 +167,13 @@ pub fn settings(redis: &Redis) -> Settings {
 }
 
 pub fn token(t: &str, redis: &Redis, read_only: bool) -> TokenConfig {
-    TokenConfig { token: t.to_owned().into(), url: redis.url().into(), read_only, name: None }
+    TokenConfig {
+        token: t.to_owned().into(),
+        url: redis.url().into(),
+        read_only,
+        name: None,
+        rate_limit: None,
+    }
 }
 
 /// Production defaults a test keeps instead of the relaxed test ones (see
@@ -176,6 +182,7 @@ pub fn token(t: &str, redis: &Redis, read_only: bool) -> TokenConfig {
 struct Keep {
     egress: bool,
     accounts: bool,
+    rate_limit: bool,
 }
 
 impl Gate {
@@ -212,13 +219,20 @@ impl Gate {
     pub async fn start_strict(mut settings: Settings) -> Gate {
         let data = tempfile::tempdir().unwrap();
         settings.data_dir = data.path().to_owned();
-        Gate::launch_keeping(settings, data, Keep { egress: true, accounts: false }).await
+        Gate::launch_keeping(settings, data, Keep { egress: true, ..Keep::default() }).await
     }
 
     /// Like [`Gate::start_with_data_dir`], with the production egress policy.
     pub async fn start_strict_with_data_dir(settings: Settings) -> Gate {
-        Gate::launch_keeping(settings, tempfile::tempdir().unwrap(), Keep { egress: true, accounts: false })
+        Gate::launch_keeping(settings, tempfile::tempdir().unwrap(), Keep { egress: true, ..Keep::default() })
             .await
+    }
+
+    /// Like [`Gate::start_unchecked`], with the production rate limits (100/s for API keys).
+    pub async fn start_with_default_rates(mut settings: Settings) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        Gate::launch_keeping(settings, data, Keep { rate_limit: true, ..Keep::default() }).await
     }
 
     /// Like [`Gate::start_unchecked`], but with the account rules a deployment gets by
@@ -226,7 +240,7 @@ impl Gate {
     pub async fn start_as_deployed(mut settings: Settings) -> Gate {
         let data = tempfile::tempdir().unwrap();
         settings.data_dir = data.path().to_owned();
-        Gate::launch_keeping(settings, data, Keep { egress: false, accounts: true }).await
+        Gate::launch_keeping(settings, data, Keep { accounts: true, ..Keep::default() }).await
     }
 
     async fn launch(settings: Settings, data: tempfile::TempDir) -> Gate {
@@ -255,7 +269,7 @@ impl Gate {
         }
         // Tests send bursts far above the production default (100/s); the limiter still runs,
         // at a rate no test reaches. Tests of the limiter set their own rates.
-        if settings.rate_limit.per_second == 100 && settings.rate_limit.burst == 100 {
+        if !keep.rate_limit && settings.rate_limit.per_second == 100 && settings.rate_limit.burst == 100 {
             settings.rate_limit.per_second = 1_000_000;
             settings.rate_limit.burst = 1_000_000;
         }

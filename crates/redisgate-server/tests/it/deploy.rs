@@ -745,6 +745,7 @@ async fn every_metric_the_deployment_queries_is_exported() {
     // limiter Redis as in a multi-replica deployment.
     s.rate_limit.per_second = 50;
     s.rate_limit.burst = 50;
+    s.rate_limit.tokens = Some(redisgate_core::ratelimit::Rate { per_second: 50, burst: 50 });
     s.rate_limit.mode = redisgate_server::config::RateLimitMode::Distributed;
     s.rate_limit.redis_url = Some(limiter.url().into());
     let g = Gate::start(s).await;

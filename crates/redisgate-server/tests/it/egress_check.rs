@@ -50,6 +50,7 @@ async fn check_pings_external_instances_through_the_egress_policy() {
         url: tenant.url().into(),
         read_only: false,
         name: Some("own".into()),
+        rate_limit: None,
     };
     let own = Settings { tokens: vec![token], ..s };
     let before = connections(&tenant).await;

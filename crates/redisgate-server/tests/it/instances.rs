@@ -361,6 +361,7 @@ async fn check_reports_every_component() {
         url: format!("redis://:hunter2-password@127.0.0.1:{}", crate::common::free_port()).into(),
         read_only: false,
         name: Some("down".into()),
+        rate_limit: None,
     }];
     let lines = redisgate_server::check::run(&settings, "test").await;
     let failing: Vec<String> = lines.iter().filter(|l| l.result.is_err()).map(ToString::to_string).collect();

@@ -45,6 +45,7 @@ async fn metrics_after_real_traffic() {
         url: dead_redis.into(),
         read_only: false,
         name: None,
+        rate_limit: None,
     }];
     let g = Gate::start_unchecked(settings).await;
     let t = Tenant::new(&g, "ann@example.com").await;
@@ -288,6 +289,7 @@ async fn rate_limits_per_key_and_per_token() {
     let mut s = crate::common::settings(&redis);
     s.rate_limit.per_second = 1;
     s.rate_limit.burst = 3;
+    s.rate_limit.tokens = Some(redisgate_core::ratelimit::Rate { per_second: 1, burst: 3 });
     let g = Gate::start_unchecked(s).await;
     // Standalone token: three at once, then 429 with a JSON error and the headers.
     let post = || g.http.post(g.url("/")).bearer_auth(crate::common::TOKEN).body(r#"["PING"]"#).send();

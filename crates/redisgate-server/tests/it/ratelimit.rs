@@ -15,6 +15,8 @@ fn distributed(s: &mut Settings, limiter: &Redis, per_second: u32, burst: u32) {
     s.rate_limit.redis_url = Some(limiter.url().into());
     s.rate_limit.per_second = per_second;
     s.rate_limit.burst = burst;
+    // Standalone tokens are unlimited unless configured: these tests limit theirs too.
+    s.rate_limit.tokens = Some(redisgate_core::ratelimit::Rate { per_second, burst });
     s.backend.health_check_interval = Duration::from_millis(200);
     s.backend.retry_delay = Duration::from_millis(200);
 }
@@ -192,4 +194,34 @@ async fn a_hanging_limiter_redis_times_out_to_the_local_limit() {
     assert_eq!(r.headers()["ratelimit-limit"], "1000");
     assert!(metric(&g, "rate_limit_fallbacks_total").await > before);
     g.shutdown().await;
+}
+
+/// Standalone mode replaces serverless-redis-http, which has no limit, in CI runs that send as
+/// fast as they can: with the default configuration its tokens are not limited, while API keys
+/// keep the 100/s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_tokens_are_unlimited_by_default_and_api_keys_are_not() {
+    let redis = Redis::start().await;
+    let g = Gate::start_with_default_rates(settings(&redis)).await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (key, _) = t.key(serde_json::json!({"name": "app", "scope": "read-write"})).await;
+    let statuses = |url: String, token: String| {
+        let http = g.http.clone();
+        async move {
+            // 500 requests, 50 at a time, as fast as the gateway answers.
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                let batch = (0..50).map(|_| http.post(&url).bearer_auth(&token).body(r#"["PING"]"#).send());
+                for r in futures_util::future::join_all(batch).await {
+                    seen.push(r.unwrap().status().as_u16());
+                }
+            }
+            seen
+        }
+    };
+    let standalone = statuses(g.url("/"), TOKEN.to_owned()).await;
+    assert!(standalone.iter().all(|s| *s == 200), "standalone: {standalone:?}");
+    let keyed = statuses(g.url(&format!("/redis/{}", t.instance)), key).await;
+    assert!(keyed.contains(&429), "an API key past its 100/s default is limited");
+    assert!(keyed.iter().all(|s| *s == 200 || *s == 429), "{keyed:?}");
 }

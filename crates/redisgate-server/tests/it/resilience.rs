@@ -99,6 +99,7 @@ async fn rediss_backend_over_tls() {
         url: url.into(),
         read_only: false,
         name: Some("tls".into()),
+        rate_limit: None,
     };
     let mut s = Settings { tokens: vec![tls], ..Settings::default() };
     s.backend.retry_delay = Duration::from_millis(100);
