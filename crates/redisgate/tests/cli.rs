@@ -143,6 +143,8 @@ fn srh_env_mode_is_a_drop_in_and_never_logs_secrets() {
         !log.contains("srh_example_token") && !log.contains("redis-password-xyz"),
         "secret in the log:\n{log}"
     );
+    // The log goes to a pipe here, not a terminal: no colour escape codes in it.
+    assert!(!log.contains('\x1b'), "escape codes in the log:\n{log}");
 }
 
 #[test]

@@ -108,7 +108,10 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// The log layer with its own filter, and the OpenTelemetry layer with [`otel_filter`] when
 /// there is a provider. Per-layer filters: each sees only what it asked for.
 fn layers(json: bool, log_filter: EnvFilter, provider: Option<&SdkTracerProvider>) -> Vec<BoxedLayer> {
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: in a file, journald or a collector they are
+    // escape codes in the text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let log =
         if json { log.json().with_filter(log_filter).boxed() } else { log.with_filter(log_filter).boxed() };
     let mut layers = vec![log];
