@@ -380,6 +380,10 @@ fn otel_spans_of_a_request_follow_its_traceparent() {
         ("REDISGATE_TOKEN", "otel-standalone-token"),
         ("REDISGATE_REDIS_URL", url.as_str()),
         ("REDISGATE_INSTANCES__EXTERNAL__ALLOW", "127.0.0.0/8"),
+        // Standalone tokens are unlimited by default; limited, their requests have a
+        // rate_limit span.
+        ("REDISGATE_RATE_LIMIT__TOKENS__PER_SECOND", "1000"),
+        ("REDISGATE_RATE_LIMIT__TOKENS__BURST", "1000"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
