@@ -55,6 +55,20 @@ pub fn handle() -> &'static PrometheusHandle {
         // Another recorder installed first (a host embedding us) keeps its place.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        // Series without labels exist from the start, at 0: an alert on their rate, or a
+        // dashboard panel, then sees a value instead of "no data" on a quiet deployment.
+        // (Labelled families appear with their first label set.)
+        for name in [
+            REDIS_CONNECTION_RETRIES,
+            REDIS_RECONNECTS,
+            API_KEY_REQUESTS,
+            API_KEY_AUTH_FAILURES,
+            RATE_LIMIT_REJECTIONS,
+            RATE_LIMIT_FALLBACKS,
+            AUDIT_PRUNED,
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         handle
     })
 }

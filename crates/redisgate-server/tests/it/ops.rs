@@ -403,3 +403,23 @@ async fn metrics_on_a_separate_listener() {
     let text = r.text().await.unwrap();
     assert!(has(&text, "http_requests_total", &[("path", "/health/live")]), "{text}");
 }
+
+/// Counters without labels are exported from start-up at 0, so alerts and dashboards see a
+/// value, not "no data", on a healthy deployment that has not counted anything yet. (nextest
+/// runs each test in a process of its own: nothing else has counted here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlabelled_counters_are_exported_from_the_start() {
+    let g = Gate::start_unchecked(Settings::default()).await;
+    let text = g.http.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "redis_connection_retries_total",
+        "redis_reconnects_total",
+        "api_key_requests_total",
+        "api_key_auth_failures_total",
+        "rate_limit_rejections_total",
+        "rate_limit_fallbacks_total",
+        "audit_entries_pruned_total",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing:\n{text}");
+    }
+}
