@@ -6,7 +6,10 @@
 //! - `COPY k k` answers `0` (Redis: "source and destination objects are the same");
 //! - `ZRANGE`/`ZRANGESTORE` accept `LIMIT offset count` on a plain rank range (Redis requires
 //!   BYSCORE or BYLEX): the limit applies to the ranks selected. This runs as one Lua script,
-//!   so it stays atomic and works inside `/multi-exec`.
+//!   so it stays atomic and works inside `/multi-exec`;
+//! - a script's shebang may name Upstash's own flag (`#!lua flags=allow-key-locking`, which
+//!   `@upstash/ratelimit` sends): [`redis_script`] drops the flags Redis does not know, and the
+//!   gateway keeps answering to the SHA the client computed ([`script_sha`]).
 
 use redis::Value;
 
@@ -77,6 +80,48 @@ fn zrange_limit(cmd: &Command, nkeys: usize) -> Option<Command> {
     Command::new(parts)
 }
 
+/// The flags a Redis 7 script shebang may name. Upstash adds its own (`allow-key-locking`),
+/// which plain Redis refuses with "Unexpected flag in script shebang".
+const REDIS_SCRIPT_FLAGS: [&str; 5] =
+    ["no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"];
+
+/// `script` with the shebang flags Redis does not know dropped; `None` when it names none
+/// (the script is sent as it is). Only the first line changes:
+///
+/// ```text
+/// #!lua flags=allow-key-locking,no-writes   ->   #!lua flags=no-writes
+/// #!lua flags=allow-key-locking             ->   #!lua
+/// ```
+pub fn redis_script(script: &[u8]) -> Option<Vec<u8>> {
+    let end = script.iter().position(|b| *b == b'\n').unwrap_or(script.len());
+    let line = std::str::from_utf8(&script[..end]).ok()?;
+    if !line.starts_with("#!lua") {
+        return None;
+    }
+    let mut changed = false;
+    let parts: Vec<String> = line
+        .split(' ')
+        .filter_map(|part| {
+            let Some(flags) = part.strip_prefix("flags=") else { return Some(part.to_owned()) };
+            let known: Vec<&str> = flags.split(',').filter(|f| REDIS_SCRIPT_FLAGS.contains(f)).collect();
+            changed |= known.len() != flags.split(',').filter(|f| !f.is_empty()).count();
+            (!known.is_empty()).then(|| format!("flags={}", known.join(",")))
+        })
+        .collect();
+    if !changed {
+        return None;
+    }
+    let mut out = parts.join(" ").into_bytes();
+    out.extend_from_slice(&script[end..]);
+    Some(out)
+}
+
+/// The SHA-1 Redis (and a client computing EVALSHA's argument) gives a script: lower-case hex.
+pub fn script_sha(script: &[u8]) -> String {
+    use sha1::Digest as _;
+    hex::encode(sha1::Sha1::digest(script))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +158,25 @@ mod tests {
         {
             assert_eq!(p(untouched), Plan::Forward(Command::from_strs(untouched).unwrap()));
         }
+    }
+
+    #[test]
+    fn upstash_shebang_flags_are_dropped_and_the_rest_kept() {
+        let r = |s: &str| redis_script(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(r("#!lua flags=allow-key-locking\nreturn 1").as_deref(), Some("#!lua\nreturn 1"));
+        assert_eq!(
+            r("#!lua flags=allow-key-locking,no-writes\nreturn 1").as_deref(),
+            Some("#!lua flags=no-writes\nreturn 1")
+        );
+        assert_eq!(r("#!lua flags=no-writes\nreturn 1"), None, "nothing to change");
+        assert_eq!(r("return 1"), None, "no shebang");
+        assert_eq!(r("#!lua name=lib\nredis.register_function('f', f)"), None, "function libraries");
+        assert_eq!(r("#!lua flags=allow-key-locking").as_deref(), Some("#!lua"));
+    }
+
+    #[test]
+    fn script_shas_are_redis_ones() {
+        // Redis: SCRIPT LOAD "return 1" -> e0e1f9fabfc9d4800c877a703b823ac0578ff8db
+        assert_eq!(script_sha(b"return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
 }

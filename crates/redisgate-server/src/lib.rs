@@ -140,6 +140,7 @@ pub async fn launch(
             settings.http.max_requests_in_flight_per_key,
             settings.http.max_streams_per_key,
         ),
+        scripts: gateway::lua::Scripts::default(),
     });
     let a = &settings.auth;
     let api = Arc::new(ApiState {

@@ -6,6 +6,7 @@
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
+//! - [`lua`]: Upstash's script shebang over plain Redis, under the SHAs clients computed.
 //! - [`script`]: scripts' time bound (SCRIPT KILL) and per-scope ACL users.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod backend;
 pub mod exec;
 pub mod keys;
+pub mod lua;
 pub mod reply;
 pub mod script;
 pub mod slots;
@@ -32,6 +34,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use redis::Value;
 use redisgate_core::codec::{self, Encoding};
+use redisgate_core::command::Command;
 use redisgate_core::policy::{self, Access, Refusal};
 use redisgate_core::request::{self, ParseLimits, Request as Rq};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +57,8 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Requests in flight and streams per caller.
     pub slots: Arc<slots::Slots>,
+    /// SHAs of scripts sent rewritten for plain Redis.
+    pub scripts: lua::Scripts,
 }
 
 /// What the client asked the answer to look like (PROTOCOL.md §4.3, §4.4).
@@ -263,25 +268,39 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     };
     let shutdown = gw.shutdown.clone();
     let result = match req {
-        Rq::Single(cmd) => exec::single(backend, cmd, p.access).await.map(|v| {
-            record_commands(labels, started, Some(std::slice::from_ref(&v)));
-            single_reply(&v, fmt, max_reply, sync)
-        }),
-        Rq::Pipeline(cmds) => exec::pipeline(backend, cmds, p.access).await.map(|vs| {
-            record_commands(labels, started, Some(&vs));
-            batch_reply(&vs, fmt, max_reply, sync)
-        }),
-        Rq::Transaction(cmds) => exec::transaction(backend, cmds, p.access).await.map(|out| match out {
-            // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
-            TxOutcome::Committed(vs) => {
+        Rq::Single(cmd) => {
+            let (cmd, fix) = gw.scripts.prepare(cmd);
+            exec::single(backend, cmd, p.access).await.map(|mut v| {
+                if let Some(fix) = fix {
+                    fix.apply(&mut v);
+                }
+                record_commands(labels, started, Some(std::slice::from_ref(&v)));
+                single_reply(&v, fmt, max_reply, sync)
+            })
+        }
+        Rq::Pipeline(cmds) => {
+            let (cmds, fixes) = prepare_batch(&gw.scripts, cmds);
+            exec::pipeline(backend, cmds, p.access).await.map(|mut vs| {
+                apply_fixes(&mut vs, fixes);
                 record_commands(labels, started, Some(&vs));
-                batch_reply(&vs, Format { resp2: false, ..fmt }, max_reply, sync)
-            }
-            TxOutcome::Discarded(text) => {
-                record_commands(labels, started, None);
-                reply::error(StatusCode::BAD_REQUEST, &text, sync)
-            }
-        }),
+                batch_reply(&vs, fmt, max_reply, sync)
+            })
+        }
+        Rq::Transaction(cmds) => {
+            let (cmds, fixes) = prepare_batch(&gw.scripts, cmds);
+            exec::transaction(backend, cmds, p.access).await.map(|out| match out {
+                // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
+                TxOutcome::Committed(mut vs) => {
+                    apply_fixes(&mut vs, fixes);
+                    record_commands(labels, started, Some(&vs));
+                    batch_reply(&vs, Format { resp2: false, ..fmt }, max_reply, sync)
+                }
+                TxOutcome::Discarded(text) => {
+                    record_commands(labels, started, None);
+                    reply::error(StatusCode::BAD_REQUEST, &text, sync)
+                }
+            })
+        }
         Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, shutdown, slot).await,
         Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, shutdown, slot).await,
         Rq::Monitor => sse::monitor(backend, keepalive, shutdown, slot).await,
@@ -291,6 +310,30 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
         reply::backend_error(&e, sync)
     })
+}
+
+/// A batch's commands as they go to Redis ([`lua::Scripts::prepare`]), and the answers to
+/// fix afterwards by position (none, and no allocation, for a batch without Upstash scripts).
+fn prepare_batch(scripts: &lua::Scripts, cmds: Vec<Command>) -> (Vec<Command>, Vec<(usize, lua::ClientSha)>) {
+    let mut fixes = Vec::new();
+    let cmds = cmds
+        .into_iter()
+        .enumerate()
+        .map(|(i, cmd)| {
+            let (cmd, fix) = scripts.prepare(cmd);
+            fixes.extend(fix.map(|f| (i, f)));
+            cmd
+        })
+        .collect();
+    (cmds, fixes)
+}
+
+fn apply_fixes(values: &mut [Value], fixes: Vec<(usize, lua::ClientSha)>) {
+    for (i, fix) in fixes {
+        if let Some(v) = values.get_mut(i) {
+            fix.apply(v);
+        }
+    }
 }
 
 /// The answer for a reply that would encode to more than `http.max_response_bytes`. The

@@ -314,3 +314,37 @@ async fn the_gateways_own_scripts_run_for_read_only_keys() {
         assert_eq!(r.json::<Value>().await.unwrap(), json!([{"result": ["b"]}]), "{path}");
     }
 }
+
+/// `@upstash/ratelimit` sends scripts with Upstash's own shebang flag and calls them by the SHA
+/// it computed: EVALSHA, on NOSCRIPT SCRIPT LOAD (expecting its SHA back), then EVALSHA again.
+/// Plain Redis refuses the flag; the gateway drops it and keeps the client's SHA working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_shebang_scripts_run_under_the_clients_sha() {
+    let g = gate_with_script_timeout().await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let (rw, _) = t.key(json!({"name": "rw", "scope": "read-write"})).await;
+    let script = "#!lua flags=allow-key-locking\nreturn redis.call('INCR', KEYS[1])";
+    let sha = redisgate_core::compat::script_sha(script.as_bytes());
+    let evalsha = json!(["EVALSHA", sha, 1, "hits"]);
+    let (s, body) = redis_cmd(&g, &t.instance, &rw, evalsha.clone()).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("NOSCRIPT"), "{body}");
+    let load = json!(["SCRIPT", "LOAD", script]);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, load.clone()).await, (200, json!({"result": sha})));
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, evalsha.clone()).await, (200, json!({"result": 1})));
+    let eval = json!(["EVAL", script, 1, "hits"]);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, eval).await, (200, json!({"result": 2})));
+    let exists = json!(["SCRIPT", "EXISTS", sha]);
+    assert_eq!(redis_cmd(&g, &t.instance, &rw, exists).await, (200, json!({"result": [1]})));
+    for (path, first) in [("pipeline", 3), ("multi-exec", 4)] {
+        let r = g
+            .http
+            .post(g.url(&format!("/redis/{}/{path}", t.instance)))
+            .bearer_auth(&rw)
+            .json(&json!([load, evalsha]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap(), json!([{"result": sha}, {"result": first}]), "{path}");
+    }
+}
