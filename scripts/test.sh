@@ -15,6 +15,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# @upstash/ratelimit and @upstash/lock (tests/node) run on Node.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -46,6 +49,15 @@ if ! pg_up; then
     $SUDO -u postgres psql -q -c "ALTER USER postgres PASSWORD 'postgres'" 2>/dev/null \
       || su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
   fi
+fi
+
+# The Upstash libraries' pinned versions (tests/node/package-lock.json), installed again only
+# when the lock file changed.
+stamp=tests/node/node_modules/.redisgate-lock.sha256
+want=$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >&2
+  echo "$want" > "$stamp"
 fi
 
 # The official Python SDK (upstash-redis) in a private venv, for the SDK test.

@@ -21,3 +21,4 @@ mod resilience;
 mod schema;
 mod scripts;
 mod sse;
+mod upstash_libs;

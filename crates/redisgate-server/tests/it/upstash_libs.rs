@@ -1,0 +1,68 @@
+//! The libraries people build on the Upstash SDK, unchanged, against RedisGate with a read-write
+//! key: `@upstash/ratelimit` (fixed window, sliding window, token bucket, `getRemaining`,
+//! `resetUsedTokens`, multi-region over two instances) and `@upstash/lock`. Runs
+//! `tests/node/upstash-libs.mjs` with Node; `scripts/test.sh` installs Node and the pinned
+//! packages (`npm ci` in `tests/node`). Without them this test fails: it never passes silently.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::repo_root;
+use crate::instances::Tenant;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_ratelimit_and_lock_work_with_a_read_write_key() {
+    let dir = repo_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/@upstash/ratelimit").exists(),
+        "tests/node has no node_modules: run scripts/test.sh, or `npm ci --prefix tests/node`"
+    );
+    let gate = crate::api::control_plane().await;
+    let tenant = Tenant::new(&gate, "libs@example.com").await;
+    let (s, second) = tenant
+        .api
+        .post(
+            &format!("/api/organizations/{}/redis-instances", tenant.org),
+            json!({"name": "second region", "memory_mb": 16}),
+        )
+        .await;
+    assert_eq!((s, second["status"].as_str()), (201, Some("running")), "{second}");
+    let (key, _) = tenant.key(json!({"name": "libs", "scope": "read-write"})).await;
+    let urls = [tenant.instance.as_str(), second["id"].as_str().unwrap()]
+        .map(|id| format!("{}/redis/{id}", gate.base))
+        .join(",");
+
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("upstash-libs.mjs")
+        .current_dir(&dir)
+        .env("UPSTASH_URLS", &urls)
+        .env("UPSTASH_TOKEN", &key)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output())
+        .await
+        .expect("the Node run finished in time")
+        .expect("node runs (scripts/test.sh installs it)");
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the Upstash libraries failed ({}):\n{report}", out.status);
+    for part in ["fixedWindow", "slidingWindow", "tokenBucket", "multi-region", "lock"] {
+        assert!(
+            report.contains(&format!(
+                "ok {}",
+                if part == "lock" { "lock".into() } else { format!("ratelimit {part}") }
+            )),
+            "{part} did not run:\n{report}"
+        );
+    }
+    println!("{report}");
+    drop(tenant);
+    gate.shutdown().await;
+}
