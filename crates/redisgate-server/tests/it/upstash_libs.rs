@@ -53,14 +53,10 @@ async fn upstash_ratelimit_and_lock_work_with_a_read_write_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the Upstash libraries failed ({}):\n{report}", out.status);
-    for part in ["fixedWindow", "slidingWindow", "tokenBucket", "multi-region", "lock"] {
-        assert!(
-            report.contains(&format!(
-                "ok {}",
-                if part == "lock" { "lock".into() } else { format!("ratelimit {part}") }
-            )),
-            "{part} did not run:\n{report}"
-        );
+    let parts =
+        ["fixedWindow", "slidingWindow", "tokenBucket", "multi-region"].map(|a| format!("ok ratelimit {a}"));
+    for line in parts.iter().map(String::as_str).chain(["ok lock"]) {
+        assert!(report.lines().any(|l| l == line), "`{line}` missing:\n{report}");
     }
     println!("{report}");
     drop(tenant);
