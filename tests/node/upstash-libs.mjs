@@ -15,6 +15,7 @@ const algorithms = {
   fixedWindow: Ratelimit.fixedWindow(3, "60 s"),
   slidingWindow: Ratelimit.slidingWindow(3, "60 s"),
   tokenBucket: Ratelimit.tokenBucket(1, "60 s", 3),
+  cachedFixedWindow: Ratelimit.cachedFixedWindow(3, "60 s"),
 };
 
 for (const [name, limiter] of Object.entries(algorithms)) {
@@ -30,11 +31,14 @@ for (const [name, limiter] of Object.entries(algorithms)) {
   console.log(`ok ratelimit ${name}`);
 }
 
-{
+for (const [name, limiter] of Object.entries({
+  fixedWindow: MultiRegionRatelimit.fixedWindow(3, "60 s"),
+  slidingWindow: MultiRegionRatelimit.slidingWindow(3, "60 s"),
+})) {
   const rl = new MultiRegionRatelimit({
     redis: [first, second],
-    limiter: MultiRegionRatelimit.fixedWindow(3, "60 s"),
-    prefix: "rg-multi",
+    limiter,
+    prefix: `rg-multi-${name}`,
     analytics: false,
   });
   const seen = [];
@@ -43,18 +47,18 @@ for (const [name, limiter] of Object.entries(algorithms)) {
     await r.pending;
     seen.push(r.success);
   }
-  assert.deepEqual(seen, [true, true, true, false], "multi-region: three pass, the fourth is limited");
+  assert.deepEqual(seen, [true, true, true, false], `multi-region ${name}: three pass, the fourth is limited`);
   const { remaining } = await rl.getRemaining("user-multi");
-  assert.equal(remaining, 0, "multi-region getRemaining");
+  assert.equal(remaining, 0, `multi-region ${name}: getRemaining`);
   await rl.resetUsedTokens("user-multi");
   // ratelimit 2.2.0's multi-region reset does not wait for its scripts (the promises are not
   // returned to Promise.all): wait until they have run, as a caller of the library must.
   for (let i = 0; (await rl.getRemaining("user-multi")).remaining !== 3; i++) {
-    assert.ok(i < 100, "multi-region: the reset never reached the regions");
+    assert.ok(i < 100, `multi-region ${name}: the reset never reached the regions`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  assert.equal((await rl.limit("user-multi")).success, true, "multi-region: allowed after reset");
-  console.log("ok ratelimit multi-region");
+  assert.equal((await rl.limit("user-multi")).success, true, `multi-region ${name}: allowed after reset`);
+  console.log(`ok ratelimit multi-region ${name}`);
 }
 
 {

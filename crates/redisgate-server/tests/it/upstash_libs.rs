@@ -1,6 +1,6 @@
 //! The libraries people build on the Upstash SDK, unchanged, against RedisGate with a read-write
-//! key: `@upstash/ratelimit` (fixed window, sliding window, token bucket, `getRemaining`,
-//! `resetUsedTokens`, multi-region over two instances) and `@upstash/lock`. Runs
+//! key: `@upstash/ratelimit` (fixed window, sliding window, token bucket, cached fixed window,
+//! `getRemaining`, `resetUsedTokens`, multi-region fixed and sliding window over two instances) and `@upstash/lock`. Runs
 //! `tests/node/upstash-libs.mjs` with Node; `scripts/test.sh` installs Node and the pinned
 //! packages (`npm ci` in `tests/node`). Without them this test fails: it never passes silently.
 
@@ -53,8 +53,15 @@ async fn upstash_ratelimit_and_lock_work_with_a_read_write_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the Upstash libraries failed ({}):\n{report}", out.status);
-    let parts =
-        ["fixedWindow", "slidingWindow", "tokenBucket", "multi-region"].map(|a| format!("ok ratelimit {a}"));
+    let parts = [
+        "fixedWindow",
+        "slidingWindow",
+        "tokenBucket",
+        "cachedFixedWindow",
+        "multi-region fixedWindow",
+        "multi-region slidingWindow",
+    ]
+    .map(|a| format!("ok ratelimit {a}"));
     for line in parts.iter().map(String::as_str).chain(["ok lock"]) {
         assert!(report.lines().any(|l| l == line), "`{line}` missing:\n{report}");
     }
