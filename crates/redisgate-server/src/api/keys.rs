@@ -56,9 +56,7 @@ async fn within_plan(state: &ApiState, user: &User, org: OrgId, rate: Option<Rat
         return Ok(());
     }
     let plan = state.store.org(org).await?.plan;
-    let set = state.store.plan_rates().await?;
-    let max =
-        set.iter().find(|(p, _)| *p == plan).map_or_else(|| state.rate_limit.for_plan(plan), |(_, r)| *r);
+    let max = state.keys.plan_rate(plan, &state.rate_limit);
     if rate.per_second > max.per_second || rate.burst > max.burst {
         return Err(ApiError::RateAbovePlan(max));
     }

@@ -150,16 +150,23 @@ impl KeyAuth {
         span.record("key.id", tracing::field::display(key.id));
         self.used.lock().expect("usage lock").insert(key.id, now);
         // The key's own rate, else its plan's rate from the API, else from the configuration.
-        let limit = self.rate_limit.as_ref().map(|r| {
-            let plan_rate = self.plan_rates.read().expect("plan rates lock").get(&plan).copied();
-            (Bucket::ApiKey(key.id), key.rate_limit.or(plan_rate).unwrap_or_else(|| r.for_plan(plan)))
-        });
+        let limit = self
+            .rate_limit
+            .as_ref()
+            .map(|r| (Bucket::ApiKey(key.id), key.rate_limit.unwrap_or_else(|| self.plan_rate(plan, r))));
         Ok(Principal { access: key.scope.access(), backend, caller: Bucket::ApiKey(key.id), limit })
     }
 
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// The rate of an organization on `plan`: the one set through the API (as this replica
+    /// last loaded it, at most a second ago), else the configuration's.
+    pub fn plan_rate(&self, plan: Plan, config: &RateLimitSettings) -> Rate {
+        let set = self.plan_rates.read().expect("plan rates lock").get(&plan).copied();
+        set.unwrap_or_else(|| config.for_plan(plan))
     }
 
     /// Reloads the plan rates set through the API.
