@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::conf::BUSY_REPLY_THRESHOLD;
+pub use self::conf::{BUSY_REPLY_THRESHOLD, generate_password};
 use self::conf::{CONF_FILE, ConfValues};
 use self::process::{LaunchError, Launcher};
 use self::supervisor::Supervisor;

@@ -17,17 +17,13 @@ pub(crate) const LOG_FILE: &str = "redis.log";
 /// Redis reports configuration errors on stderr before it opens its logfile.
 pub(crate) const STDERR_FILE: &str = "redis.stderr";
 
-/// The password of an instance that has never run before: 32 random bytes, hex-encoded so
-/// it needs no quoting in `redis.conf` nor escaping in a URL.
-pub(crate) fn generate_password() -> io::Result<String> {
+/// A password for a Redis user RedisGate creates (an instance's `requirepass`, its scope
+/// users): 32 random bytes, hex-encoded so it needs no quoting in `redis.conf` or an ACL rule
+/// nor escaping in a URL.
+pub fn generate_password() -> io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
-    let mut hex = String::with_capacity(64);
-    for b in bytes {
-        hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        hex.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
-    Ok(hex)
+    Ok(hex::encode(bytes))
 }
 
 /// What survives from an earlier run of the instance.
