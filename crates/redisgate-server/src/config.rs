@@ -601,10 +601,8 @@ impl Settings {
                 return Err(invalid(&format!("tokens[{i}].url"), "not a usable redis:// or rediss:// URL"));
             }
         }
-        if self.http.max_body_bytes == 0 {
-            return Err(invalid("http.max_body_bytes", "must be greater than 0"));
-        }
         let at_least_one = [
+            ("http.max_body_bytes", self.http.max_body_bytes as u64),
             ("http.max_pipeline_commands", self.http.max_pipeline_commands as u64),
             ("http.max_response_bytes", self.http.max_response_bytes as u64),
             ("http.max_connections", self.http.max_connections as u64),
