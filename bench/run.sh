@@ -28,6 +28,15 @@
 #                         (wrk, redis-benchmark) on CPU 1, via taskset
 #   --webdis-threads N    webdis worker threads (default 2)
 #   --out DIR             output dir (default /tmp/redisgate-bench.<timestamp>)
+#   --callgrind           instead of the sweep: instructions per request of RedisGate under
+#                         valgrind's callgrind (GET, SET, POST-GET, PIPE100; the pipeline also
+#                         per command), deterministic where req/s is not; see bench/README.md
+#   --rounds N            instead of the sweep: N alternating rounds of GET and SET at 50
+#                         connections (and GET at 1), webdis then RedisGate back to back in
+#                         each round, and the targets checked per round
+#   --ab PATH             with --rounds (default 3): a second redisgate binary ("B") measured
+#                         in every round right after the first ("A"), for before/after figures;
+#                         with --callgrind: B counted the same way after A
 #   -h, --help            this text
 #
 # Columns (results.tsv): target, test, conns, rps (wrk Requests/sec; redis-benchmark rps),
@@ -46,7 +55,7 @@ set -u
 SELF=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 
-BUILD=1; BIN=""; DURATION=8; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""
+BUILD=1; BIN=""; DURATION=8; MODE=sweep; ROUNDS=""; BIN_B=""; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""
 MAIN_CONNS=50          # concurrency of the POST and pipeline tests and of the target check
 PIPE_N=100             # commands per pipeline
 while [ $# -gt 0 ]; do
@@ -58,12 +67,18 @@ while [ $# -gt 0 ]; do
     --pin) PIN=1; shift;;
     --webdis-threads) WEBDIS_THREADS=$2; shift 2;;
     --out) OUT=$2; shift 2;;
+    --callgrind) MODE=callgrind; shift;;
+    --rounds) ROUNDS=$2; MODE=rounds; shift 2;;
+    --ab) BIN_B=$2; shift 2;;
     -h|--help) awk 'NR>1 && /^set -u/{exit} NR>1' "$SELF"; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
 done
 case "$DURATION" in ''|*[!0-9]*|0) echo "--duration needs a whole number of seconds >= 1" >&2; exit 2;; esac
 for c in $CONNS_LIST; do case "$c" in ''|*[!0-9]*|0) echo "--conns: bad value '$c'" >&2; exit 2;; esac; done
+if [ -n "$BIN_B" ] && [ "$MODE" = sweep ]; then MODE=rounds; ROUNDS=3; fi
+case "$ROUNDS" in ''|[1-9]|[1-9][0-9]) ;; *) echo "--rounds needs a whole number from 1 to 99" >&2; exit 2;; esac
+if [ -n "$BIN_B" ]; then [ -x "$BIN_B" ] || { echo "--ab: no executable at $BIN_B" >&2; exit 2; }; BIN_B=$(realpath "$BIN_B"); fi
 
 # ---------------------------------------------------------------- tools (install nothing)
 missing_pkgs=""
@@ -71,6 +86,7 @@ need() { command -v "$1" >/dev/null 2>&1 || { echo "missing: $1" >&2; case " $mi
 need redis-server redis-server; need redis-cli redis-tools; need redis-benchmark redis-tools
 need webdis webdis; need wrk wrk; need curl curl; need taskset util-linux; need ss iproute2
 [ -x /usr/bin/time ] || { echo "missing: /usr/bin/time" >&2; missing_pkgs="$missing_pkgs time"; }
+[ "$MODE" = callgrind ] && { need valgrind valgrind; need callgrind_control valgrind; }
 if [ -n "$missing_pkgs" ]; then
   echo "install them with:  sudo apt-get install -y$missing_pkgs" >&2
   exit 2
@@ -90,9 +106,18 @@ fi
 
 # ---------------------------------------------------------------- time budget
 set -- $CONNS_LIST; NCONNS=$#
-N_WRK=$(( 2 * (2 * NCONNS + 2) ))                 # (GET,SET) x conns + POST + pipeline, x 2 targets
-N_RB=$(( NCONNS + 2 ))                             # redis-benchmark invocations
-BUDGET=$(( N_WRK * (DURATION + 4) + N_RB * 4 + 20 ))   # seconds for the measuring part
+NBIN=1; [ -n "$BIN_B" ] && NBIN=2
+case "$MODE" in
+  sweep)
+    N_WRK=$(( 2 * (2 * NCONNS + 2) ))                 # (GET,SET) x conns + POST + pipeline, x 2 targets
+    N_RB=$(( NCONNS + 2 ))                             # redis-benchmark invocations
+    BUDGET=$(( N_WRK * (DURATION + 4) + N_RB * 4 + 20 ));;  # seconds for the measuring part
+  rounds)
+    BUDGET=$(( ROUNDS * 3 * (NBIN + 1) * (DURATION + 4) + 30 ));;  # (GET50, SET50, GET1) x targets
+  callgrind)
+    # per binary: start under valgrind, then per test a 3 s warm-up, the counted run, the dump
+    BUDGET=$(( NBIN * (4 * (DURATION + 12) + 40) ));;
+esac
 CAP=$(( BUDGET + 15 ))                             # hard limit (watchdog)
 T_START=$SECONDS
 
@@ -106,18 +131,18 @@ if [ "$PIN" = 1 ]; then
   SRV_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1)
 fi
 
-REDIS_PID=""; WEBDIS_PID=""; GW_PID=""; LOAD_PID=""; WATCHDOG_PID=""
+REDIS_PID=""; WEBDIS_PID=""; GW_PID=""; GWB_PID=""; LOAD_PID=""; WATCHDOG_PID=""
 # kill a process and all its descendants (by PID, depth first)
 kill_tree() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$c"; done; kill -TERM "$1" 2>/dev/null; }
 cleanup() {
   trap - EXIT INT TERM
   [ -n "$LOAD_PID" ] && kill_tree "$LOAD_PID"
-  for p in $GW_PID $WEBDIS_PID $REDIS_PID; do kill -TERM "$p" 2>/dev/null; done
+  for p in $GW_PID $GWB_PID $WEBDIS_PID $REDIS_PID; do kill -TERM "$p" 2>/dev/null; done
   for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
-    alive=0; for p in $GW_PID $WEBDIS_PID $REDIS_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
+    alive=0; for p in $GW_PID $GWB_PID $WEBDIS_PID $REDIS_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
     [ $alive = 0 ] && break; sleep 0.2
   done
-  for p in $GW_PID $WEBDIS_PID $REDIS_PID; do kill -KILL "$p" 2>/dev/null; done
+  for p in $GW_PID $GWB_PID $WEBDIS_PID $REDIS_PID; do kill -KILL "$p" 2>/dev/null; done
   [ -n "$WATCHDOG_PID" ] && kill_tree "$WATCHDOG_PID"
 }
 trap cleanup EXIT
@@ -173,15 +198,18 @@ rb() {
       printf "redis\t%s-P%s\t%s\t%.0f\t%.0f\t%.3f\t%.3f\t%s\t%s\t-\tredis-benchmark\n", f[1], P, c, f[2], f[2], f[5], f[7], rcpu, rss}' \
     "$f" >> "$RESULTS"
 }
-for c in $CONNS_LIST; do
-  n=100000; [ "$c" -le 4 ] && n=20000
-  rb "$c" 1 "$n" set,get
-done
-rb "$MAIN_CONNS" 16 1000000 set,get
-rb "$MAIN_CONNS" "$PIPE_N" 2000000 get
-redis-cli -p "$RPORT" set "$KEY" "$VAL" >/dev/null     # redis-benchmark used other keys; re-seed anyway
+if [ "$MODE" = sweep ]; then
+  for c in $CONNS_LIST; do
+    n=100000; [ "$c" -le 4 ] && n=20000
+    rb "$c" 1 "$n" set,get
+  done
+  rb "$MAIN_CONNS" 16 1000000 set,get
+  rb "$MAIN_CONNS" "$PIPE_N" 2000000 get
+  redis-cli -p "$RPORT" set "$KEY" "$VAL" >/dev/null     # redis-benchmark used other keys; re-seed anyway
+fi
 
 # ---------------------------------------------------------------- webdis
+if [ "$MODE" != callgrind ]; then
 WPORT=$(free_port 7379)
 cat > "$OUT/webdis.json" <<EOF
 { "redis_host": "127.0.0.1", "redis_port": $RPORT, "redis_auth": null,
@@ -196,24 +224,37 @@ WEB="http://127.0.0.1:$WPORT"
 wait_until 5 curl -sf "$WEB/PING" || { echo "webdis did not start on $WPORT" >&2; exit 1; }
 case "$(curl -s "$WEB/GET/$KEY")" in *"$VAL"*) ;; *) echo "webdis GET did not return the seeded value" >&2; exit 1;; esac
 echo "webdis: $WEB (pid $WEBDIS_PID, threads $WEBDIS_THREADS)"
+fi
 
 # ---------------------------------------------------------------- RedisGate
-GPORT=$(free_port 7391)
 TOKEN="redisgate-bench-token-0123456789"
-GW="http://127.0.0.1:$GPORT"
 AUTH=(-H "Authorization: Bearer $TOKEN")
 # a clean environment: no REDISGATE_* / SRH_* from the caller's shell leaks into the gateway
 unset_env=(); for v in $(compgen -e | grep -E '^(REDISGATE_|SRH_)'); do unset_env+=(-u "$v"); done
-# Metrics on and the rate limiter on with a limit no run reaches, as the operations issue asks;
-# state (the SQLite metadata store) in the output dir.
-"${SRV_PIN[@]}" env "${unset_env[@]}" REDISGATE_TOKEN="$TOKEN" REDISGATE_REDIS_URL="redis://127.0.0.1:$RPORT" \
-  REDISGATE_RATE_LIMIT__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__BURST=1000000000 \
-  REDISGATE_DATA_DIR="$OUT/redisgate-data" \
-  "$BIN" serve --listen "127.0.0.1:$GPORT" > "$OUT/redisgate.log" 2>&1 &
-GW_PID=$!
-wait_until 10 curl -sf "${AUTH[@]}" "$GW/get/$KEY" || { echo "RedisGate did not answer on $GW (see $OUT/redisgate.log)" >&2; exit 1; }
-case "$(curl -s "${AUTH[@]}" "$GW/get/$KEY")" in *"$VAL"*) ;; *) echo "RedisGate GET did not return the seeded value" >&2; exit 1;; esac
-echo "RedisGate: $GW (pid $GW_PID, $("$BIN" --version 2>/dev/null), binary $BIN)"
+# start_gateway NAME BINARY [WRAPPER...]: a standalone RedisGate on the first free port from
+# 7391 with every feature of the hot path on: metrics, CORS (default), the sync token, and
+# the rate limiter for the token (standalone tokens have no limit by default) at a limit no
+# run reaches; state (the SQLite metadata store) in the output dir. Sets GW_PORT and GW_LAST.
+start_gateway() {
+  local name=$1 bin=$2; shift 2
+  GW_PORT=$(free_port 7391)
+  "${SRV_PIN[@]}" env "${unset_env[@]}" REDISGATE_TOKEN="$TOKEN" REDISGATE_REDIS_URL="redis://127.0.0.1:$RPORT" \
+    REDISGATE_RATE_LIMIT__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__BURST=1000000000 \
+    REDISGATE_RATE_LIMIT__TOKENS__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__TOKENS__BURST=1000000000 \
+    REDISGATE_DATA_DIR="$OUT/redisgate-data-$name" \
+    "$@" "$bin" serve --listen "127.0.0.1:$GW_PORT" > "$OUT/redisgate-$name.log" 2>&1 &
+  GW_LAST=$!
+  local url="http://127.0.0.1:$GW_PORT"
+  # under valgrind start-up takes seconds
+  wait_until 60 curl -sf "${AUTH[@]}" "$url/get/$KEY" || { echo "RedisGate $name did not answer on $url (see $OUT/redisgate-$name.log)" >&2; exit 1; }
+  case "$(curl -s "${AUTH[@]}" "$url/get/$KEY")" in *"$VAL"*) ;; *) echo "RedisGate $name GET did not return the seeded value" >&2; exit 1;; esac
+  echo "RedisGate $name: $url (pid $GW_LAST, $("$bin" --version 2>/dev/null), binary $bin)"
+}
+GWB_PID=""; GWB=""
+if [ "$MODE" != callgrind ]; then
+  start_gateway A "$BIN"; GW_PID=$GW_LAST; GW="http://127.0.0.1:$GW_PORT"
+  if [ -n "$BIN_B" ]; then start_gateway B "$BIN_B"; GWB_PID=$GW_LAST; GWB="http://127.0.0.1:$GW_PORT"; fi
+fi
 
 # ---------------------------------------------------------------- wrk scripts
 POST_W="$OUT/webdis-post.lua"; POST_G="$OUT/redisgate-post.lua"
@@ -232,10 +273,14 @@ EOF
 body="["; for i in $(seq $PIPE_N); do body="$body[\"GET\",\"$KEY\"]"; [ "$i" -lt $PIPE_N ] && body="$body,"; done; body="$body]"
 printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "'$body'" > "$PIPE_G"
 # sanity: the pipeline answers PIPE_N results
-got=$(curl -s "${AUTH[@]}" -H 'Content-Type: application/json' --data "$body" "$GW/pipeline" | grep -o '"result"' | wc -l)
-[ "$got" = "$PIPE_N" ] || echo "WARNING: RedisGate /pipeline returned $got results instead of $PIPE_N" >&2
-
-echo "idle RSS: webdis $(rss_kb $WEBDIS_PID) KB, RedisGate $(rss_kb $GW_PID) KB, redis $(rss_kb $REDIS_PID) KB" | tee "$OUT/rss.txt"
+check_pipeline() {
+  local got; got=$(curl -s "${AUTH[@]}" -H 'Content-Type: application/json' --data "$body" "$1/pipeline" | grep -o '"result"' | wc -l)
+  [ "$got" = "$PIPE_N" ] || echo "WARNING: RedisGate /pipeline returned $got results instead of $PIPE_N" >&2
+}
+if [ "$MODE" != callgrind ]; then
+  check_pipeline "$GW"
+  echo "idle RSS: webdis $(rss_kb $WEBDIS_PID) KB, RedisGate $(rss_kb $GW_PID) KB${GWB_PID:+, RedisGate B $(rss_kb $GWB_PID) KB}, redis $(rss_kb $REDIS_PID) KB" | tee "$OUT/rss.txt"
+fi
 
 # ---------------------------------------------------------------- wrk runs
 # run TARGET TEST CONNS CMDS_PER_RESPONSE PID URL [wrk args...]
@@ -278,6 +323,133 @@ run() {
   printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$target" "$test" "$c" "$rps" "$cps" "$p50" "$p99" "$srv" "${rssmid:--}" "$other" "${note:--}" >> "$RESULTS"
   printf "  %-9s %-9s c=%-4s %9s req/s  p50 %8s ms  p99 %8s ms  %s\n" "$target" "$test" "$c" "$rps" "$p50" "$p99" "${note:--}"
 }
+
+# ---------------------------------------------------------------- --callgrind
+# Instructions per request: RedisGate under callgrind, warmed up by 3 s of wrk, counters zeroed,
+# DURATION s of `wrk -t1 -c4`, counters dumped; Ir of the dump over the requests wrk counted.
+# Deterministic for a given binary and input, whatever else the machine is doing.
+if [ "$MODE" = callgrind ]; then
+  CG="$OUT/callgrind.tsv"
+  printf "binary\ttest\trequests\tinstructions\tper_request\tper_command\tnote\n" > "$CG"
+  cg_test() {  # cg_test NAME PID TEST CMDS_PER_REQUEST URL [wrk args...]
+    local name=$1 pid=$2 test=$3 k=$4 url=$5; shift 5
+    local tag="cg-$name-$test" note="-"
+    local shown="$*"; shown=${shown//$TOKEN/***}
+    echo "wrk -t1 -c4 -d${DURATION}s $shown $url   # under callgrind, after 3 s of warm-up" >> "$OUT/commands.txt"
+    timeout 60 "${LOAD_PIN[@]}" wrk -t1 -c4 -d3s "$@" "$url" > "$OUT/$tag.warmup.wrk" 2>&1
+    callgrind_control -z "$pid" > /dev/null 2>&1
+    timeout $((DURATION + 60)) "${LOAD_PIN[@]}" wrk -t1 -c4 -d"${DURATION}s" "$@" "$url" > "$OUT/$tag.wrk" 2>&1
+    callgrind_control -d "$tag" "$pid" > /dev/null 2>&1
+    local dump; dump=$(ls -t "$OUT/cg-$name.out".* 2>/dev/null | head -1)
+    local ir; ir=$(awk '/^(summary|totals):/{print $2; exit}' "$dump" 2>/dev/null)
+    local n; n=$(awk '/requests in/{print $1; exit}' "$OUT/$tag.wrk")
+    grep -q 'Non-2xx\|Socket errors' "$OUT/$tag.wrk" && note="ERR:$(awk '/Non-2xx|Socket errors/{gsub(/^ +/,""); printf "%s; ", $0}' "$OUT/$tag.wrk")"
+    if [ -n "$ir" ] && [ "${n:-0}" -gt 0 ]; then
+      printf "%s\t%s\t%s\t%s\t%.0f\t%.0f\t%s\n" "$name" "$test" "$n" "$ir" "$(awk -v a="$ir" -v b="$n" 'BEGIN{print a/b}')" \
+        "$(awk -v a="$ir" -v b="$n" -v k="$k" 'BEGIN{print a/b/k}')" "$note" >> "$CG"
+    else
+      printf "%s\t%s\t-\t-\t-\t-\tno result (see %s.wrk, %s)\n" "$name" "$test" "$tag" "${dump:-no dump}" >> "$CG"
+    fi
+    tail -1 "$CG" | awk -F'\t' '{printf "  %-2s %-9s %8s requests  %9s instructions/request  %7s /command  %s\n", $1, $2, $3, $5, $6, $7}'
+  }
+  cg_binary() {  # cg_binary NAME BINARY
+    local name=$1 bin=$2
+    start_gateway "$name" "$bin" valgrind --tool=callgrind --callgrind-out-file="$OUT/cg-$name.out"
+    local pid=$GW_LAST url="http://127.0.0.1:$GW_PORT"
+    # the gateway under `env ... valgrind` is the valgrind process itself (env execs)
+    check_pipeline "$url"
+    cg_test "$name" "$pid" GET 1 "$url/get/$KEY" "${AUTH[@]}"
+    cg_test "$name" "$pid" SET 1 "$url/set/$SKEY/$VAL" "${AUTH[@]}"
+    cg_test "$name" "$pid" POST-GET 1 "$url/" -s "$POST_G" "${AUTH[@]}"
+    cg_test "$name" "$pid" "PIPE$PIPE_N" "$PIPE_N" "$url/pipeline" -s "$PIPE_G" "${AUTH[@]}"
+    kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  }
+  echo "callgrind: wrk -t1 -c4, ${DURATION}s per test after a 3 s warm-up"
+  cg_binary A "$BIN"; GW_PID=""
+  [ -n "$BIN_B" ] && { cg_binary B "$BIN_B"; GWB_PID=""; }
+  {
+    echo "# RedisGate instructions per request: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- A: $BIN ($("$BIN" --version 2>/dev/null); git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
+    [ -n "$BIN_B" ] && echo "- B: $BIN_B"
+    echo "- valgrind --tool=callgrind; wrk -t1 -c4 -d${DURATION}s after 3 s of warm-up; 100-byte value; standalone token, rate limiter on at 10^9/s, metrics and CORS on"
+    echo
+    echo "| test | A instructions / request | A / command |$([ -n "$BIN_B" ] && echo ' B instructions / request | B / command | B / A |')"
+    echo "|---|---:|---:|$([ -n "$BIN_B" ] && echo '---:|---:|---:|')"
+    awk -F'\t' 'NR>1 { v[$1, $2] = $5; c[$1, $2] = $6; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+      END { for (i = 1; i <= n; i++) { t = order[i]; line = "| " t " | " v["A", t] " | " c["A", t] " |"
+              if (("B", t) in v) line = line " " v["B", t] " | " c["B", t] " | " ((v["A", t] > 0) ? sprintf("%.3f", v["B", t] / v["A", t]) : "-") " |"
+              print line } }' "$CG"
+    echo
+    echo "Targets (issue: cost per request): GET and SET <= 30,000 instructions, pipeline <= 5,000 per command:"
+    awk -F'\t' 'NR>1 && ($2 == "GET" || $2 == "SET") { printf "- %s %s: %s per request: %s\n", $1, $2, $5, ($5 + 0 <= 30000 && $5 != "-") ? "PASS" : "FAIL" }
+                NR>1 && $2 ~ /^PIPE/ { printf "- %s %s: %s per command: %s\n", $1, $2, $6, ($6 + 0 <= 5000 && $6 != "-") ? "PASS" : "FAIL" }' "$CG"
+  } > "$OUT/results.md"
+  echo; cat "$OUT/results.md"
+  echo "results: $CG  $OUT/results.md  (callgrind dumps cg-*.out.*: callgrind_annotate them)"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- --rounds (alternating)
+# ROUNDS rounds; in each, per test, webdis then A (then B) back to back, so that drift of the
+# machine hits all of them alike. The targets are checked per round.
+if [ "$MODE" = rounds ]; then
+  echo "alternating rounds (${DURATION}s per run):"
+  for r in $(seq "$ROUNDS"); do
+    echo " round $r"
+    for t in "GET $MAIN_CONNS" "SET $MAIN_CONNS" "GET 1"; do
+      set -- $t
+      if [ "$1" = GET ]; then wp="$WEB/GET/$KEY"; gp="/get/$KEY"; else wp="$WEB/SET/$SKEY/$VAL"; gp="/set/$SKEY/$VAL"; fi
+      run webdis "$1#$r" "$2" 1 "$WEBDIS_PID" "$wp"
+      run redisgate "$1#$r" "$2" 1 "$GW_PID" "$GW$gp" "${AUTH[@]}"
+      [ -n "$GWB" ] && run redisgate-B "$1#$r" "$2" 1 "$GWB_PID" "$GWB$gp" "${AUTH[@]}"
+    done
+  done
+  echo "peak RSS (VmHWM): webdis $(hwm_kb $WEBDIS_PID) KB, RedisGate $(hwm_kb $GW_PID) KB${GWB_PID:+, RedisGate B $(hwm_kb $GWB_PID) KB}" | tee -a "$OUT/rss.txt"
+  {
+    echo "# RedisGate alternating rounds: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- A: $BIN (git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty'))${BIN_B:+; B: $BIN_B}"
+    echo "- wrk ${DURATION}s per run, -t2 (-t1 at 1 connection); pin: $([ "$PIN" = 1 ] && echo 'yes (servers CPU 0, load CPU 1)' || echo no)"
+    echo
+  } > "$OUT/results.md"
+  awk -F'\t' -v MC="$MAIN_CONNS" -v md="$OUT/results.md" '
+    function ratio(a, b) { return (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) ? sprintf("%.2f", a / b) : "-" }
+    NR == 1 { next }
+    { split($2, tr, "#"); k = $1 SUBSEP tr[1] SUBSEP $3 SUBSEP tr[2]; rps[k] = $4; p99[k] = $7
+      if (tr[2] > nr) nr = tr[2]; if ($1 == "redisgate-B") hasb = 1 }
+    END {
+      h = "| round | test | conns | webdis req/s, p99 ms | A req/s, p99 ms | A/webdis req/s | A/webdis p99 |"
+      if (hasb) h = h " B req/s, p99 ms | B/webdis req/s | B/webdis p99 | B/A req/s |"
+      print h; print h >> md
+      s = "|---|---|---:|---:|---:|---:|---:|" (hasb ? "---:|---:|---:|---:|" : ""); print s; print s >> md
+      split("GET " MC ",SET " MC ",GET 1", tests, ",")
+      for (r = 1; r <= nr; r++) for (i = 1; i <= 3; i++) {
+        split(tests[i], tc, " "); t = tc[1]; c = tc[2]
+        w = "webdis" SUBSEP t SUBSEP c SUBSEP r; a = "redisgate" SUBSEP t SUBSEP c SUBSEP r; b = "redisgate-B" SUBSEP t SUBSEP c SUBSEP r
+        line = sprintf("| %d | %s | %s | %s, %s | %s, %s | %s | %s |", r, t, c, rps[w], p99[w], rps[a], p99[a], ratio(rps[a], rps[w]), ratio(p99[a], p99[w]))
+        if (hasb) line = line sprintf(" %s, %s | %s | %s | %s |", rps[b], p99[b], ratio(rps[b], rps[w]), ratio(p99[b], p99[w]), ratio(rps[b], rps[a]))
+        print line; print line >> md
+        for (x = 0; x <= hasb; x++) {
+          g = x ? b : a
+          if (c == MC) { tot[x, t]++; if (rps[g] >= 1.5 * rps[w] && p99[g] + 0 <= 0.8 * p99[w] && rps[w] > 0) ok[x, t]++ }
+          else { tot[x, "GET1"]++; if (rps[g] >= rps[w] && rps[w] > 0) ok[x, "GET1"]++ }
+        }
+      }
+      out = "\nTargets, rounds that pass (issue: 3 of 3):\n"
+      for (x = 0; x <= hasb; x++) {
+        n = x ? "B" : "A"
+        out = out sprintf("- %s: GET at %s connections >= 1.5x webdis req/s with p99 <= 0.8x: %d of %d\n", n, MC, ok[x, "GET"], tot[x, "GET"])
+        out = out sprintf("- %s: SET at %s connections >= 1.5x webdis req/s with p99 <= 0.8x: %d of %d\n", n, MC, ok[x, "SET"], tot[x, "SET"])
+        out = out sprintf("- %s: GET at 1 connection >= webdis req/s: %d of %d\n", n, ok[x, "GET1"], tot[x, "GET1"])
+      }
+      printf "%s", out; printf "%s", out >> md
+    }' "$RESULTS"
+  echo >> "$OUT/results.md"; sed 's/^/- /' "$OUT/rss.txt" >> "$OUT/results.md"
+  echo "results: $RESULTS  $OUT/results.md"
+  echo "measuring took $(( SECONDS - T_START ))s"
+  exit 0
+fi
 
 echo "wrk runs (${DURATION}s each):"
 for c in $CONNS_LIST; do

@@ -88,8 +88,19 @@ fn write_array<'a>(items: impl Iterator<Item = &'a Value>, enc: Encoding, out: &
     out.push(b']');
 }
 
+/// Whether JSON carries `b` as it is: printable ASCII but `"` and `\`, the common case of
+/// keys and values. Without early exit, so the loop vectorises.
+fn json_as_is(b: &[u8]) -> bool {
+    b.iter().fold(true, |ok, &c| ok & (0x20..0x7f).contains(&c) & (c != b'"') & (c != b'\\'))
+}
+
 fn write_bytes(b: &[u8], enc: Encoding, out: &mut Vec<u8>) {
     match enc {
+        Encoding::Plain if json_as_is(b) => {
+            out.push(b'"');
+            out.extend_from_slice(b);
+            out.push(b'"');
+        }
         Encoding::Plain => write_json_str(&String::from_utf8_lossy(b), out),
         Encoding::Base64 => {
             out.push(b'"');
@@ -227,6 +238,9 @@ fn bytes_len_bound(b: &[u8], enc: Encoding) -> usize {
 /// What serde_json writes for the text of `b` (after `from_utf8_lossy`), without the quotes:
 /// exact for valid UTF-8; otherwise each byte ≥ 0x80 is counted as a 3-byte U+FFFD.
 fn json_text_len(b: &[u8]) -> usize {
+    if json_as_is(b) {
+        return b.len();
+    }
     let valid = std::str::from_utf8(b).is_ok();
     b.iter()
         .map(|&c| match c {

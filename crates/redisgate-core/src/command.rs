@@ -2,21 +2,45 @@
 
 use std::fmt;
 
+use crate::catalog;
+
 /// One Redis command: its name followed by its arguments, each as raw bytes.
 ///
-/// Invariant: there is at least one element (the name). The upper-cased name is kept
-/// beside the arguments because every policy and compatibility rule looks it up.
+/// Invariant: there is at least one element (the name). The command's catalog entry is
+/// looked up once, here, because every policy, compatibility and metrics rule asks for it:
+/// a known command's upper-case name is the catalog's own (no allocation), only an unknown
+/// one keeps an upper-cased copy.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Command {
-    name: String,
+    name: Name,
     args: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Name {
+    /// The position in [`catalog::COMMANDS`].
+    Known(u16),
+    Unknown(Box<str>),
 }
 
 impl Command {
     /// Builds a command from its parts; `None` when there is no name at all.
     pub fn new(args: Vec<Vec<u8>>) -> Option<Self> {
         let first = args.first()?;
-        let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+        // Command names are short: upper-case them on the stack to look them up.
+        let mut buf = [0u8; 32];
+        let known = match buf.get_mut(..first.len()) {
+            Some(upper) => {
+                upper.copy_from_slice(first);
+                upper.make_ascii_uppercase();
+                std::str::from_utf8(upper).ok().and_then(catalog::index)
+            }
+            None => None,
+        };
+        let name = match known.and_then(|i| u16::try_from(i).ok()) {
+            Some(i) => Name::Known(i),
+            None => Name::Unknown(String::from_utf8_lossy(first).to_ascii_uppercase().into()),
+        };
         Some(Self { name, args })
     }
 
@@ -27,7 +51,25 @@ impl Command {
 
     /// The command name, upper-cased (`"SET"`), as policy tables spell it.
     pub fn name(&self) -> &str {
-        &self.name
+        match &self.name {
+            Name::Known(i) => catalog::COMMANDS[usize::from(*i)].name,
+            Name::Unknown(name) => name,
+        }
+    }
+
+    /// The command's entry in the catalog (not its subcommand's); `None` for a command the
+    /// catalog does not know.
+    pub fn spec(&self) -> Option<&'static catalog::Spec> {
+        self.catalog_index().map(|i| &catalog::COMMANDS[i])
+    }
+
+    /// The position of [`Command::spec`] in [`catalog::COMMANDS`]: a dense index for
+    /// per-command slots.
+    pub fn catalog_index(&self) -> Option<usize> {
+        match self.name {
+            Name::Known(i) => Some(usize::from(i)),
+            Name::Unknown(_) => None,
+        }
     }
 
     /// All parts, the name (as sent) included.
@@ -54,6 +96,6 @@ impl Command {
 /// Commands are shown by name and argument count only: values may be secrets.
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}(+{} args)", self.name, self.args.len() - 1)
+        write!(f, "{}(+{} args)", self.name(), self.args.len() - 1)
     }
 }

@@ -66,9 +66,8 @@ pub fn class_of(name: &str, sub: Option<&[u8]>) -> Class {
 
 /// Checks one command against the gateway's rules and the token's access.
 pub fn check(cmd: &Command, access: Access) -> Result<(), Refusal> {
-    let name = cmd.name();
-    let parent =
-        catalog::find(name).ok_or_else(|| Refusal::UnknownCommand { command: shown(&cmd.parts()[0]) })?;
+    let parent = cmd.spec().ok_or_else(|| Refusal::UnknownCommand { command: shown(&cmd.parts()[0]) })?;
+    let name = parent.name;
     let (spec, sub) = match cmd.args().first() {
         Some(sub) if !parent.subcommands.is_empty() => match parent.subcommand(sub) {
             Some(spec) => (spec, Some(spec.name)),

@@ -156,17 +156,26 @@ pub fn parse_body_command(body: &[u8]) -> Result<Command, ParseError> {
 }
 
 fn parse_batch(body: &[u8], what: &'static str, max: usize) -> Result<Vec<Command>, ParseError> {
-    let items: Vec<&RawValue> =
-        serde_json::from_slice(body).map_err(|_| ParseError::NotAnArrayOfArrays { what })?;
+    // One pass over the body for the common, well-formed batch; a malformed one is looked at
+    // again only to say what is wrong with it.
+    let items: Vec<Vec<&RawValue>> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(_) => {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|_| ParseError::NotAnArrayOfArrays { what })?;
+            if items.len() > max {
+                return Err(ParseError::TooManyCommands { what, max, got: items.len() });
+            }
+            return Err(ParseError::NotAnArrayOfArrays { what });
+        }
+    };
     if items.len() > max {
         return Err(ParseError::TooManyCommands { what, max, got: items.len() });
     }
     items
         .iter()
         .enumerate()
-        .map(|(index, raw)| {
-            let parts: Vec<&RawValue> =
-                serde_json::from_str(raw.get()).map_err(|_| ParseError::NotAnArrayOfArrays { what })?;
+        .map(|(index, parts)| {
             let args = parts
                 .iter()
                 .enumerate()
@@ -184,6 +193,11 @@ fn parse_batch(body: &[u8], what: &'static str, max: usize) -> Result<Vec<Comman
 fn json_arg(raw: &RawValue) -> Result<Vec<u8>, &'static str> {
     let text = raw.get();
     match text.as_bytes().first() {
+        // Without a backslash the text between the quotes is the string itself: JSON has no
+        // other escapes, and a raw value is valid JSON, so it holds no control characters.
+        Some(b'"') if !text.contains('\\') && text.len() >= 2 => {
+            Ok(text.as_bytes()[1..text.len() - 1].to_vec())
+        }
         Some(b'"') => {
             let s: Cow<'_, str> = serde_json::from_str(text).map_err(|_| "an invalid string")?;
             Ok(s.into_owned().into_bytes())

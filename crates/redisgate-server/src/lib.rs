@@ -169,7 +169,13 @@ pub async fn launch(
         None => None,
     };
     let app = router(api, Arc::clone(&health), metrics_listener.is_none(), &settings.cors);
-    let data_plane = serve::DataPlane::new(gateway, !settings.tokens.is_empty(), cors_layer(&settings.cors));
+    let vary_by_origin = !settings.cors.allowed_origins.iter().any(|o| o == "*");
+    let data_plane = serve::DataPlane::new(
+        gateway,
+        !settings.tokens.is_empty(),
+        cors_layer(&settings.cors),
+        vary_by_origin,
+    );
     if let Some(listener) = metrics_listener {
         // The operators' side: metrics, and health with every component's details.
         let metrics = Router::new()

@@ -47,28 +47,52 @@ pub const ROUTER_SEGMENTS: &[&str] = &["api", "auth", "docs", "openapi.json", "h
 /// The data plane, served without the router.
 #[derive(Clone)]
 pub struct DataPlane {
-    service: tower::util::Either<Cors<Direct>, Direct>,
+    direct: Direct,
+    cors: Option<Cors<Direct>>,
+    /// Whether every request goes through [`Self::cors`], or only those with an `Origin`.
+    cors_always: bool,
 }
 
 impl DataPlane {
-    /// `standalone`: the protocol is also served at `/` for standalone tokens.
-    pub fn new(gateway: Arc<Gateway>, standalone: bool, cors: Option<CorsLayer>) -> Self {
+    /// `standalone`: the protocol is also served at `/` for standalone tokens. `cors` applies to
+    /// requests that carry `Origin` (browsers send it on every cross-origin request and
+    /// preflight; servers and edge functions, the usual callers, do not), or to every request
+    /// when `vary_by_origin`: with an origin list, answers differ by origin and must say
+    /// `Vary: Origin` to caches even when asked without one. Skipping the layer saved a
+    /// header map per request.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        standalone: bool,
+        cors: Option<CorsLayer>,
+        vary_by_origin: bool,
+    ) -> Self {
         let direct = Direct { gateway, standalone };
-        let service = match cors {
-            Some(cors) => tower::util::Either::Left(cors.layer(direct)),
-            None => tower::util::Either::Right(direct),
-        };
-        DataPlane { service }
+        let cors = cors.map(|cors| cors.layer(direct.clone()));
+        DataPlane { direct, cors, cors_always: vary_by_origin }
     }
 
-    fn serves(&self, path: &str) -> bool {
-        let direct = match &self.service {
-            tower::util::Either::Left(cors) => cors.get_ref(),
-            tower::util::Either::Right(direct) => direct,
+    /// The request's answer if it is the data plane's, else the request back (for the router).
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
+    fn call(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<
+        Either<tower::util::Oneshot<Cors<Direct>, http::Request<Body>>, DirectFuture>,
+        http::Request<Body>,
+    > {
+        let Some(target) = self.direct.target(req.uri().path()) else {
+            return Err(req);
         };
-        direct.target(path).is_some()
+        Ok(match &self.cors {
+            Some(cors) if self.cors_always || req.headers().contains_key(http::header::ORIGIN) => {
+                Either::Left(cors.clone().oneshot(req))
+            }
+            _ => Either::Right(self.direct.serve(target, req)),
+        })
     }
 }
+
+type DirectFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Where a data-plane request goes, with its metrics route label.
 enum Target {
@@ -96,33 +120,38 @@ impl Direct {
         let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
         (self.standalone && !ROUTER_SEGMENTS.contains(&first)).then_some(Target::Standalone)
     }
+
+    fn serve(&self, target: Target, req: http::Request<Body>) -> DirectFuture {
+        let gw = Arc::clone(&self.gateway);
+        Box::pin(async move {
+            let observation = Observation::start(&req);
+            let span = observation.span().clone();
+            let (res, route) = match target {
+                Target::Instance(route) => {
+                    (gateway::handle_instance(State(gw), req).instrument(span).await, Some(route))
+                }
+                // Standalone: no route label for the span; the raw path holds keys.
+                Target::Standalone => (gateway::handle(State(gw), req).instrument(span).await, None),
+            };
+            observation.finish(route, "standalone", &res);
+            Ok(res)
+        })
+    }
 }
 
 impl Service<http::Request<Body>> for Direct {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = DirectFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
+    /// Behind the CORS layer: [`DataPlane::call`] routed the request here already.
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let gw = Arc::clone(&self.gateway);
-        let target = self.target(req.uri().path());
-        Box::pin(async move {
-            let observation = Observation::start(&req);
-            let span = observation.span().clone();
-            let (res, route) = match target {
-                Some(Target::Instance(route)) => {
-                    (gateway::handle_instance(State(gw), req).instrument(span).await, Some(route))
-                }
-                // Standalone: no route label for the span; the raw path holds keys.
-                _ => (gateway::handle(State(gw), req).instrument(span).await, None),
-            };
-            observation.finish(route, "standalone", &res);
-            Ok(res)
-        })
+        let target = self.target(req.uri().path()).unwrap_or(Target::Standalone);
+        self.serve(target, req)
     }
 }
 
@@ -169,10 +198,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (app, data_plane) = (app.clone(), data_plane.clone());
         let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let mut req = req.map(Body::new);
-            if data_plane.serves(req.uri().path()) {
-                return Either::Left(data_plane.service.clone().oneshot(req));
-            }
+            let mut req = match data_plane.call(req.map(Body::new)) {
+                Ok(answer) => return Either::Left(answer),
+                Err(req) => req,
+            };
             // The peer address rides along in the request extensions (audit log, throttling).
             req.extensions_mut().insert(ConnectInfo(peer));
             Either::Right(app.clone().oneshot(req))

@@ -48,7 +48,7 @@ fn record_outcome<T>(span: &Span, result: &Result<T, BackendError>, failed: impl
 
 /// Runs one command.
 pub async fn single(backend: &Backend, cmd: Command, access: Access) -> Result<Value, BackendError> {
-    let span = redis_span(|| command_label(cmd.name()), None);
+    let span = redis_span(|| command_label(&cmd), None);
     // Whether the client sent a script, decided before the compatibility rules: the scripts
     // they write themselves (ZRANGE … LIMIT) are RedisGate's own and run on the shared
     // connection, whatever the key's scope, as in a batch.
@@ -56,7 +56,11 @@ pub async fn single(backend: &Backend, cmd: Command, access: Access) -> Result<V
     let run = async {
         match (compat::plan(cmd), scripts) {
             (Plan::Reply(v), _) => Ok(v),
-            (Plan::Forward(cmd), Some(kinds)) => backend.run_script(&packed(&cmd), access, kinds).await,
+            // Boxed: the script path's future (time bound, SCRIPT KILL, scope user) is several
+            // KB, and inline it would be moved with every plain command's future.
+            (Plan::Forward(cmd), Some(kinds)) => {
+                Box::pin(backend.run_script(&packed(&cmd), access, kinds)).await
+            }
             (Plan::Forward(cmd), None) => backend.run(&packed(&cmd)).await,
         }
     };
@@ -103,7 +107,8 @@ async fn send_batch(
     scripts: Option<Kinds>,
 ) -> Result<Vec<Value>, BackendError> {
     match scripts {
-        Some(kinds) => backend.run_script_batch(pipe, count, access, kinds).await,
+        // Boxed as in `single`.
+        Some(kinds) => Box::pin(backend.run_script_batch(pipe, count, access, kinds)).await,
         None => backend.run_batch(pipe, count).await,
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use redis::Value;
 use redisgate_core::codec::{self, Encoding};
@@ -68,12 +68,15 @@ struct Format {
     resp2: bool,
 }
 
+const ENCODING: HeaderName = HeaderName::from_static("upstash-encoding");
+const RESPONSE_FORMAT: HeaderName = HeaderName::from_static("upstash-response-format");
+
 fn format(headers: &HeaderMap) -> Result<Format, &'static str> {
-    let encoding = match headers.get("upstash-encoding") {
+    let encoding = match headers.get(ENCODING) {
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"base64") => Encoding::Base64,
         _ => Encoding::Plain,
     };
-    let resp2 = match headers.get("upstash-response-format").map(HeaderValue::as_bytes) {
+    let resp2 = match headers.get(RESPONSE_FORMAT).map(HeaderValue::as_bytes) {
         None => false,
         Some(v) if v.eq_ignore_ascii_case(b"json") => false,
         Some(v) if v.eq_ignore_ascii_case(b"resp2") => true,
@@ -231,12 +234,13 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
     }
 }
 
-/// Records a batch's commands: each gets its own outcome and an equal share of the time.
-fn record_commands(labels: &[&'static str], started: std::time::Instant, outcomes: Option<&[Value]>) {
-    let share = started.elapsed().as_secs_f64() / labels.len().max(1) as f64;
-    for (i, name) in labels.iter().enumerate() {
+/// Records a batch's commands (by catalog position): each gets its own outcome and an equal
+/// share of the time.
+fn record_commands(commands: &[Option<usize>], started: std::time::Instant, outcomes: Option<&[Value]>) {
+    let share = started.elapsed().as_secs_f64() / commands.len().max(1) as f64;
+    for (i, command) in commands.iter().enumerate() {
         let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
-        crate::ops::metrics::redis_command(name, share, failed);
+        crate::ops::metrics::redis_command(*command, share, failed);
     }
 }
 
@@ -246,15 +250,15 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let keepalive = gw.http.sse_keepalive;
     let max_reply = gw.http.max_response_bytes;
     let started = std::time::Instant::now();
-    let (one, many): ([&'static str; 1], Vec<&'static str>);
-    let labels: &[&'static str] = match &req {
+    let (one, many): ([Option<usize>; 1], Vec<Option<usize>>);
+    let labels: &[Option<usize>] = match &req {
         // Most requests carry one command: no allocation for its label.
         Rq::Single(c) => {
-            one = [crate::ops::metrics::command_label(c.name())];
+            one = [c.catalog_index()];
             &one
         }
         _ => {
-            many = req.commands().iter().map(|c| crate::ops::metrics::command_label(c.name())).collect();
+            many = req.commands().iter().map(Command::catalog_index).collect();
             &many
         }
     };
@@ -301,9 +305,14 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 }
             })
         }
-        Rq::Subscribe(names) => sse::subscribe(backend, names, false, keepalive, shutdown, slot).await,
-        Rq::PSubscribe(names) => sse::subscribe(backend, names, true, keepalive, shutdown, slot).await,
-        Rq::Monitor => sse::monitor(backend, keepalive, shutdown, slot).await,
+        // Streams are boxed: their futures are large, and would otherwise make every request's.
+        Rq::Subscribe(names) => {
+            Box::pin(sse::subscribe(backend, names, false, keepalive, shutdown, slot)).await
+        }
+        Rq::PSubscribe(names) => {
+            Box::pin(sse::subscribe(backend, names, true, keepalive, shutdown, slot)).await
+        }
+        Rq::Monitor => Box::pin(sse::monitor(backend, keepalive, shutdown, slot)).await,
     };
     result.unwrap_or_else(|e| {
         record_commands(labels, started, None);

@@ -7,9 +7,10 @@
 //! Counters exist only while a caller holds something, so the table is as large as the set of
 //! callers active right now, never the set of keys ever seen.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 use crate::ops::ratelimit::Bucket;
 
@@ -23,7 +24,9 @@ enum Kind {
 pub struct Slots {
     max_requests: usize,
     max_streams: usize,
-    held: Mutex<HashMap<(Bucket, Kind), usize>>,
+    /// Fx-hashed: callers are our own ids (token positions, server-made key ids), never
+    /// values a client picks, so a keyed hash buys nothing here.
+    held: Mutex<FxHashMap<(Bucket, Kind), usize>>,
 }
 
 /// One request or stream of a caller; its place is given back when dropped.

@@ -12,6 +12,7 @@ use axum::response::Response;
 use http::Method;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redisgate_core::catalog;
+use redisgate_core::command::Command;
 use tracing::Instrument as _;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -242,10 +243,10 @@ pub async fn track_http(State(fallback): State<FallbackLabel>, req: Request, nex
     res
 }
 
-/// The label for a command name (upper case): its name if the command catalog
-/// ([`redisgate_core::catalog`], the one list of commands) has it, else `other`.
-pub fn command_label(name: &str) -> &'static str {
-    catalog::find(name).map_or("other", |c| c.name)
+/// The label of a command: its name if the command catalog ([`redisgate_core::catalog`], the
+/// one list of commands) has it, else `other`.
+pub fn command_label(cmd: &Command) -> &'static str {
+    cmd.spec().map_or("other", |c| c.name)
 }
 
 /// The series of one command label, registered once (see [`HttpSeries`]).
@@ -255,21 +256,25 @@ struct CommandSeries {
     duration: metrics::Histogram,
 }
 
-fn command_series(label: &'static str) -> &'static CommandSeries {
+fn command_series(index: Option<usize>) -> &'static CommandSeries {
     // One slot per catalog command, and the last for `other`.
     static SLOTS: OnceLock<Vec<OnceLock<CommandSeries>>> = OnceLock::new();
     let slots = SLOTS.get_or_init(|| (0..=catalog::COMMANDS.len()).map(|_| OnceLock::new()).collect());
-    let index = catalog::index(label).unwrap_or(catalog::COMMANDS.len());
-    slots[index].get_or_init(|| CommandSeries {
-        commands: metrics::counter!(REDIS_COMMANDS, "command" => label),
-        errors: metrics::counter!(REDIS_COMMAND_ERRORS, "command" => label),
-        duration: metrics::histogram!(REDIS_COMMAND_DURATION, "command" => label),
+    let index = index.filter(|i| *i < catalog::COMMANDS.len()).unwrap_or(catalog::COMMANDS.len());
+    slots[index].get_or_init(|| {
+        let label = catalog::COMMANDS.get(index).map_or("other", |c| c.name);
+        CommandSeries {
+            commands: metrics::counter!(REDIS_COMMANDS, "command" => label),
+            errors: metrics::counter!(REDIS_COMMAND_ERRORS, "command" => label),
+            duration: metrics::histogram!(REDIS_COMMAND_DURATION, "command" => label),
+        }
     })
 }
 
-/// Records one Redis command's outcome under its `label` (from [`command_label`]).
-pub fn redis_command(label: &'static str, seconds: f64, failed: bool) {
-    let series = command_series(label);
+/// Records one Redis command's outcome under its catalog position
+/// ([`Command::catalog_index`]; `None`: `other`).
+pub fn redis_command(index: Option<usize>, seconds: f64, failed: bool) {
+    let series = command_series(index);
     series.commands.increment(1);
     // Touched on success too, so the error series exists (at 0) for every command seen.
     series.errors.increment(u64::from(failed));
@@ -282,10 +287,10 @@ mod tests {
 
     #[test]
     fn command_labels_are_the_catalog() {
-        assert_eq!(command_label("JSON.GET"), "JSON.GET");
-        assert_eq!(command_label("GET"), "GET");
-        assert_eq!(command_label("ZRANGESTORE"), "ZRANGESTORE");
-        assert_eq!(command_label("NOSUCHCOMMAND"), "other");
-        assert_eq!(command_label("get"), "other", "callers pass upper case");
+        let label = |name: &str| command_label(&Command::from_strs(&[name]).unwrap());
+        assert_eq!(label("JSON.GET"), "JSON.GET");
+        assert_eq!(label("get"), "GET", "any case");
+        assert_eq!(label("ZRANGESTORE"), "ZRANGESTORE");
+        assert_eq!(label("NOSUCHCOMMAND"), "other");
     }
 }

@@ -197,6 +197,27 @@ impl SharedLimiter {
     }
 }
 
+/// A number as a header value. These headers go on every answer of a limited caller, and a
+/// value made from a number is a fresh allocation each time: the common ones (remaining
+/// budgets and resets up to [`NUMBERS`], a limit seen before on this thread) are made once.
+fn number(n: u64) -> HeaderValue {
+    const NUMBERS: u64 = 1024;
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    if n < NUMBERS {
+        // Static values: cloning one copies a pointer, where a shared one counts references.
+        let small = SMALL
+            .get_or_init(|| (0..NUMBERS).map(|n| HeaderValue::from_static(n.to_string().leak())).collect());
+        return small[n as usize].clone();
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((m, v)) if *m == n => v.clone(),
+        _ => last.insert((n, HeaderValue::from(n))).1.clone(),
+    })
+}
+
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -204,9 +225,9 @@ const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// The `RateLimit-*` headers (and `Retry-After` when refused) for a decision.
 pub fn headers(rate: Rate, d: &Decision, h: &mut HeaderMap) {
     let secs = |dur: std::time::Duration| dur.as_secs() + u64::from(dur.subsec_nanos() > 0);
-    h.insert(LIMIT, HeaderValue::from(rate.per_second));
-    h.insert(REMAINING, HeaderValue::from(d.remaining));
-    h.insert(RESET, HeaderValue::from(secs(d.reset_after)));
+    h.insert(LIMIT, number(u64::from(rate.per_second)));
+    h.insert(REMAINING, number(u64::from(d.remaining)));
+    h.insert(RESET, number(secs(d.reset_after)));
     if !d.allowed {
         h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs(d.retry_after).max(1)));
     }

@@ -316,6 +316,12 @@ async fn methods_and_cors() {
     let r = r.await.unwrap();
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     assert_eq!(r.headers()["access-control-expose-headers"], "upstash-sync-token");
+    // A caller that is not a browser sends no Origin and gets no CORS headers: with the `*`
+    // origin the answer does not vary by origin, so there is nothing to tell caches either.
+    let r = g.http.post(g.url("/")).bearer_auth(TOKEN).body(r#"["PING"]"#).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    assert!(!r.headers().contains_key("vary"));
 }
 
 #[tokio::test]
@@ -338,6 +344,9 @@ async fn cors_origin_list() {
     assert!(
         !ask("https://evil.example").await.unwrap().headers().contains_key("access-control-allow-origin")
     );
+    // With an origin list the answer varies by origin, so even one asked without Origin says so.
+    let r = g.http.post(g.url("/")).bearer_auth(TOKEN).body(r#"["PING"]"#).send().await.unwrap();
+    assert!(r.headers()["vary"].to_str().unwrap().contains("origin"), "{:?}", r.headers());
 }
 
 #[tokio::test]
