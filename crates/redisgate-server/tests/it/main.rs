@@ -20,5 +20,7 @@ mod ratelimit;
 mod resilience;
 mod schema;
 mod scripts;
+mod sentinel;
 mod sse;
+mod topo;
 mod upstash_libs;
