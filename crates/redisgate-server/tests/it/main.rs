@@ -3,6 +3,7 @@
 
 mod accounts;
 mod api;
+mod cluster;
 mod commands;
 mod common;
 mod deploy;

@@ -2,15 +2,15 @@
 //! on loopback; the primary is killed under a client writing counters through the gateway.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redisgate_server::config::Settings;
 use serde_json::json;
 
 use crate::common::Gate;
 use crate::instances::Tenant;
-use crate::topo::{Proc, clients_on, ok, until, writer};
+use crate::topo::{
+    Proc, assert_primary, clients_on, fast, ok, only_127_0_0_1, promotion, tenant_org, until, writer,
+};
 
 const PW: &str = "data-pw";
 
@@ -65,14 +65,6 @@ impl Group {
     }
 }
 
-fn fast() -> Settings {
-    let mut s = Settings::default();
-    s.backend.retry_delay = Duration::from_millis(200);
-    s.backend.health_check_interval = Duration::from_millis(200);
-    s.backend.connect_timeout = Duration::from_millis(500);
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_keeps_every_acknowledged_write() {
     let mut group = Group::start(3).await;
@@ -105,40 +97,25 @@ async fn sentinel_failover_keeps_every_acknowledged_write() {
     assert_eq!(ok(&g, &t.instance, &key, json!(["SET", "k", "v"])).await, json!("OK"));
 
     let keys: Vec<String> = (0..4).map(|i| format!("counter:{i}")).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (task, writes) =
-        writer(Arc::clone(&g), t.instance.clone(), key.clone(), keys.clone(), Arc::clone(&stop));
-    until("writes before the kill", Duration::from_secs(10), || async {
-        writes.lock().unwrap().total_acked() >= 100
-    })
-    .await;
+    let w = writer(Arc::clone(&g), t.instance.clone(), key.clone(), keys.clone());
+    w.more("writes before the kill", 100).await;
 
     let killed = Instant::now();
-    let acked_before = writes.lock().unwrap().total_acked();
+    let acked_before = w.writes.lock().unwrap().total_acked();
     group.primary.kill();
-    until("the replica's promotion", Duration::from_secs(30), || async {
-        group.replica.role().await.as_deref() == Some("master")
-    })
-    .await;
-    let promoted = Instant::now();
+    let promoted = promotion(&group.replica).await;
     until("a write after the failover", Duration::from_secs(10), || async {
-        writes.lock().unwrap().acked_at.last().is_some_and(|t| *t > promoted)
+        w.writes.lock().unwrap().acked_at.last().is_some_and(|t| *t > promoted)
     })
     .await;
-    let served = writes.lock().unwrap().acked_at.iter().copied().find(|t| *t > killed).unwrap();
-    let after = Instant::now();
-    until("more writes on the new primary", Duration::from_secs(10), || async {
-        writes.lock().unwrap().acked_at.iter().filter(|t| **t > after).count() >= 50
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
+    w.more("more writes on the new primary", 50).await;
+    let w = w.finish().await;
+    let served = w.acked_at.iter().copied().find(|t| *t > killed).unwrap();
 
     let mut finals = Vec::new();
     for k in &keys {
         finals.push(group.replica.text(&["GET", k]).await.parse().unwrap_or(0));
     }
-    let w = std::mem::take(&mut *writes.lock().unwrap());
     w.check_against(&finals);
     let outage = served.duration_since(killed);
     let after_promotion = served.saturating_duration_since(promoted);
@@ -155,16 +132,7 @@ async fn sentinel_failover_keeps_every_acknowledged_write() {
         after_promotion < Duration::from_secs(5),
         "writes served {after_promotion:?} after the promotion"
     );
-    // The new primary is shown as such.
-    let (_, view) = t.api.get(&format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance)).await;
-    assert!(
-        view["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["role"] == "primary" && n["address"] == group.replica.addr()),
-        "{view}"
-    );
+    assert_primary(&t, &group.replica.addr()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,12 +179,8 @@ async fn a_primary_the_egress_policy_forbids_is_never_dialled() {
         sentinel.sentinel_field("evil", "flags").await.as_deref() == Some("master")
     })
     .await;
-    let mut s = fast();
-    s.instances.external.allow = vec!["127.0.0.1/32".into()];
-    let g = Gate::start_unchecked(s).await;
-    let (api, _) = crate::api::Api::signup(&g, "mallory@example.com").await;
-    let (_, org) = api.post("/api/organizations", json!({"name": "Evil"})).await;
-    let instances = format!("/api/organizations/{}/redis-instances", org["id"].as_str().unwrap());
+    let g = only_127_0_0_1().await;
+    let (api, instances) = tenant_org(&g, "mallory@example.com").await;
     let spec = json!({"sentinels": [sentinel.addr()], "master_name": "evil"});
     let (st, inst) = api
         .post(

@@ -165,24 +165,59 @@ pub struct Writes {
     pub refused: usize,
     /// Anything else: must stay empty.
     pub errors: Vec<String>,
-    /// When each acknowledgement and each 503 came.
+    /// When each acknowledgement and each 503 came (`key_acked_at`: per key index).
     pub acked_at: Vec<Instant>,
+    pub key_acked_at: Vec<Vec<Instant>>,
     pub failed_at: Vec<Instant>,
 }
 
-/// Writes `INCR keys[i]` round-robin through `/redis/{instance}` until `stop` is set.
-pub fn writer(
-    gate: Arc<Gate>,
-    instance: String,
-    key: String,
-    keys: Vec<String>,
+/// A running [`writer`].
+pub struct Writer {
+    task: tokio::task::JoinHandle<()>,
+    pub writes: Arc<Mutex<Writes>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Writes>>) {
-    let writes = Arc::new(Mutex::new(Writes { acked: vec![Vec::new(); keys.len()], ..Writes::default() }));
+}
+
+impl Writer {
+    /// Waits for `n` more acknowledged writes (at most 10 s).
+    pub async fn more(&self, what: &str, n: usize) {
+        let before = self.writes.lock().unwrap().total_acked();
+        until(what, Duration::from_secs(10), || async {
+            self.writes.lock().unwrap().total_acked() >= before + n
+        })
+        .await;
+    }
+
+    /// Stops writing and hands over what the client saw.
+    pub async fn finish(self) -> Writes {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        std::mem::take(&mut *self.writes.lock().unwrap())
+    }
+}
+
+/// Waits (at most 30 s) until `node` answers ROLE `master`, and says when that was seen.
+pub async fn promotion(node: &Proc) -> Instant {
+    until("the replica's promotion", Duration::from_secs(30), || async {
+        node.role().await.as_deref() == Some("master")
+    })
+    .await;
+    Instant::now()
+}
+
+/// Writes `INCR keys[i]` round-robin through `/redis/{instance}` until finished.
+pub fn writer(gate: Arc<Gate>, instance: String, key: String, keys: Vec<String>) -> Writer {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let writes = Arc::new(Mutex::new(Writes {
+        acked: vec![Vec::new(); keys.len()],
+        key_acked_at: vec![Vec::new(); keys.len()],
+        ..Writes::default()
+    }));
     let out = Arc::clone(&writes);
     let task = tokio::spawn(async move {
         let mut i = 0usize;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
             let k = i % keys.len();
             i += 1;
             let r = gate
@@ -211,6 +246,7 @@ pub fn writer(
                 (200, Some(n)) => {
                     w.acked[k].push(n);
                     w.acked_at.push(now);
+                    w.key_acked_at[k].push(now);
                 }
                 (503, _) if retry_after && body["error"].is_string() => {
                     w.failed_at.push(now);
@@ -224,7 +260,7 @@ pub fn writer(
             }
         }
     });
-    (task, writes)
+    Writer { task, writes, stop }
 }
 
 impl Writes {
@@ -262,12 +298,47 @@ pub async fn ok(g: &Gate, instance: &str, key: &str, cmd: serde_json::Value) -> 
     body["result"].clone()
 }
 
-/// Client connections to `p` that arrived on `laddr` (`ip:port`) and are not named `sentinel-*`.
+/// Client connections to `p` that arrived on `laddr` (`ip:port`), other than the servers' own:
+/// sentinels (named `sentinel-*`) and replicas (flag `S`).
 pub async fn clients_on(p: &Proc, laddr: &str) -> Vec<String> {
     p.text(&["CLIENT", "LIST"])
         .await
         .lines()
-        .filter(|l| l.contains(&format!(" laddr={laddr} ")) && !l.contains(" name=sentinel-"))
+        .filter(|l| l.contains(&format!(" laddr={laddr} ")))
+        .filter(|l| !l.contains(" name=sentinel-") && !l.contains(" flags=S "))
         .map(str::to_owned)
         .collect()
+}
+
+/// The instance's view names `addr` as its primary.
+pub async fn assert_primary(t: &crate::instances::Tenant<'_>, addr: &str) {
+    let (_, view) = t.api.get(&format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance)).await;
+    let nodes = view["nodes"].as_array().unwrap();
+    assert!(
+        nodes.iter().any(|n| n["role"] == "primary" && n["address"] == addr),
+        "{addr} is the primary: {view}"
+    );
+}
+
+/// Settings that notice failures fast: 200 ms retries and health checks, 500 ms connects.
+pub fn fast() -> redisgate_server::config::Settings {
+    let mut s = redisgate_server::config::Settings::default();
+    s.backend.retry_delay = Duration::from_millis(200);
+    s.backend.health_check_interval = Duration::from_millis(200);
+    s.backend.connect_timeout = Duration::from_millis(500);
+    s
+}
+
+/// A gateway ([`fast`]) whose egress policy allows 127.0.0.1 only (not the rest of 127/8).
+pub async fn only_127_0_0_1() -> Gate {
+    let mut s = fast();
+    s.instances.external.allow = vec!["127.0.0.1/32".into()];
+    Gate::start_unchecked(s).await
+}
+
+/// A new account's organization, and its instances URL.
+pub async fn tenant_org<'a>(g: &'a Gate, email: &str) -> (crate::api::Api<'a>, String) {
+    let (api, _) = crate::api::Api::signup(g, email).await;
+    let (_, org) = api.post("/api/organizations", json!({"name": "Acme"})).await;
+    (api, format!("/api/organizations/{}/redis-instances", org["id"].as_str().unwrap()))
 }

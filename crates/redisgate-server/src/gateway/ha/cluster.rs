@@ -1,6 +1,6 @@
 //! A Cluster instance: commands go to the primary serving their first key's slot.
 //!
-//! The slot map comes from `CLUSTER SLOTS`, asked of a connected node (the seeds at first)
+//! The slot map comes from `CLUSTER NODES`, asked of a connected node (the seeds at first)
 //! every `backend.health_check_interval`, and at once after a MOVED, a CLUSTERDOWN or a node
 //! that cannot be reached. Each primary has a plain backend (replicas are listed, not used).
 //!
@@ -484,7 +484,7 @@ impl Cluster {
         self.nodes.lock().expect("nodes lock").clear();
     }
 
-    /// Asks connected nodes (primaries first, then the others known) for CLUSTER SLOTS and
+    /// Asks connected nodes (primaries first, then the others known) for CLUSTER NODES and
     /// installs the first complete answer.
     async fn refresh_once(&self) {
         let mut candidates: Vec<((String, u16), Arc<Backend>)> =
@@ -496,54 +496,74 @@ impl Cluster {
         });
         let limit = self.dial.cfg.connect_timeout + self.dial.cfg.response_timeout;
         for ((host, _port), backend) in candidates {
-            let asked = tokio::time::timeout(limit, backend.run(redis::cmd("CLUSTER").arg("SLOTS"))).await;
-            if let Ok(Ok(Value::Array(ranges))) = asked
-                && let Some(new) = self.build(&ranges, &host)
-            {
+            let asked = tokio::time::timeout(limit, backend.run(redis::cmd("CLUSTER").arg("NODES"))).await;
+            let text = match asked {
+                Ok(Ok(Value::BulkString(b))) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(Ok(Value::VerbatimString { text, .. })) => text,
+                _ => continue,
+            };
+            if let Some(new) = self.build(&text, &host) {
                 self.install(new);
                 return;
             }
         }
     }
 
-    /// The map CLUSTER SLOTS describes; an empty host means the node asked.
-    fn build(&self, ranges: &[Value], asked_host: &str) -> Option<SlotMap> {
+    /// The map CLUSTER NODES describes (one line per node: id, `ip:port@bus`, flags, its
+    /// primary's id, …, the slot ranges it serves); an empty host means the node asked. (Not
+    /// CLUSTER SLOTS: Redis 7.0 caches that answer and can keep serving it without replicas
+    /// that joined after it was first asked.)
+    fn build(&self, text: &str, asked_host: &str) -> Option<SlotMap> {
         let mut map = SlotMap::default();
-        let endpoint = |v: &Value| -> Option<(String, u16)> {
-            let Value::Array(node) = v else { return None };
-            let host = match node.first()? {
-                Value::BulkString(h) => String::from_utf8_lossy(h).into_owned(),
-                Value::SimpleString(h) => h.clone(),
-                _ => return None,
-            };
-            let host = if host.is_empty() || host == "?" { asked_host.to_owned() } else { host };
-            let Value::Int(port) = node.get(1)? else { return None };
-            Some((host, u16::try_from(*port).ok()?))
-        };
-        let mut covered = 0usize;
-        for range in ranges {
-            let Value::Array(r) = range else { return None };
-            let (Some(Value::Int(start)), Some(Value::Int(end))) = (r.first(), r.get(1)) else { return None };
-            let (start, end) = (u16::try_from(*start).ok()?, u16::try_from(*end).ok()?);
-            if start > end || end >= SLOTS {
-                return None;
+        struct Line<'a> {
+            id: &'a str,
+            host: String,
+            port: u16,
+            primary: bool,
+            primary_of: &'a str,
+            ranges: Vec<(u16, u16)>,
+        }
+        let mut lines = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let [id, addr, flags, primary_of, ..] = fields[..] else { return None };
+            let flags: Vec<&str> = flags.split(',').collect();
+            if flags.iter().any(|f| matches!(*f, "fail" | "noaddr" | "handshake")) {
+                continue;
             }
-            let (host, port) = endpoint(r.get(2)?)?;
-            let index = match map.shards.iter().position(|s| s.host == host && s.port == port) {
-                Some(i) => i,
-                None => {
-                    let backend = self.node(&host, port).ok()?;
-                    let replicas = r[3..].iter().filter_map(endpoint).collect();
-                    map.shards.push(Shard { host, port, backend, replicas, first_slot: start });
-                    map.shards.len() - 1
+            let endpoint = addr.split(['@', ',']).next()?;
+            let (host, port) = endpoint.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let host = if host.is_empty() { asked_host.to_owned() } else { host.to_owned() };
+            let mut ranges = Vec::new();
+            for slots in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
+                let (a, b) = slots.split_once('-').unwrap_or((slots, slots));
+                let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b || b >= SLOTS {
+                    return None;
                 }
-            };
-            let shard = &mut map.shards[index];
-            shard.first_slot = shard.first_slot.min(start);
-            for slot in start..=end {
-                map.slots[usize::from(slot)] = index as u16;
+                ranges.push((a, b));
             }
-            covered += usize::from(end - start) + 1;
+            let primary = flags.contains(&"master");
+            lines.push(Line { id, host, port: port.parse().ok()?, primary, primary_of, ranges });
+        }
+        let mut covered = 0usize;
+        for l in lines.iter().filter(|l| l.primary && !l.ranges.is_empty()) {
+            let backend = self.node(&l.host, l.port).ok()?;
+            let replicas = lines
+                .iter()
+                .filter(|r| !r.primary && r.primary_of == l.id)
+                .map(|r| (r.host.clone(), r.port))
+                .collect();
+            let first_slot = l.ranges.iter().map(|r| r.0).min().unwrap_or(0);
+            let index = map.shards.len() as u16;
+            map.shards.push(Shard { host: l.host.clone(), port: l.port, backend, replicas, first_slot });
+            for &(a, b) in &l.ranges {
+                for slot in a..=b {
+                    map.slots[usize::from(slot)] = index;
+                }
+                covered += usize::from(b - a) + 1;
+            }
         }
         // Slot order: stable SCAN positions whoever is primary.
         let mut order: Vec<usize> = (0..map.shards.len()).collect();
@@ -566,7 +586,11 @@ impl Cluster {
             let old = self.map();
             old.slots != new.slots
                 || old.shards.len() != new.shards.len()
-                || old.shards.iter().zip(&new.shards).any(|(a, b)| a.host != b.host || a.port != b.port)
+                || old
+                    .shards
+                    .iter()
+                    .zip(&new.shards)
+                    .any(|(a, b)| (&a.host, a.port, &a.replicas) != (&b.host, b.port, &b.replicas))
         };
         if !changed {
             return;

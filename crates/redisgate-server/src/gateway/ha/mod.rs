@@ -6,7 +6,7 @@
 //!
 //! - [`sentinel`]: the primary as the sentinels name it, verified with ROLE, followed on
 //!   `+switch-master`; reads may go to replicas.
-//! - [`cluster`]: the slot map from CLUSTER SLOTS; MOVED/ASK followed, pipelines split per
+//! - [`cluster`]: the slot map from CLUSTER NODES; MOVED/ASK followed, pipelines split per
 //!   node, SCAN and the keyspace-wide commands across the primaries.
 
 pub mod cluster;
