@@ -267,6 +267,12 @@ async fn a_slot_migration_under_load_is_invisible() {
         assert_eq!(finals[k], acked.len() as i64, "key {}: exactly the acknowledged writes", keys[k]);
     }
     assert_eq!(c.owner("{m}").await, to, "the slot moved");
+    let metrics = g.http.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in
+        ["redis_cluster_redirects_total{kind=\"ask\"}", "redis_cluster_redirects_total{kind=\"moved\"}"]
+    {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
     eprintln!("slot migration: {} writes, no error", w.total_acked());
 }
 

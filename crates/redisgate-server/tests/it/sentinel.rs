@@ -207,3 +207,52 @@ async fn a_primary_the_egress_policy_forbids_is_never_dialled() {
         .await;
     assert_eq!((st, body["field"].as_str()), (422, Some("sentinels")), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_instances_in_check_metrics_restart_and_delete() {
+    let group = Group::start(1).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = fast();
+    settings.data_dir = data.path().to_owned();
+    settings.instances.external.allow = vec!["127.0.0.0/8".into()];
+    let g = Gate::start_with_data_dir(settings.clone()).await;
+    let body =
+        json!({"name": "ha", "provisioner": "external", "kind": "sentinel", "sentinel": group.spec(false)});
+    let t = Tenant::with_instance(&g, "ann@example.com", body).await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(ok(&g, &t.instance, &key, json!(["SET", "k", "v"])).await, json!("OK"));
+    let metrics = g.http.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("redis_topology_changes_total{kind=\"sentinel\"} 1"), "{metrics}");
+    let stats =
+        t.api.get(&format!("/api/organizations/{}/redis-instances/{}/stats", t.org, t.instance)).await;
+    assert_eq!((stats.0, stats.1["keys"].as_u64()), (200, Some(1)), "{stats:?}");
+
+    // `redisgate check` pings the sentinels through the egress policy.
+    let lines = redisgate_server::check::run(&settings, "test").await;
+    let line = lines.iter().find(|l| l.component.contains(&t.instance)).expect("a line for the instance");
+    assert!(line.component.contains("sentinel") && line.result.is_ok(), "{line}");
+
+    // A restart serves it again, from the stored (sealed) topology.
+    let (org, instance, token) = (t.org.clone(), t.instance.clone(), t.api.token.clone());
+    drop(t);
+    g.shutdown().await;
+    let g = Gate::start_with_data_dir(settings.clone()).await;
+    let api = crate::api::Api { g: &g, token };
+    until("the instance restored", Duration::from_secs(10), || async {
+        let (_, v) = api.get(&format!("/api/organizations/{org}/redis-instances/{instance}")).await;
+        v["health"] == "healthy"
+    })
+    .await;
+    assert_eq!(ok(&g, &instance, &key, json!(["GET", "k"])).await, json!("v"));
+
+    // Deleting it closes every connection the gateway held to its servers.
+    let laddr = group.primary.addr();
+    assert!(!clients_on(&group.primary, &laddr).await.is_empty(), "the gateway is connected");
+    let (s, _) = api.delete(&format!("/api/organizations/{org}/redis-instances/{instance}")).await;
+    assert_eq!(s, 204);
+    until("the gateway's connections closed", Duration::from_secs(5), || async {
+        // Only this question's own connection is left.
+        clients_on(&group.primary, &laddr).await.len() <= 1
+    })
+    .await;
+}
