@@ -351,3 +351,14 @@ async fn announced_nodes_the_egress_policy_forbids_are_never_dialled() {
     let (st, body) = api.post(&instances, body).await;
     assert_eq!((st, body["field"].as_str()), (422, Some("seeds")), "{body}");
 }
+
+/// The Python SDK suite through a Cluster instance, each test's keys under one hash tag. (With
+/// keys in different slots, the failures are Redis' own CROSSSLOT refusals: docs/BACKENDS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_redis_python_sdk_through_a_cluster() {
+    let c = TestCluster::start(&[]).await;
+    let g = Gate::start_unchecked(fast()).await;
+    let (t, _) = cluster_instance(&g, &c).await;
+    let (key, _) = t.key(json!({"name": "sdk", "scope": "read-write"})).await;
+    crate::python_sdk::run_pytest_one_slot(&format!("{}/redis/{}", g.base, t.instance), &key).await;
+}
