@@ -296,6 +296,22 @@ async fn a_killed_primary_fails_over_with_503s_and_no_lost_write() {
     let replica = replica.expect("the victim has a replica");
     let killed = Instant::now();
     c.nodes[victim].kill();
+    // Before the promotion, a pipeline over every key: the commands of the dead primary answer
+    // with its error in their places, the others run.
+    let dead = c.nodes[victim].addr();
+    let view = format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance);
+    until("the gateway to see the primary down", Duration::from_secs(5), || async {
+        let (_, v) = t.api.get(&view).await;
+        v["nodes"].as_array().unwrap().iter().any(|n| n["address"] == dead && n["status"] == "down")
+    })
+    .await;
+    let reads: Vec<Value> = keys.iter().map(|k| json!(["GET", k])).collect();
+    let (s, replies) = post(&g, &format!("/redis/{}/pipeline", t.instance), &key, json!(reads)).await;
+    assert_eq!(c.nodes[replica].role().await.as_deref(), Some("slave"), "still before the promotion");
+    assert_eq!(s, 200, "{replies}");
+    let replies = replies.as_array().unwrap();
+    assert!(replies[0]["error"].as_str().is_some_and(|e| e.contains("Redis")), "{replies:?}");
+    assert!(replies.iter().any(|r| r["result"].is_string()), "other nodes answered: {replies:?}");
     let promoted = promotion(&c.nodes[replica]).await;
     let k0 = keys[0].clone();
     until("a write to the failed-over slot", Duration::from_secs(10), || async {

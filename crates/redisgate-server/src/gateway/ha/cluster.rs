@@ -12,7 +12,9 @@
 //! until the map shows the promoted replica.
 //!
 //! - `/pipeline`: one sub-pipeline per node, sent concurrently, replies put back in the
-//!   request's order; commands redirected in it are then re-sent one by one, in order.
+//!   request's order; commands redirected in it are then re-sent one by one, in order. When
+//!   some nodes answered and others failed, the failed ones' commands answer with the error in
+//!   their places (the others ran); only when all failed does the request get the 503.
 //! - `/multi-exec`: all keys must share one slot, else the transaction is discarded with Redis'
 //!   own `CROSSSLOT` error (a node would answer the same); it runs on that slot's primary, and
 //!   is sent again only when the node discarded it (EXECABORT) because of a redirection.
@@ -396,21 +398,38 @@ impl Cluster {
             send_batch(node, &sub, members.len(), script).await
         });
         let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
-        for ((_, members), sent) in groups.iter().zip(futures_util::future::join_all(sends).await) {
-            for (&i, v) in members.iter().zip(self.failed(sent)?) {
-                replies[i] = Some(v);
+        let sent = futures_util::future::join_all(sends).await;
+        // Every node failed: nothing ran (or nothing is known to have), the 503 rules apply.
+        if let Some(Err(e)) = sent.iter().find(|r| r.is_err())
+            && sent.iter().all(Result::is_err)
+            && routes.iter().all(|r| !matches!(r, Route::Spread(_)))
+        {
+            self.refresh.notify_one();
+            return Err(e.clone());
+        }
+        // Some nodes answered: their commands ran, so the request succeeds, and the commands of a
+        // node that failed answer with its error in their places.
+        let mut failed = vec![false; cmds.len()];
+        for ((_, members), sent) in groups.iter().zip(sent) {
+            match self.failed(sent) {
+                Ok(values) => members.iter().zip(values).for_each(|(&i, v)| replies[i] = Some(v)),
+                Err(e) => members.iter().for_each(|&i| {
+                    replies[i] = Some(error_reply(&e.to_string()));
+                    failed[i] = true;
+                }),
             }
         }
         // Redirected commands did not run: re-send them, and the keyspace-wide ones, in order.
         let mut out = Vec::with_capacity(cmds.len());
         for (i, reply) in replies.into_iter().enumerate() {
-            out.push(match reply {
-                Some(v) if redirect(&v).is_none() => v,
+            let resent = match reply {
+                Some(v) if failed[i] || redirect(&v).is_none() => Ok(v),
                 _ => match routes[i] {
-                    Route::Spread(s) => self.spread(cmds[i], s).await?,
-                    r => self.run_one(cmds[i], script, r).await?,
+                    Route::Spread(s) => self.spread(cmds[i], s).await,
+                    r => self.run_one(cmds[i], script, r).await,
                 },
-            });
+            };
+            out.push(resent.unwrap_or_else(|e| error_reply(&e.to_string())));
         }
         Ok(out)
     }
