@@ -71,8 +71,13 @@ def redis(credentials, encoding):
 
 @pytest.fixture
 def key(request, credentials):
-    """`key("name")` -> a key unique to this test; all are deleted afterwards."""
+    """`key("name")` -> a key unique to this test; all are deleted afterwards.
+
+    With REDISGATE_TEST_ONE_SLOT set (a Redis Cluster behind the gateway), a test's keys share
+    one hash tag, so its multi-key commands stay within one slot as cluster applications do."""
     prefix = f"rg-py:{request.node.name}:{uuid.uuid4().hex}:"
+    if os.environ.get("REDISGATE_TEST_ONE_SLOT"):
+        prefix = "{" + prefix + "}"
     made = []
 
     def make(name):

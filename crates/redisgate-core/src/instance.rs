@@ -32,6 +32,34 @@ impl ProvisionerKind {
     }
 }
 
+/// What an external instance's Redis is: one server, a Sentinel-managed primary with its
+/// replicas, or a Redis Cluster. Local instances are always `standalone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// One server at a `redis://` or `rediss://` URL.
+    #[default]
+    Standalone,
+    /// A primary found through Redis Sentinel, followed across failovers.
+    Sentinel,
+    /// A Redis Cluster reached through seed nodes; commands go to their slot's node.
+    Cluster,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Sentinel => "sentinel",
+            Self::Cluster => "cluster",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Standalone, Self::Sentinel, Self::Cluster].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// Lifecycle: `pending` → `running` → `stopped` / `error` (with a reason). Never a lie: an
 /// instance whose process could not start is `error`, not `running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -65,6 +93,8 @@ pub struct Instance {
     pub org_id: OrgId,
     pub name: String,
     pub provisioner: ProvisionerKind,
+    /// `standalone`, `sentinel` or `cluster`.
+    pub kind: BackendKind,
     pub memory_bytes: u64,
     pub status: InstanceStatus,
     /// Why the instance is in `error` (or `stopped`), for people.

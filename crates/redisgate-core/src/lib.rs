@@ -14,6 +14,7 @@
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 //! - [`egress`]: which resolved addresses an external instance's URL may reach.
+//! - [`topology`]: Sentinel and Cluster instances' servers, and the cluster's slot rules.
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -34,5 +35,6 @@ pub mod quota;
 pub mod ratelimit;
 pub mod request;
 pub mod store;
+pub mod topology;
 
 pub use redis::Value;

@@ -17,7 +17,7 @@ use crate::account::{Email, User};
 use crate::apikey::{ApiKey, Scope};
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 use crate::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
-use crate::instance::{Instance, InstanceStatus, ProvisionerKind};
+use crate::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
 use crate::org::{Invitation, InvitationError, Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
 use crate::ratelimit::Rate;
@@ -89,8 +89,10 @@ pub struct NewInstance {
     pub org_id: OrgId,
     pub name: String,
     pub provisioner: ProvisionerKind,
+    pub kind: BackendKind,
     pub memory_bytes: u64,
-    /// External instances: the connection URL, sealed by the caller.
+    /// External instances: the connection URL (`standalone`) or the JSON
+    /// [`crate::topology::Topology`] (`sentinel`, `cluster`), sealed by the caller.
     pub sealed_url: Option<Vec<u8>>,
 }
 

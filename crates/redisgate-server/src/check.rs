@@ -11,8 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redisgate_core::instance::ProvisionerKind;
+use redisgate_core::instance::{BackendKind, ProvisionerKind};
 use redisgate_core::provision::RedisUrl;
+use redisgate_core::topology::{Topology, node_url, parse_address};
 use redisgate_provision::LocalProvisioner;
 use secrecy::ExposeSecret;
 
@@ -106,7 +107,17 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         };
     for rec in records {
         let inst = &rec.instance;
-        let component = format!("instance {} ({}, {})", inst.id, inst.name, inst.provisioner.as_str());
+        let mut component = format!("instance {} ({}, {})", inst.id, inst.name, inst.provisioner.as_str());
+        if inst.kind != BackendKind::Standalone {
+            component = format!("instance {} ({}, {})", inst.id, inst.name, inst.kind.as_str());
+            let result = match (&sealer, &policy) {
+                (Ok(sealer), Some(policy)) => check_topology(sealer, policy, rec.sealed_url.as_deref()).await,
+                (Err(_), _) => Err("no usable secret key".to_owned()),
+                (_, None) => Err("not checked: the egress policy is invalid".to_owned()),
+            };
+            lines.push(Line { component, result });
+            continue;
+        }
         let url: Result<RedisUrl, String> = match inst.provisioner {
             ProvisionerKind::Local => LocalProvisioner::configured_url(Path::new(&root), inst.id)
                 .ok_or_else(|| "no redis.conf in its data directory".to_owned()),
@@ -131,6 +142,32 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
         lines.push(Line { component, result });
     }
     lines
+}
+
+/// A Sentinel or Cluster instance: a PING of every sentinel or seed it lists, through the
+/// egress policy; the slowest one's latency, or the first failure with its address.
+async fn check_topology(
+    sealer: &Sealer,
+    policy: &Arc<egress::Egress>,
+    sealed: Option<&[u8]>,
+) -> Result<Duration, String> {
+    let topology = sealed
+        .and_then(|s| sealer.open(s).ok())
+        .and_then(|b| serde_json::from_slice::<Topology>(&b).ok())
+        .ok_or_else(|| "stored topology cannot be opened with this secret key".to_owned())?;
+    let (tls, user, password) = match &topology {
+        Topology::Sentinel(s) => (s.tls, s.sentinel_username.as_deref(), s.sentinel_password.as_deref()),
+        Topology::Cluster(c) => (c.tls, c.username.as_deref(), c.password.as_deref()),
+    };
+    let mut slowest = Duration::ZERO;
+    for addr in topology.addresses() {
+        let (host, port) = parse_address(addr).ok_or_else(|| format!("{addr}: not host:port"))?;
+        let latency = checked_ping(policy, &node_url(&host, port, tls, user, password))
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        slowest = slowest.max(latency);
+    }
+    Ok(slowest)
 }
 
 /// PING of a tenant's URL only where the egress policy admits it, dialling only the admitted

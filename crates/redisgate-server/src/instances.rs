@@ -21,9 +21,10 @@ use std::sync::{Arc, RwLock};
 
 use redisgate_core::capacity::{HostCapacity, HostLimit};
 use redisgate_core::ids::{InstanceId, OrgId};
-use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, InstanceStatus, ProvisionerKind};
 use redisgate_core::provision::{InstanceSpec, ProvisionError, Provisioner, RedisUrl};
 use redisgate_core::store::{InstanceRecord, Store, StoreError};
+use redisgate_core::topology::{Invalid, Topology, node_url, parse_address};
 use redisgate_provision::ExternalProvisioner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{BackendSettings, Settings};
 use crate::egress::Egress;
 use crate::gateway::backend::Backend;
+use crate::gateway::ha::cluster::Cluster;
+use crate::gateway::ha::sentinel::Sentinel;
+use crate::gateway::ha::{Dialer, NodeStatus, Routed};
 use crate::gateway::script::ScopeUsers;
 use crate::secrets::Sealer;
 
@@ -68,6 +72,10 @@ pub enum Refused {
     Host(HostLimit),
     Store(StoreError),
 }
+
+/// The one answer to an address the egress policy refuses, whichever rule refused it and
+/// whether or not its host resolves.
+pub const NOT_ALLOWED: &str = "is not a server RedisGate may connect to";
 
 /// How long the PING that admits an external server may take (connect, TLS, AUTH included).
 const EXTERNAL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -171,6 +179,9 @@ impl Instances {
     /// Provisions a stored instance and records the outcome; returns the status reached.
     pub async fn start(&self, rec: &InstanceRecord) -> (InstanceStatus, Option<String>) {
         let inst = &rec.instance;
+        if inst.kind != BackendKind::Standalone {
+            return self.start_routed(rec).await;
+        }
         let external_url = match &rec.sealed_url {
             Some(sealed) => match self.sealer.open(sealed).map(String::from_utf8) {
                 Ok(Ok(url)) => Some(RedisUrl::new(url)),
@@ -229,12 +240,82 @@ impl Instances {
         if let Some(users) = scope_users {
             backend.run_scripts_as_scope_users(users);
         }
-        let replaced = self
-            .backends
-            .write()
-            .expect("backends lock")
-            .insert(inst.id, Served { org: inst.org_id, backend });
+        self.serve(inst.id, inst.org_id, backend);
+        self.set(inst.id, InstanceStatus::Running, None).await
+    }
+
+    fn serve(&self, id: InstanceId, org: OrgId, backend: Arc<Backend>) {
+        let replaced = self.backends.write().expect("backends lock").insert(id, Served { org, backend });
         drop(replaced); // stops a backend this instance had before, if any
+    }
+
+    /// Whether a topology's shape is valid and every address it lists passes the egress
+    /// policy (the addresses its servers announce later are checked at each connect).
+    pub async fn check_topology(&self, topology: &Topology) -> Result<(), Invalid> {
+        topology.validate()?;
+        let field = match topology {
+            Topology::Sentinel(_) => "sentinels",
+            Topology::Cluster(_) => "seeds",
+        };
+        for addr in topology.addresses() {
+            let (host, port) =
+                parse_address(addr).ok_or(Invalid { field, reason: "each address must be host:port" })?;
+            if let Err(why) = self.egress.admitted(&host, port).await {
+                tracing::info!(reason = %why, "a topology address refused by the egress policy");
+                return Err(Invalid { field, reason: NOT_ALLOWED });
+            }
+        }
+        Ok(())
+    }
+
+    /// A Sentinel or Cluster instance's servers, as the gateway sees them now.
+    pub fn nodes(&self, id: InstanceId) -> Option<Vec<NodeStatus>> {
+        Some(self.backend(id)?.1.routed()?.nodes())
+    }
+
+    /// Starts a Sentinel or Cluster instance: running once its primary (every primary, for a
+    /// cluster) is connected within the external check's time, else `error` with the one
+    /// reason external instances get.
+    async fn start_routed(&self, rec: &InstanceRecord) -> (InstanceStatus, Option<String>) {
+        let inst = &rec.instance;
+        let opened = rec.sealed_url.as_ref().map(|sealed| self.sealer.open(sealed));
+        let topology = match opened.map(|o| o.map(|bytes| serde_json::from_slice::<Topology>(&bytes))) {
+            Some(Ok(Ok(t))) => t,
+            _ => {
+                let reason = "the stored topology cannot be opened with this secret key";
+                return self.set(inst.id, InstanceStatus::Error, Some(reason.into())).await;
+            }
+        };
+        let (tls, username, password) = match &topology {
+            Topology::Sentinel(s) => (s.tls, s.username.clone(), s.password.clone()),
+            Topology::Cluster(c) => (c.tls, c.username.clone(), c.password.clone()),
+        };
+        let first = topology.addresses().first().and_then(|a| parse_address(a));
+        let Some(Ok(client)) = first.map(|(h, p)| redis::Client::open(node_url(&h, p, tls, None, None)))
+        else {
+            return self.set(inst.id, InstanceStatus::Error, Some("no usable address".into())).await;
+        };
+        let label = format!("instance {}", inst.id);
+        let (settings, tracker) = (self.settings.clone(), self.tracker.clone());
+        let egress = self.egress.resolver();
+        let backend =
+            Backend::start_routed(label.clone(), client, settings.clone(), self.cancel.clone(), |stop| {
+                let dial = Dialer { label, egress, cfg: settings, tracker, stop, tls, username, password };
+                match topology {
+                    Topology::Sentinel(spec) => Routed::Sentinel(Sentinel::start(dial, spec)),
+                    Topology::Cluster(spec) => Routed::Cluster(Cluster::start(dial, spec)),
+                }
+            });
+        let routed = backend.routed().expect("a routed backend");
+        if !routed.ready(EXTERNAL_CHECK_TIMEOUT).await {
+            backend.stop();
+            let detail = "the primary (or a cluster primary) could not be found or connected to in time";
+            self.details.write().expect("details lock").insert(inst.id, detail.into());
+            let reason = redisgate_core::provision::UNREACHABLE.to_owned();
+            return self.set(inst.id, InstanceStatus::Error, Some(reason)).await;
+        }
+        self.details.write().expect("details lock").remove(&inst.id);
+        self.serve(inst.id, inst.org_id, backend);
         self.set(inst.id, InstanceStatus::Running, None).await
     }
 
@@ -327,6 +408,28 @@ impl Instances {
     /// Live stats of a running instance.
     pub async fn stats(&self, id: InstanceId) -> Option<Stats> {
         let (_, backend) = self.backend(id)?;
+        // A cluster's figures are its primaries' added up.
+        let servers = match backend.routed() {
+            Some(routed) => routed.primaries(),
+            None => vec![backend],
+        };
+        let mut total: Option<Stats> = None;
+        for server in servers {
+            let s = Self::server_stats(&server).await?;
+            total = Some(match total {
+                None => s,
+                Some(t) => Stats {
+                    used_memory_bytes: t.used_memory_bytes + s.used_memory_bytes,
+                    keys: t.keys + s.keys,
+                    ops_per_sec: t.ops_per_sec + s.ops_per_sec,
+                    connected_clients: t.connected_clients + s.connected_clients,
+                },
+            });
+        }
+        total
+    }
+
+    async fn server_stats(backend: &Backend) -> Option<Stats> {
         let info = backend.run(&redis::cmd("INFO")).await.ok()?;
         let text = match info {
             redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),

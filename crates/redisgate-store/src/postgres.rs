@@ -12,7 +12,7 @@ use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
-use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
@@ -50,7 +50,7 @@ macro_rules! member_cols {
 }
 macro_rules! instance_cols {
     () => {
-        "i.id, i.org_id, i.name, i.provisioner, i.memory_bytes, i.status, i.status_reason, \
+        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
          i.sealed_url, i.created_at"
     };
 }
@@ -245,6 +245,7 @@ fn member_from(row: &PgRow) -> StoreResult<Member> {
 fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
     let provisioner: String = get(row, "provisioner")?;
     let status: String = get(row, "status")?;
+    let kind: String = get(row, "kind")?;
     Ok(InstanceRecord {
         instance: Instance {
             id: InstanceId(get(row, "id")?),
@@ -252,6 +253,7 @@ fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
             name: get(row, "name")?,
             provisioner: ProvisionerKind::parse(&provisioner)
                 .ok_or_else(|| corrupt("provisioner", &provisioner))?,
+            kind: BackendKind::parse(&kind).ok_or_else(|| corrupt("instance kind", &kind))?,
             memory_bytes: to_u64("memory_bytes", get(row, "memory_bytes")?)?,
             status: InstanceStatus::parse(&status).ok_or_else(|| corrupt("instance status", &status))?,
             status_reason: get(row, "status_reason")?,
@@ -861,8 +863,8 @@ impl Store for PgStore {
         };
         let row = sqlx::query(concat!(
             "INSERT INTO redis_instances AS i \
-             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', NULL, $6, $7) RETURNING ",
+             (id, org_id, name, provisioner, kind, memory_bytes, status, status_reason, sealed_url, created_at) \
+             VALUES ($1, $2, $3, $4, $8, $5, 'pending', NULL, $6, $7) RETURNING ",
             instance_cols!()
         ))
         .bind(new.id.0)
@@ -872,6 +874,7 @@ impl Store for PgStore {
         .bind(memory_bytes)
         .bind(new.sealed_url.as_deref())
         .bind(OffsetDateTime::now_utc())
+        .bind(new.kind.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| db_error(e, "instance"))?;

@@ -16,7 +16,7 @@ use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
-use redisgate_core::instance::{Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
@@ -218,7 +218,7 @@ macro_rules! member_cols {
 }
 macro_rules! instance_cols {
     () => {
-        "i.id, i.org_id, i.name, i.provisioner, i.memory_bytes, i.status, i.status_reason, \
+        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
          i.sealed_url, i.created_at"
     };
 }
@@ -297,6 +297,7 @@ fn instance_from(row: &SqliteRow) -> StoreResult<InstanceRecord> {
             org_id: OrgId(get(row, "org_id")?),
             name: get(row, "name")?,
             provisioner: get_enum(row, "provisioner", ProvisionerKind::parse)?,
+            kind: get_enum(row, "kind", BackendKind::parse)?,
             memory_bytes: get_u64(row, "memory_bytes")?,
             status: get_enum(row, "status", InstanceStatus::parse)?,
             status_reason: get(row, "status_reason")?,
@@ -937,6 +938,7 @@ impl Store for SqliteStore {
                 org_id: new.org_id,
                 name: new.name,
                 provisioner: new.provisioner,
+                kind: new.kind,
                 memory_bytes: new.memory_bytes,
                 status: InstanceStatus::Pending,
                 status_reason: None,
@@ -947,8 +949,8 @@ impl Store for SqliteStore {
         let i = &record.instance;
         sqlx::query(
             "INSERT INTO redis_instances \
-             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at, kind) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)",
         )
         .bind(i.id.0)
         .bind(i.org_id.0)
@@ -958,6 +960,7 @@ impl Store for SqliteStore {
         .bind(i.status.as_str())
         .bind(record.sealed_url.as_deref())
         .bind(ts(i.created_at))
+        .bind(i.kind.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "instance"))?;

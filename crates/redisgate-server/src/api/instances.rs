@@ -6,9 +6,10 @@ use std::sync::Arc;
 use http::StatusCode;
 use redisgate_core::account::User;
 use redisgate_core::ids::{InstanceId, OrgId};
-use redisgate_core::instance::{Instance, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, Instance, ProvisionerKind};
 use redisgate_core::org::Action;
 use redisgate_core::store::{InstanceRecord, NewInstance, StoreError};
+use redisgate_core::topology::{ClusterSpec, SentinelSpec, Topology};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,6 +32,14 @@ pub struct NewRedisInstance {
     /// External instances: `redis://[user:password@]host:port[/db]` or `rediss://…`.
     /// Stored sealed; never shown again.
     pub url: Option<String>,
+    /// External instances: `standalone` (default: one server at `url`), `sentinel` (give
+    /// `sentinel`) or `cluster` (give `cluster`). See docs/BACKENDS.md.
+    pub kind: Option<BackendKind>,
+    /// A `sentinel` instance's sentinels, master name and credentials; stored sealed, never
+    /// shown again.
+    pub sentinel: Option<SentinelSpec>,
+    /// A `cluster` instance's seed nodes and credentials; stored sealed, never shown again.
+    pub cluster: Option<ClusterSpec>,
 }
 
 const DEFAULT_MEMORY_MB: u64 = 64;
@@ -47,17 +56,20 @@ pub struct InstanceView {
     /// one reason for all of these, so the gateway cannot be used to scan the network.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<String>,
+    /// Sentinel and Cluster instances: each server known now, its role and whether the
+    /// gateway is connected to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<crate::gateway::ha::NodeStatus>>,
 }
 
 fn view(state: &ApiState, user: &User, instance: Instance) -> InstanceView {
     let health = state.instances.health(instance.id);
     let status_detail = if user.is_admin { state.instances.status_detail(instance.id) } else { None };
-    InstanceView { instance, health, status_detail }
+    let nodes = state.instances.nodes(instance.id);
+    InstanceView { instance, health, status_detail, nodes }
 }
 
-/// The one answer to a URL the egress policy refuses, whichever rule refused it and whether
-/// or not its host resolves.
-const NOT_ALLOWED: &str = "is not a server RedisGate may connect to";
+use crate::instances::NOT_ALLOWED;
 
 /// Create an instance (owner, admin, member). It is started before the answer: the status
 /// says whether that worked (`running`) or why not (`error`).
@@ -78,8 +90,35 @@ async fn create(
             return Err(ApiError::validation("name", "must be 1 to 100 characters"));
         }
         let provisioner = req.provisioner.unwrap_or(ProvisionerKind::Local);
-        let (memory_bytes, sealed_url) = match provisioner {
-            ProvisionerKind::Local => {
+        let kind = req.kind.unwrap_or_default();
+        let topology = match (kind, req.sentinel, req.cluster) {
+            (BackendKind::Standalone, None, None) => None,
+            (BackendKind::Sentinel, Some(s), None) => Some(Topology::Sentinel(s)),
+            (BackendKind::Cluster, None, Some(c)) => Some(Topology::Cluster(c)),
+            (BackendKind::Sentinel, ..) => {
+                return Err(ApiError::validation("sentinel", "sentinel instances take `sentinel` only"));
+            }
+            (BackendKind::Cluster, ..) => {
+                return Err(ApiError::validation("cluster", "cluster instances take `cluster` only"));
+            }
+            (BackendKind::Standalone, ..) => {
+                return Err(ApiError::validation("kind", "`sentinel` and `cluster` need their kind"));
+            }
+        };
+        let (memory_bytes, sealed_url) = match (provisioner, topology) {
+            (ProvisionerKind::Local, Some(_)) => {
+                return Err(ApiError::validation("kind", "only external instances are sentinel or cluster"));
+            }
+            (ProvisionerKind::External, Some(topology)) => {
+                if req.url.is_some() {
+                    return Err(ApiError::validation("url", "sentinel and cluster instances take no url"));
+                }
+                if let Err(invalid) = state.instances.check_topology(&topology).await {
+                    return Err(ApiError::validation(invalid.field, invalid.reason));
+                }
+                (0, Some(state.instances.sealer.seal(&serde_json::to_vec(&topology).map_err(|_| ApiError::Internal)?)))
+            }
+            (ProvisionerKind::Local, None) => {
                 if req.url.is_some() {
                     return Err(ApiError::validation("url", "only external instances take a url"));
                 }
@@ -89,7 +128,7 @@ async fn create(
                 }
                 (mb * 1024 * 1024, None)
             }
-            ProvisionerKind::External => {
+            (ProvisionerKind::External, None) => {
                 let url = req
                     .url
                     .as_deref()
@@ -112,6 +151,7 @@ async fn create(
             org_id: org,
             name: name.to_owned(),
             provisioner,
+            kind,
             memory_bytes,
             sealed_url,
         };

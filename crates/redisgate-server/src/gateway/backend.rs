@@ -15,6 +15,9 @@
 //! of that user, opened on the first script (see [`super::script`]). Those connections follow
 //! the same rules: 503 while they cannot be opened, a command is never re-sent, and one that
 //! broke is opened again by the next script.
+//!
+//! A Sentinel or Cluster instance's backend routes instead ([`Backend::start_routed`]): each
+//! call goes to the plain backends of the servers [`super::ha`] picks, under the same rules.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -32,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use redisgate_core::policy::Access;
 
+use super::ha::Routed;
 use super::script::{self, Kinds, ScopeError, ScopeUsers};
 use crate::config::BackendSettings;
 use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
@@ -80,6 +84,9 @@ pub struct Backend {
     stop: CancellationToken,
     /// Set for local instances: scripts run as their key scope's ACL user.
     scope_users: OnceLock<ScopeUsers>,
+    /// Set for Sentinel and Cluster instances: calls go where it routes them (boxed there, as
+    /// they come back to a plain backend's methods).
+    routed: Option<Routed>,
 }
 
 impl Backend {
@@ -127,9 +134,40 @@ impl Backend {
             check_now: Notify::new(),
             stop: cancel.child_token(),
             scope_users: OnceLock::new(),
+            routed: None,
         });
         tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
         backend
+    }
+
+    /// A Sentinel or Cluster instance's backend: `route` builds the router from this backend's
+    /// stop token (its own backends and tasks stop with it). It has no connection of its own;
+    /// `client` (its first listed server) only names it.
+    pub fn start_routed(
+        label: String,
+        client: Client,
+        cfg: BackendSettings,
+        cancel: CancellationToken,
+        route: impl FnOnce(CancellationToken) -> Routed,
+    ) -> Arc<Self> {
+        let stop = cancel.child_token();
+        Arc::new(Self {
+            label,
+            client,
+            egress: None,
+            streams: Arc::new(Semaphore::new(cfg.max_streams)),
+            cfg,
+            state: watch::Sender::new(State::Down("routed".into())),
+            check_now: Notify::new(),
+            routed: Some(route(stop.clone())),
+            stop,
+            scope_users: OnceLock::new(),
+        })
+    }
+
+    /// The router of a Sentinel or Cluster instance's backend.
+    pub fn routed(&self) -> Option<&Routed> {
+        self.routed.as_ref()
     }
 
     /// Stops serving for good: the supervisor ends (no more reconnects, retries or logs), the
@@ -150,6 +188,9 @@ impl Backend {
 
     /// `true` while the shared connection is up.
     pub fn is_up(&self) -> bool {
+        if let Some(routed) = &self.routed {
+            return routed.is_up();
+        }
         matches!(*self.state.borrow(), State::Up(_))
     }
 
@@ -187,6 +228,9 @@ impl Backend {
 
     /// Runs one command. Redis error replies come back as `Ok(Value::ServerError)`.
     pub async fn run(&self, cmd: &redis::Cmd) -> Result<Value, BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.run(cmd, None)).await;
+        }
         let mut conn = self.connection().await?;
         conn.send_packed_command(cmd).await.map_err(|e| self.map_err(e))
     }
@@ -196,6 +240,9 @@ impl Backend {
     /// order, a MULTI … EXEC batch sent this way cannot interleave with other requests on the
     /// shared connection: that is what keeps `/multi-exec` atomic without a dedicated connection.
     pub async fn run_batch(&self, pipe: &redis::Pipeline, count: usize) -> Result<Vec<Value>, BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.run_batch(pipe, count, None)).await;
+        }
         let mut conn = self.connection().await?;
         let values = conn.send_packed_commands(pipe, 0, count).await.map_err(|e| self.map_err(e))?;
         if values.len() != count {
@@ -217,6 +264,9 @@ impl Backend {
         access: Access,
         kinds: Kinds,
     ) -> Result<Value, BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.run(cmd, Some((access, kinds)))).await;
+        }
         let mut conn = self.script_connection(access).await?;
         self.bounded(conn.send_packed_command(cmd), access, kinds).await
     }
@@ -230,6 +280,9 @@ impl Backend {
         access: Access,
         kinds: Kinds,
     ) -> Result<Vec<Value>, BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.run_batch(pipe, count, Some((access, kinds)))).await;
+        }
         let mut conn = self.script_connection(access).await?;
         let values = self.bounded(conn.send_packed_commands(pipe, 0, count), access, kinds).await?;
         if values.len() != count {
@@ -362,6 +415,9 @@ impl Backend {
     /// A dedicated pub/sub connection for one SSE stream. The guard bounds concurrent
     /// streams and counts the connection; hold it as long as the connection.
     pub async fn pubsub(&self) -> Result<(PubSub, StreamGuard), BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.stream_node(None).await?.pubsub()).await;
+        }
         let permit = self.stream_permit()?;
         let info = self.client.get_connection_info();
         let conn = self
@@ -380,6 +436,9 @@ impl Backend {
 
     /// A dedicated connection that has already sent MONITOR, as the lines Redis sends.
     pub async fn monitor(&self) -> Result<(MonitorLines, StreamGuard), BackendError> {
+        if let Some(routed) = &self.routed {
+            return Box::pin(routed.stream_node(None).await?.monitor()).await;
+        }
         let permit = self.stream_permit()?;
         let info = self.client.get_connection_info();
         let lines = self
@@ -558,7 +617,7 @@ async fn line(conn: &mut BufReader<Box<dyn crate::egress::Io>>) -> std::io::Resu
 }
 
 /// A reason safe to show to clients and logs: the error's category, never the URL or password.
-fn short_reason(e: &redis::RedisError) -> &'static str {
+pub(crate) fn short_reason(e: &redis::RedisError) -> &'static str {
     if crate::egress::is_refusal(e) {
         "refused by the egress policy"
     } else if e.is_connection_refusal() {

@@ -6,6 +6,7 @@
 //! - [`backend`]: the connections to one Redis server (shared multiplexed + dedicated for SSE),
 //!   with retry and reconnect.
 //! - [`exec`]: running one command, a pipeline or a transaction.
+//! - [`ha`]: Sentinel and Cluster instances, routed over per-server backends.
 //! - [`lua`]: Upstash's script shebang over plain Redis, under the SHAs clients computed.
 //! - [`script`]: scripts' time bound (SCRIPT KILL) and per-scope ACL users.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod backend;
 pub mod exec;
+pub mod ha;
 pub mod keys;
 pub mod lua;
 pub mod reply;

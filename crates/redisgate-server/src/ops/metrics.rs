@@ -38,6 +38,8 @@ pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
 pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
 pub const AUTH_RATE_LIMIT_REJECTIONS: &str = "auth_rate_limit_rejections_total";
 pub const AUDIT_PRUNED: &str = "audit_entries_pruned_total";
+pub const TOPOLOGY_CHANGES: &str = "redis_topology_changes_total";
+pub const CLUSTER_REDIRECTS: &str = "redis_cluster_redirects_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -108,6 +110,11 @@ fn describe() {
         "Requests to register, log in or accept an invitation refused by auth.anonymous_rate (429, not audited), by route"
     );
     describe_counter!(AUDIT_PRUNED, "Audit log entries deleted by audit.retention");
+    describe_counter!(
+        TOPOLOGY_CHANGES,
+        "Sentinel primaries followed and cluster slot maps installed, by kind (sentinel, cluster)"
+    );
+    describe_counter!(CLUSTER_REDIRECTS, "MOVED and ASK redirections followed, by kind (moved, ask)");
     describe_counter!(
         RATE_LIMIT_FALLBACKS,
         "Requests limited locally because the shared (distributed) limiter could not answer"

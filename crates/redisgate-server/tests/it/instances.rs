@@ -27,7 +27,7 @@ impl<'a> Tenant<'a> {
         Tenant::with_instance(g, email, json!({"name": "ext", "provisioner": "external", "url": url})).await
     }
 
-    async fn with_instance(g: &'a Gate, email: &str, instance: Value) -> Tenant<'a> {
+    pub async fn with_instance(g: &'a Gate, email: &str, instance: Value) -> Tenant<'a> {
         let (api, _) = Api::signup(g, email).await;
         let (s, org) = api.post("/api/organizations", json!({"name": "Acme"})).await;
         assert_eq!(s, 201, "{org}");

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod api;
+mod cluster;
 mod commands;
 mod common;
 mod deploy;
@@ -20,5 +21,7 @@ mod ratelimit;
 mod resilience;
 mod schema;
 mod scripts;
+mod sentinel;
 mod sse;
+mod topo;
 mod upstash_libs;

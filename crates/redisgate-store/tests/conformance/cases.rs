@@ -9,7 +9,7 @@ use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
-use redisgate_core::instance::{InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{InvitationError, MAX_PENDING_INVITATIONS};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
@@ -61,6 +61,7 @@ fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
         org_id: org,
         name: "cache".to_owned(),
         provisioner: ProvisionerKind::Local,
+        kind: BackendKind::Standalone,
         memory_bytes,
         sealed_url: None,
     }
@@ -440,8 +441,24 @@ pub async fn new_instances_are_pending_and_round_trip(store: S) {
         assert_eq!(external.instance.provisioner, ProvisionerKind::External);
         assert_eq!(external.instance.name, "bring-your-own");
         assert_eq!(external.sealed_url.as_deref(), Some(&sealed[..]));
+        assert_eq!(external.instance.kind, BackendKind::Standalone);
         assert_eq!(store.instance(id).await.unwrap(), external);
     }
+    // Sentinel and Cluster instances keep their kind; their sealed topology is just bytes.
+    for kind in [BackendKind::Sentinel, BackendKind::Cluster] {
+        let new = NewInstance {
+            provisioner: ProvisionerKind::External,
+            kind,
+            sealed_url: Some(b"sealed topology".to_vec()),
+            ..new_instance(org.id, 0)
+        };
+        let created = store.create_instance(new).await.unwrap();
+        assert_eq!(created.instance.kind, kind);
+        assert_eq!(store.instance(created.instance.id).await.unwrap(), created);
+        let listed = store.instances(org.id).await.unwrap();
+        assert!(listed.iter().any(|i| i.id == created.instance.id && i.kind == kind), "{listed:?}");
+    }
+    assert_eq!(store.instance(local.instance.id).await.unwrap().instance.kind, BackendKind::Standalone);
 }
 
 pub async fn unknown_instance_is_not_found(store: S) {
