@@ -42,6 +42,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Checks everything `settings` names.
 pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
     let mut lines = vec![Line { component: format!("config ({config_source})"), result: Ok(Duration::ZERO) }];
+    if settings.tls.enabled() {
+        let loaded = crate::tls::Tls::load(&settings.tls).map(|_| Duration::ZERO).map_err(|e| e.to_string());
+        lines.push(Line { component: "tls certificate and key".into(), result: loaded });
+    }
     for (i, t) in settings.tokens.iter().enumerate() {
         let name = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
         lines.push(Line {

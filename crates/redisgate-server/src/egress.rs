@@ -120,9 +120,9 @@ impl Egress {
 }
 
 /// The policy `settings` configure, knowing RedisGate's own services: `listen` (the bound
-/// listener; `redisgate check` knows only the configured address), the metrics listener, the
-/// PostgreSQL metadata database, the limiter's Redis and the standalone tokens' Redis servers,
-/// and the local instances' ports as `local_ports` tells them.
+/// listener; `redisgate check` knows only the configured address), the metrics and plain HTTP
+/// listeners, the PostgreSQL metadata database, the limiter's Redis and the standalone tokens'
+/// Redis servers, and the local instances' ports as `local_ports` tells them.
 pub async fn for_settings(
     settings: &Settings,
     listen: SocketAddr,
@@ -131,6 +131,7 @@ pub async fn for_settings(
     let policy = settings.instances.external.policy()?;
     let mut own: Vec<(String, u16)> = std::iter::once(listen)
         .chain(settings.metrics_listen)
+        .chain(settings.tls.plain_listen)
         .map(|a| (a.ip().to_string(), a.port()))
         .collect();
     own.extend(settings.database_url.as_ref().and_then(|u| database_endpoint(u.expose_secret())));

@@ -282,6 +282,24 @@ impl Gate {
         Gate { base, http: reqwest::Client::new(), _data: data, stop: Some(stop), task: Some(task) }
     }
 
+    /// Starts RedisGate serving HTTPS (the caller's `settings.tls`) and waits until `client`
+    /// (which trusts the test CA) gets PING through `TOKEN` at `https://localhost:<port>`.
+    pub async fn start_https(mut settings: Settings, client: reqwest::Client) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        let mut g = Gate::launch(settings, data).await;
+        g.base = g.base.replace("http://127.0.0.1:", "https://localhost:");
+        g.http = client;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match g.http.post(g.url("/")).bearer_auth(TOKEN).body(r#"["PING"]"#).send().await {
+                Ok(r) if r.status() == 200 => return g,
+                other => assert!(Instant::now() < deadline, "HTTPS gateway not ready: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -458,6 +476,55 @@ impl TlsRedis {
             assert!(Instant::now() < deadline, "no client ran {command}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A throw-away certificate authority for TLS tests (rcgen, in process).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM, signed by a [`TestCa`].
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 with serial number `serial`.
+    pub fn server(&self, serial: u64) -> Issued {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params.serial_number = Some(serial.into());
+        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate whose subject's common name is `cn`.
+    pub fn client(&self, cn: &str) -> Issued {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
 }
 

@@ -21,4 +21,5 @@ mod resilience;
 mod schema;
 mod scripts;
 mod sse;
+mod tls;
 mod upstash_libs;
