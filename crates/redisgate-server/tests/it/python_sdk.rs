@@ -33,6 +33,11 @@ pub fn python() -> OsString {
 
 /// Runs the pytest suite against `url` with `token`; fails with pytest's whole report.
 async fn run_pytest(url: &str, token: &str) {
+    run_pytest_with(url, token, &[]).await;
+}
+
+/// [`run_pytest`] with more environment variables (an `https://` URL's CA bundle).
+pub async fn run_pytest_with(url: &str, token: &str, env: &[(&str, &std::path::Path)]) {
     let python = python();
     let root = repo_root().canonicalize().expect("repository root");
     let mut cmd = tokio::process::Command::new(&python);
@@ -42,6 +47,7 @@ async fn run_pytest(url: &str, token: &str) {
         .env("UPSTASH_REDIS_REST_TOKEN", token)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(PYTEST_TIMEOUT, cmd.output()).await {

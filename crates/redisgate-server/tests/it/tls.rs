@@ -14,7 +14,7 @@ use redisgate_server::tls::{Reloaded, Tls};
 use rustls::pki_types::pem::PemObject as _;
 use tokio::io::AsyncReadExt as _;
 
-use crate::common::{Gate, Issued, Redis, TOKEN, TestCa, free_port, settings};
+use crate::common::{Gate, Issued, Redis, TOKEN, TestCa, free_port, repo_root, settings};
 
 /// A test's certificate files: the server's CA, its certificate and key where the gateway
 /// reads them, and a CA for client certificates.
@@ -424,5 +424,53 @@ async fn mutual_tls_optional() {
     assert_eq!(send(&trusted, &g, Some(TOKEN), r#"["PING"]"#).await.unwrap().status(), 200);
     let stranger = pki.client_with(&TestCa::new("another CA").client("mallory"));
     assert!(send(&stranger, &g, Some(TOKEN), r#"["PING"]"#).await.is_err());
+    g.shutdown().await;
+}
+
+/// The Python SDK's suite (see `python_sdk.rs`) against the `https://` URL, trusting the test
+/// CA through the variables requests and httpx read.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstash_redis_python_sdk_over_https() {
+    let redis = Redis::start().await;
+    let pki = Pki::new();
+    let g = Gate::start_https(pki.settings(&redis), pki.client().build().unwrap()).await;
+    let ca = pki.path("ca.pem");
+    let env = [("REQUESTS_CA_BUNDLE", ca.as_path()), ("SSL_CERT_FILE", ca.as_path())];
+    crate::python_sdk::run_pytest_with(&g.base, TOKEN, &env).await;
+    g.shutdown().await;
+}
+
+/// `@upstash/redis` (Node, tests/node/https.mjs) against the `https://` URL, trusting the test
+/// CA through NODE_EXTRA_CA_CERTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstash_redis_node_sdk_over_https() {
+    let dir = repo_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/@upstash/redis").exists(),
+        "tests/node has no node_modules: run scripts/test.sh, or `npm ci --prefix tests/node`"
+    );
+    let redis = Redis::start().await;
+    let pki = Pki::new();
+    let g = Gate::start_https(pki.settings(&redis), pki.client().build().unwrap()).await;
+    let out = tokio::process::Command::new("node")
+        .arg("https.mjs")
+        .current_dir(&dir)
+        .env("UPSTASH_URL", &g.base)
+        .env("UPSTASH_TOKEN", TOKEN)
+        .env("NODE_EXTRA_CA_CERTS", pki.path("ca.pem"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("node finished in time")
+        .expect("node runs (scripts/test.sh installs it)");
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "@upstash/redis over https failed ({}):\n{report}", out.status);
+    assert!(report.lines().any(|l| l == "ok @upstash/redis https"), "{report}");
     g.shutdown().await;
 }
