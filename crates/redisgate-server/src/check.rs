@@ -129,7 +129,12 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
             (Ok(url), ProvisionerKind::Local) => redisgate_provision::ping(url.expose(), TIMEOUT, None).await,
             (Ok(url), ProvisionerKind::External) => match &policy {
                 None => Err("not checked: the egress policy is invalid".to_owned()),
-                Some(policy) => checked_ping(policy, url.expose()).await,
+                Some(policy) => {
+                    match egress::check_tls(url.expose(), settings.instances.external.allow_insecure_tls) {
+                        Err(why) => Err(why.to_owned()),
+                        Ok(()) => checked_ping(policy, url.expose(), rec.tls_ca_pem.as_deref()).await,
+                    }
+                }
             },
         };
         lines.push(Line { component, result });
@@ -139,7 +144,11 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
 
 /// PING of a tenant's URL only where the egress policy admits it, dialling only the admitted
 /// addresses. A refusal names the address and the rule: `check` is the operator's.
-async fn checked_ping(policy: &Arc<egress::Egress>, url: &str) -> Result<Duration, String> {
+async fn checked_ping(
+    policy: &Arc<egress::Egress>,
+    url: &str,
+    ca_pem: Option<&str>,
+) -> Result<Duration, String> {
     if let Some((host, port)) = egress::redis_endpoint(url)
         && let Err(e) = policy.admitted(&host, port).await
         && e.kind() == std::io::ErrorKind::PermissionDenied
@@ -147,5 +156,5 @@ async fn checked_ping(policy: &Arc<egress::Egress>, url: &str) -> Result<Duratio
         return Err(format!("refused by the egress policy ({e})"));
     }
     // Names that do not resolve, and bad URLs, are the PING's to report.
-    redisgate_provision::ping(url, TIMEOUT, Some(&policy.resolver())).await
+    redisgate_provision::ping_verified(url, ca_pem, TIMEOUT, Some(&policy.resolver())).await
 }

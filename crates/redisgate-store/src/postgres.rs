@@ -51,7 +51,7 @@ macro_rules! member_cols {
 macro_rules! instance_cols {
     () => {
         "i.id, i.org_id, i.name, i.provisioner, i.memory_bytes, i.status, i.status_reason, \
-         i.sealed_url, i.created_at"
+         i.sealed_url, i.tls_ca_pem, i.created_at"
     };
 }
 // jsonb is read back as text so the store needs no sqlx `json` feature.
@@ -258,6 +258,7 @@ fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
             created_at: get(row, "created_at")?,
         },
         sealed_url: get(row, "sealed_url")?,
+        tls_ca_pem: get(row, "tls_ca_pem")?,
     })
 }
 
@@ -861,8 +862,8 @@ impl Store for PgStore {
         };
         let row = sqlx::query(concat!(
             "INSERT INTO redis_instances AS i \
-             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', NULL, $6, $7) RETURNING ",
+             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, tls_ca_pem, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', NULL, $6, $7, $8) RETURNING ",
             instance_cols!()
         ))
         .bind(new.id.0)
@@ -871,6 +872,7 @@ impl Store for PgStore {
         .bind(new.provisioner.as_str())
         .bind(memory_bytes)
         .bind(new.sealed_url.as_deref())
+        .bind(new.tls_ca_pem.as_deref())
         .bind(OffsetDateTime::now_utc())
         .fetch_one(&mut *tx)
         .await

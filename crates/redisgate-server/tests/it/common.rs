@@ -406,10 +406,11 @@ impl PgDatabase {
     }
 }
 
-/// A `redis-server` that speaks only TLS, on loopback, with a self-signed certificate for
-/// `localhost`.
+/// A `redis-server` that speaks only TLS, on loopback, with a certificate for `localhost` and
+/// 127.0.0.1 from a CA of its own (`ca_pem`), which nothing trusts unless told to.
 pub struct TlsRedis {
     pub port: u16,
+    pub ca_pem: String,
     password: Option<&'static str>,
     _child: KillOnDrop,
     _dir: tempfile::TempDir,
@@ -423,7 +424,10 @@ impl TlsRedis {
     pub async fn start_with(password: Option<&'static str>) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        self_signed(&cert, &key);
+        let ca = TestCa::new("TLS redis-server CA");
+        let issued = ca.server(1);
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--tls-auth-clients", "no"])
@@ -438,7 +442,7 @@ impl TlsRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server installed (scripts/test.sh installs it)");
-        let r = TlsRedis { port, password, _child: KillOnDrop(child), _dir: dir };
+        let r = TlsRedis { port, ca_pem: ca.pem, password, _child: KillOnDrop(child), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(5);
         while r.try_cmd::<String>(&["PING"]).await.is_err() {
             assert!(Instant::now() < deadline, "TLS redis-server did not start on {port}");
@@ -450,7 +454,11 @@ impl TlsRedis {
     pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
-        let client = redis::Client::open(format!("rediss://{auth}127.0.0.1:{}/#insecure", self.port))?;
+        let root_cert = Some(self.ca_pem.clone().into_bytes());
+        let client = redis::Client::build_with_tls(
+            format!("rediss://{auth}127.0.0.1:{}", self.port),
+            redis::TlsCertificates { client_tls: None, root_cert },
+        )?;
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd(args[0]).arg(&args[1..]).query_async(&mut c).await
     }
@@ -526,17 +534,4 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
-}
-
-fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(key)
-        .arg("-out")
-        .arg(cert)
-        .output()
-        .expect("openssl installed (scripts/test.sh installs it)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
 }
