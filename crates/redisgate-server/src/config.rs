@@ -362,8 +362,9 @@ pub struct HttpSettings {
     /// Interval of `: keepalive` comments on SSE streams; a dead peer shows up at the next one.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
-    /// Most open HTTP connections on `listen`; further clients wait in the listen backlog
-    /// until one closes, so no flood grows tasks or memory without bound.
+    /// Most open HTTP connections on `listen` and `tls.plain_listen` together (handshakes
+    /// included); further clients wait in the listen backlog until one closes, so no flood
+    /// grows tasks or memory without bound.
     pub max_connections: usize,
     /// Most concurrent SSE streams of one API key (or standalone token); more get 429.
     pub max_streams_per_key: usize,
@@ -786,6 +787,36 @@ mod tests {
         assert!(s.http.trusted_proxies.is_empty());
         assert_eq!(s.auth.anonymous_rate(), Rate { per_second: 1, burst: 30 });
         assert_eq!(s.audit.retention, Duration::from_secs(90 * 24 * 3600));
+    }
+
+    #[test]
+    fn tls_keys_come_together() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).map_err(|e| e.to_string());
+        let e = load(&[("REDISGATE_TLS__CERT_FILE", "/c.pem")]).unwrap_err();
+        assert!(e.contains("tls.key_file"), "{e}");
+        let e = load(&[("REDISGATE_TLS__CLIENT_CA_FILE", "/ca.pem")]).unwrap_err();
+        assert!(e.contains("tls.client_ca_file"), "{e}");
+        let e = load(&[("REDISGATE_TLS__PLAIN_LISTEN", "127.0.0.1:8081")]).unwrap_err();
+        assert!(e.contains("tls.plain_listen"), "{e}");
+        let both = [("REDISGATE_TLS__CERT_FILE", "/c.pem"), ("REDISGATE_TLS__KEY_FILE", "/k.pem")];
+        let e = load(&[both[0], both[1], ("REDISGATE_TLS__CLIENT_AUTH", "optional")]).unwrap_err();
+        assert!(e.contains("tls.client_auth"), "{e}");
+        let s = Settings::load(
+            None,
+            &env(&[
+                both[0],
+                both[1],
+                ("REDISGATE_TLS__PLAIN_LISTEN", "127.0.0.1:8081"),
+                ("REDISGATE_TLS__CLIENT_CA_FILE", "/ca.pem"),
+                ("REDISGATE_TLS__CLIENT_AUTH", "optional"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.tls.plain_listen.map(|a| a.port()), s.tls.client_auth),
+            (Some(8081), Some(ClientAuth::Optional))
+        );
+        assert!(!s.instances.external.allow_insecure_tls, "verification is the default");
     }
 
     #[test]
