@@ -42,7 +42,7 @@ use tracing::Instrument as _;
 
 use crate::config::HttpSettings;
 use crate::gateway::{self, Gateway};
-use crate::ops::metrics::Observation;
+use crate::ops::metrics::{Observation, TLS_HANDSHAKE_FAILURES};
 use crate::tls::Tls;
 
 /// First path segments the router owns; in standalone mode every other path is a command.
@@ -248,8 +248,14 @@ impl Server<'_> {
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             drop(watcher.watch(conn.into_owned()).await);
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => "error").increment(1);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 };
                 tokio::select! {

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClientAuth, ConfigError, TlsSettings};
+use crate::ops::metrics::TLS_RELOADS;
 
 /// The listener's TLS configuration, replaced when its files change.
 pub struct Tls {
@@ -103,10 +104,14 @@ impl Tls {
                 () = cancel.cancelled() => return,
             };
             match self.reload(forced) {
-                Ok(Reloaded::Replaced) => tracing::info!(forced, "TLS certificate reloaded"),
+                Ok(Reloaded::Replaced) => {
+                    metrics::counter!(TLS_RELOADS, "result" => "ok").increment(1);
+                    tracing::info!(forced, "TLS certificate reloaded");
+                }
                 Ok(Reloaded::Unchanged) if forced => tracing::info!("SIGHUP: TLS files unchanged"),
                 Ok(Reloaded::Unchanged) => {}
                 Err(e) => {
+                    metrics::counter!(TLS_RELOADS, "result" => "error").increment(1);
                     tracing::error!(error = %e, "TLS files not reloaded; the previous certificate stays in use")
                 }
             }

@@ -37,6 +37,8 @@ pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
 pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
 pub const AUTH_RATE_LIMIT_REJECTIONS: &str = "auth_rate_limit_rejections_total";
 pub const AUDIT_PRUNED: &str = "audit_entries_pruned_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "tls_handshake_failures_total";
+pub const TLS_RELOADS: &str = "tls_certificate_reloads_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -107,6 +109,14 @@ fn describe() {
         "Requests to register, log in or accept an invitation refused by auth.anonymous_rate (429, not audited), by route"
     );
     describe_counter!(AUDIT_PRUNED, "Audit log entries deleted by audit.retention");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes on the listener that failed (error) or did not finish within tls.handshake_timeout (timeout)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Changed TLS files loaded (ok) or kept out because they did not load (error)"
+    );
     describe_counter!(
         RATE_LIMIT_FALLBACKS,
         "Requests limited locally because the shared (distributed) limiter could not answer"

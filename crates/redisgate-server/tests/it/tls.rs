@@ -233,6 +233,8 @@ async fn certificate_rotates_under_traffic() {
     }
     stop.store(true, Ordering::Relaxed);
     let kept_certs = on_kept.await.unwrap();
+    let metrics = kept.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tls_certificate_reloads_total{result="ok"} "#), "{metrics}");
     assert!(!kept_certs.is_empty());
     assert!(kept_certs.iter().all(|c| *c == pki.first.der), "the kept connection was replaced");
     // Every INCR was served exactly once: none failed, none was lost.
@@ -383,6 +385,8 @@ async fn a_stalled_handshake_gives_its_slot_back() {
         started.elapsed() >= Duration::from_millis(250),
         "served only after the stalled handshake timed out"
     );
+    let metrics = g.http.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tls_handshake_failures_total{reason="timeout"} "#), "{metrics}");
     g.shutdown().await;
 }
 
