@@ -168,18 +168,9 @@ pub async fn serve(
             data_plane,
             tracker: tracker.clone(),
         };
-        let stop = CancellationToken::new();
-        let accepting =
-            futures_util::future::join_all(listeners.into_iter().map(|l| server.accept(l, &stop)));
-        tokio::pin!(accepting);
-        tokio::select! {
-            _ = &mut accepting => {}
-            () = shutdown => {
-                stop.cancel();
-                accepting.await;
-            }
-        }
+        server.accept(&listeners, shutdown).await;
     }
+    drop(listeners);
     tracing::info!(connections = graceful.count(), "shutting down: waiting for in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
@@ -200,16 +191,21 @@ struct Server<'a> {
 }
 
 impl Server<'_> {
-    /// Accepts on `listener` until `stop`, each connection a task holding a slot.
-    async fn accept(&self, listener: Listener, stop: &CancellationToken) {
+    /// Accepts on `listeners` until `shutdown`, each connection a task holding a slot. One
+    /// loop for all of them: a free slot goes to whichever listener has a client first (a loop
+    /// per listener would park a slot on a quiet one while clients wait on the other).
+    async fn accept(&self, listeners: &[Listener], shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
         loop {
             let slot = tokio::select! {
                 slot = Arc::clone(&self.slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-                () = stop.cancelled() => return,
+                () = &mut shutdown => return,
             };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.tcp.accept() => match accepted {
-                    Ok(conn) => conn,
+            // `accept` is cancel-safe: the listeners that lost the race keep their clients.
+            let any = futures_util::future::select_all(listeners.iter().map(|l| Box::pin(l.tcp.accept())));
+            let (stream, peer, listener) = tokio::select! {
+                (accepted, i, _) = any => match accepted {
+                    Ok((stream, peer)) => (stream, peer, &listeners[i]),
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -217,7 +213,7 @@ impl Server<'_> {
                         continue;
                     }
                 },
-                () = stop.cancelled() => return,
+                () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
             let (app, data_plane) = (self.app.clone(), self.data_plane.clone());

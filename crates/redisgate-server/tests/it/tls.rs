@@ -131,7 +131,9 @@ async fn https_serves_http2_and_http1() {
     g.shutdown().await;
 }
 
-/// `tls.plain_listen`: plain HTTP on a second address, beside HTTPS on `listen`.
+/// `tls.plain_listen`: plain HTTP on a second address, beside HTTPS on `listen`. With one
+/// connection slot between them, each is served in turn: a free slot is not parked on the
+/// listener that has no client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_on_a_second_listener() {
     let redis = Redis::start().await;
@@ -139,17 +141,25 @@ async fn plain_http_on_a_second_listener() {
     let mut s = pki.settings(&redis);
     let plain: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     s.tls.plain_listen = Some(plain);
-    let g = Gate::start_https(s, pki.client().build().unwrap()).await;
-    let r = reqwest::Client::new()
-        .post(format!("http://{plain}/"))
-        .bearer_auth(TOKEN)
-        .body(r#"["ECHO","plain"]"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["result"], "plain");
-    assert_eq!(g.post("/", r#"["PING"]"#).await.status(), 200);
+    s.http.max_connections = 1;
+    // Clients that close their connection after each request, giving the slot back.
+    let once = || pki.client().pool_max_idle_per_host(0);
+    let mut g = Gate::start_https(s, once().build().unwrap()).await;
+    g.http = once().build().unwrap();
+    let plain_client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(10));
+    let plain_client = plain_client.build().unwrap();
+    for i in 0..3 {
+        let r = plain_client
+            .post(format!("http://{plain}/"))
+            .bearer_auth(TOKEN)
+            .body(format!(r#"["ECHO","plain {i}"]"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["result"], format!("plain {i}"));
+        assert_eq!(g.post("/", r#"["PING"]"#).await.status(), 200);
+    }
     g.shutdown().await;
 }
 
