@@ -37,6 +37,8 @@
 #   --ab PATH             with --rounds (default 3): a second redisgate binary ("B") measured
 #                         in every round right after the first ("A"), for before/after figures;
 #                         with --callgrind: B counted the same way after A
+#   --https               afterwards, the HTTPS row: bench/https.sh with the same binary,
+#                         --duration and --pin (HTTPS vs plain HTTP of one RedisGate; ~45 s more)
 #   -h, --help            this text
 #
 # Columns (results.tsv): target, test, conns, rps (wrk Requests/sec; redis-benchmark rps),
@@ -55,7 +57,7 @@ set -u
 SELF=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 
-BUILD=1; BIN=""; DURATION=8; MODE=sweep; ROUNDS=""; BIN_B=""; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""
+BUILD=1; BIN=""; DURATION=8; MODE=sweep; ROUNDS=""; BIN_B=""; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""; HTTPS=0
 MAIN_CONNS=50          # concurrency of the POST and pipeline tests and of the target check
 PIPE_N=100             # commands per pipeline
 while [ $# -gt 0 ]; do
@@ -70,6 +72,7 @@ while [ $# -gt 0 ]; do
     --callgrind) MODE=callgrind; shift;;
     --rounds) ROUNDS=$2; MODE=rounds; shift 2;;
     --ab) BIN_B=$2; shift 2;;
+    --https) HTTPS=1; shift;;
     -h|--help) awk 'NR>1 && /^set -u/{exit} NR>1' "$SELF"; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
@@ -121,15 +124,9 @@ esac
 CAP=$(( BUDGET + 15 ))                             # hard limit (watchdog)
 T_START=$SECONDS
 
-OUT=${OUT:-/tmp/redisgate-bench.$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT" || exit 1
-OUT=$(cd "$OUT" && pwd)
-HZ=$(getconf CLK_TCK)
-SRV_PIN=(); LOAD_PIN=()
-if [ "$PIN" = 1 ]; then
-  [ "$(nproc)" -ge 2 ] || { echo "--pin needs at least 2 CPUs" >&2; exit 2; }
-  SRV_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1)
-fi
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+out_dir /tmp/redisgate-bench
 
 REDIS_PID=""; WEBDIS_PID=""; GW_PID=""; GWB_PID=""; LOAD_PID=""; WATCHDOG_PID=""
 # kill a process and all its descendants (by PID, depth first)
@@ -151,14 +148,8 @@ trap 'echo "interrupted / time limit reached; stopping what this run started" >&
 ( sleep "$CAP" & wait $!; echo "time limit of ${CAP}s reached" >&2; kill -TERM $$ 2>/dev/null ) &
 WATCHDOG_PID=$!
 
-port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
-free_port() { local p=$1; while port_busy "$p"; do p=$((p+1)); done; echo "$p"; }
-wait_until() { local n=$1; shift; local i=0; until "$@" >/dev/null 2>&1; do i=$((i+1)); [ $i -ge $((n*10)) ] && return 1; sleep 0.1; done; }
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null; }
 hwm_kb() { awk '/^VmHWM/{print $2}' "/proc/$1/status" 2>/dev/null; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-machine_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); printf "%.3f", v} else if (v ~ /m$/) {sub(/m$/,"",v); printf "%.3f", v*60000} else if (v ~ /s$/) {sub(/s$/,"",v); printf "%.3f", v*1000} else printf "-" }'; }
 cpu_busy() { local a b c d e f g h t1 i1 t2 i2; read -r _ a b c d e f g h _ < /proc/stat; t1=$((a+b+c+d+e+f+g+h)); i1=$((d+e)); sleep "${1:-0.5}"; read -r _ a b c d e f g h _ < /proc/stat; t2=$((a+b+c+d+e+f+g+h)); i2=$((d+e)); echo $(( 100 - 100*(i2-i1)/(t2-t1+1) )); }
 # wait (max 2 s) for the machine to be quiet (< 15% busy) before a run
 wait_quiet() { local i; for i in 1 2 3 4; do [ "$(cpu_busy 0.5)" -lt 15 ] && return 0; done; return 1; }
@@ -542,3 +533,8 @@ echo " RG/wd, RG/redis = RedisGate req/s over theirs, > 1 is better; p99 RG/wd =
 echo " RSS sampled mid-run; the redis column is redis-benchmark -P 1 of the same command at the same concurrency)"
 echo "results: $OUT/results.tsv  $OUT/results.md  (raw wrk/redis-benchmark outputs and commands.txt alongside)"
 echo "measuring took $(( SECONDS - T_START ))s"
+if [ "$HTTPS" = 1 ]; then
+  echo
+  cleanup  # the comparison's servers are done; the HTTPS row starts its own
+  "$REPO/bench/https.sh" --binary "$BIN" --duration "$DURATION" --out "$OUT/https" $([ "$PIN" = 1 ] && echo --pin)
+fi

@@ -39,6 +39,9 @@ pub struct InstanceSpec {
     pub memory_bytes: u64,
     /// For external instances: the server to use.
     pub external_url: Option<RedisUrl>,
+    /// For external `rediss://` instances: the CA (PEM) to verify the server against instead
+    /// of the platform's roots.
+    pub tls_ca_pem: Option<String>,
 }
 
 /// What the owner of an external instance is told when its server cannot be used, whatever

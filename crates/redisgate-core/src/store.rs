@@ -94,6 +94,9 @@ pub struct NewInstance {
     /// External instances: the connection URL (`standalone`) or the JSON
     /// [`crate::topology::Topology`] (`sentinel`, `cluster`), sealed by the caller.
     pub sealed_url: Option<Vec<u8>>,
+    /// External `rediss://` instances: the CA (PEM) their server's certificate is verified
+    /// against instead of the platform's roots.
+    pub tls_ca_pem: Option<String>,
 }
 
 /// An instance with what the gateway needs to reach it.
@@ -101,6 +104,7 @@ pub struct NewInstance {
 pub struct InstanceRecord {
     pub instance: Instance,
     pub sealed_url: Option<Vec<u8>>,
+    pub tls_ca_pem: Option<String>,
 }
 
 /// An API key to create; the secret itself never reaches the store.

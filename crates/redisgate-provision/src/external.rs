@@ -62,7 +62,14 @@ impl Provisioner for ExternalProvisioner {
         if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
             return Err(ProvisionError::Failed("the URL must start with redis:// or rediss://".to_owned()));
         }
-        match crate::probe::ping(text, self.timeout, self.resolver.as_ref()).await {
+        match crate::probe::ping_verified(
+            text,
+            spec.tls_ca_pem.as_deref(),
+            self.timeout,
+            self.resolver.as_ref(),
+        )
+        .await
+        {
             Ok(()) => Ok(url.clone()),
             Err(ProbeError::InvalidUrl) => Err(ProvisionError::Failed("invalid Redis URL".to_owned())),
             Err(e) => {

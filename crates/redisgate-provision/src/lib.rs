@@ -56,8 +56,18 @@ pub async fn ping(
     timeout: std::time::Duration,
     resolver: Option<&SharedResolver>,
 ) -> Result<std::time::Duration, String> {
+    ping_verified(url, None, timeout, resolver).await
+}
+
+/// [`ping`] verifying a `rediss://` server against `ca_pem` (an external instance's own CA).
+pub async fn ping_verified(
+    url: &str,
+    ca_pem: Option<&str>,
+    timeout: std::time::Duration,
+    resolver: Option<&SharedResolver>,
+) -> Result<std::time::Duration, String> {
     let started = std::time::Instant::now();
-    probe::ping(url, timeout, resolver)
+    probe::ping_verified(url, ca_pem, timeout, resolver)
         .await
         .map(|()| started.elapsed())
         .map_err(|e| redact::Redactor::for_url(url).redact(&e.describe()))

@@ -57,11 +57,29 @@ pub(crate) async fn ping(
     timeout: Duration,
     resolver: Option<&crate::SharedResolver>,
 ) -> Result<(), ProbeError> {
+    ping_verified(url, None, timeout, resolver).await
+}
+
+/// [`ping`] verifying a `rediss://` server against `ca_pem` (PEM) instead of the platform's
+/// roots.
+pub(crate) async fn ping_verified(
+    url: &str,
+    ca_pem: Option<&str>,
+    timeout: Duration,
+    resolver: Option<&crate::SharedResolver>,
+) -> Result<(), ProbeError> {
     if url.starts_with("rediss://") {
         // Mixing rustls providers panics; whichever one is installed first wins process-wide.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let client = redis::Client::open(url).map_err(|_| ProbeError::InvalidUrl)?;
+    let client = match ca_pem {
+        None => redis::Client::open(url),
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates { client_tls: None, root_cert: Some(ca.as_bytes().to_vec()) },
+        ),
+    };
+    let client = client.map_err(|_| ProbeError::InvalidUrl)?;
     let mut config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));

@@ -43,6 +43,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Checks everything `settings` names.
 pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
     let mut lines = vec![Line { component: format!("config ({config_source})"), result: Ok(Duration::ZERO) }];
+    if settings.tls.enabled() {
+        let loaded = crate::tls::Tls::load(&settings.tls).map(|_| Duration::ZERO).map_err(|e| e.to_string());
+        lines.push(Line { component: "tls certificate and key".into(), result: loaded });
+    }
     for (i, t) in settings.tokens.iter().enumerate() {
         let name = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
         lines.push(Line {
@@ -136,7 +140,12 @@ pub async fn run(settings: &Settings, config_source: &str) -> Vec<Line> {
             (Ok(url), ProvisionerKind::Local) => redisgate_provision::ping(url.expose(), TIMEOUT, None).await,
             (Ok(url), ProvisionerKind::External) => match &policy {
                 None => Err("not checked: the egress policy is invalid".to_owned()),
-                Some(policy) => checked_ping(policy, url.expose()).await,
+                Some(policy) => {
+                    match egress::check_tls(url.expose(), settings.instances.external.allow_insecure_tls) {
+                        Err(why) => Err(why.to_owned()),
+                        Ok(()) => checked_ping(policy, url.expose(), rec.tls_ca_pem.as_deref()).await,
+                    }
+                }
             },
         };
         lines.push(Line { component, result });
@@ -162,7 +171,7 @@ async fn check_topology(
     let mut slowest = Duration::ZERO;
     for addr in topology.addresses() {
         let (host, port) = parse_address(addr).ok_or_else(|| format!("{addr}: not host:port"))?;
-        let latency = checked_ping(policy, &node_url(&host, port, tls, user, password))
+        let latency = checked_ping(policy, &node_url(&host, port, tls, user, password), None)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
         slowest = slowest.max(latency);
@@ -172,7 +181,11 @@ async fn check_topology(
 
 /// PING of a tenant's URL only where the egress policy admits it, dialling only the admitted
 /// addresses. A refusal names the address and the rule: `check` is the operator's.
-async fn checked_ping(policy: &Arc<egress::Egress>, url: &str) -> Result<Duration, String> {
+async fn checked_ping(
+    policy: &Arc<egress::Egress>,
+    url: &str,
+    ca_pem: Option<&str>,
+) -> Result<Duration, String> {
     if let Some((host, port)) = egress::redis_endpoint(url)
         && let Err(e) = policy.admitted(&host, port).await
         && e.kind() == std::io::ErrorKind::PermissionDenied
@@ -180,5 +193,5 @@ async fn checked_ping(policy: &Arc<egress::Egress>, url: &str) -> Result<Duratio
         return Err(format!("refused by the egress policy ({e})"));
     }
     // Names that do not resolve, and bad URLs, are the PING's to report.
-    redisgate_provision::ping(url, TIMEOUT, Some(&policy.resolver())).await
+    redisgate_provision::ping_verified(url, ca_pem, TIMEOUT, Some(&policy.resolver())).await
 }

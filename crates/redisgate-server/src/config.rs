@@ -49,6 +49,80 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub quota: QuotaSettings,
     pub audit: AuditSettings,
+    pub tls: TlsSettings,
+}
+
+/// HTTPS on `listen` (see [`crate::tls`]). Off unless `cert_file` and `key_file` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate, PEM: the leaf first, then any intermediates (a chain file).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by one of these CAs (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (default; no certificate, no handshake) or
+    /// `optional` (clients without one are served too; one that is presented is verified).
+    pub client_auth: Option<ClientAuth>,
+    /// With TLS on, also serve plain HTTP here (e.g. a port only a load balancer's health
+    /// checks reach). Unset: `listen` is the only listener, and it speaks HTTPS only.
+    pub plain_listen: Option<SocketAddr>,
+    /// Time a client has to finish the TLS handshake; it holds a connection slot meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often the files are checked for a new certificate (SIGHUP checks at once).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: None,
+            plain_listen: None,
+            handshake_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let needs_tls = |key: &str| invalid(key, "needs tls.cert_file and tls.key_file");
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err(invalid("tls.key_file", "required with tls.cert_file")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "required with tls.key_file")),
+            (None, None) if self.client_ca_file.is_some() => return Err(needs_tls("tls.client_ca_file")),
+            (None, None) if self.plain_listen.is_some() => return Err(needs_tls("tls.plain_listen")),
+            _ => {}
+        }
+        if self.client_auth.is_some() && self.client_ca_file.is_none() {
+            return Err(invalid("tls.client_auth", "needs tls.client_ca_file"));
+        }
+        for (key, d) in
+            [("tls.handshake_timeout", self.handshake_timeout), ("tls.reload_interval", self.reload_interval)]
+        {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The audit log.
@@ -178,6 +252,10 @@ pub struct ExternalSettings {
     /// Empty (the default): public unicast addresses only. RedisGate's own addresses and cloud
     /// metadata services stay refused whatever this says.
     pub allow: Vec<String>,
+    /// Whether tenants' `rediss://` URLs may say `#insecure` (TLS without verifying the
+    /// server's certificate). Off (the default): such URLs are refused at creation and at
+    /// connect; tenants give their server's CA (`tls_ca_pem`) instead.
+    pub allow_insecure_tls: bool,
 }
 
 impl ExternalSettings {
@@ -239,6 +317,7 @@ impl Default for Settings {
             rate_limit: RateLimitSettings::default(),
             quota: QuotaSettings::default(),
             audit: AuditSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -283,8 +362,9 @@ pub struct HttpSettings {
     /// Interval of `: keepalive` comments on SSE streams; a dead peer shows up at the next one.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
-    /// Most open HTTP connections on `listen`; further clients wait in the listen backlog
-    /// until one closes, so no flood grows tasks or memory without bound.
+    /// Most open HTTP connections on `listen` and `tls.plain_listen` together (handshakes
+    /// included); further clients wait in the listen backlog until one closes, so no flood
+    /// grows tasks or memory without bound.
     pub max_connections: usize,
     /// Most concurrent SSE streams of one API key (or standalone token); more get 429.
     pub max_streams_per_key: usize,
@@ -676,6 +756,7 @@ impl Settings {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
         self.instances.external.policy()?;
+        self.tls.validate()?;
         Ok(())
     }
 }
@@ -706,6 +787,36 @@ mod tests {
         assert!(s.http.trusted_proxies.is_empty());
         assert_eq!(s.auth.anonymous_rate(), Rate { per_second: 1, burst: 30 });
         assert_eq!(s.audit.retention, Duration::from_secs(90 * 24 * 3600));
+    }
+
+    #[test]
+    fn tls_keys_come_together() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).map_err(|e| e.to_string());
+        let e = load(&[("REDISGATE_TLS__CERT_FILE", "/c.pem")]).unwrap_err();
+        assert!(e.contains("tls.key_file"), "{e}");
+        let e = load(&[("REDISGATE_TLS__CLIENT_CA_FILE", "/ca.pem")]).unwrap_err();
+        assert!(e.contains("tls.client_ca_file"), "{e}");
+        let e = load(&[("REDISGATE_TLS__PLAIN_LISTEN", "127.0.0.1:8081")]).unwrap_err();
+        assert!(e.contains("tls.plain_listen"), "{e}");
+        let both = [("REDISGATE_TLS__CERT_FILE", "/c.pem"), ("REDISGATE_TLS__KEY_FILE", "/k.pem")];
+        let e = load(&[both[0], both[1], ("REDISGATE_TLS__CLIENT_AUTH", "optional")]).unwrap_err();
+        assert!(e.contains("tls.client_auth"), "{e}");
+        let s = Settings::load(
+            None,
+            &env(&[
+                both[0],
+                both[1],
+                ("REDISGATE_TLS__PLAIN_LISTEN", "127.0.0.1:8081"),
+                ("REDISGATE_TLS__CLIENT_CA_FILE", "/ca.pem"),
+                ("REDISGATE_TLS__CLIENT_AUTH", "optional"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.tls.plain_listen.map(|a| a.port()), s.tls.client_auth),
+            (Some(8081), Some(ClientAuth::Optional))
+        );
+        assert!(!s.instances.external.allow_insecure_tls, "verification is the default");
     }
 
     #[test]

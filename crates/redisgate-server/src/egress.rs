@@ -120,9 +120,9 @@ impl Egress {
 }
 
 /// The policy `settings` configure, knowing RedisGate's own services: `listen` (the bound
-/// listener; `redisgate check` knows only the configured address), the metrics listener, the
-/// PostgreSQL metadata database, the limiter's Redis and the standalone tokens' Redis servers,
-/// and the local instances' ports as `local_ports` tells them.
+/// listener; `redisgate check` knows only the configured address), the metrics and plain HTTP
+/// listeners, the PostgreSQL metadata database, the limiter's Redis and the standalone tokens'
+/// Redis servers, and the local instances' ports as `local_ports` tells them.
 pub async fn for_settings(
     settings: &Settings,
     listen: SocketAddr,
@@ -131,6 +131,7 @@ pub async fn for_settings(
     let policy = settings.instances.external.policy()?;
     let mut own: Vec<(String, u16)> = std::iter::once(listen)
         .chain(settings.metrics_listen)
+        .chain(settings.tls.plain_listen)
         .map(|a| (a.ip().to_string(), a.port()))
         .collect();
     own.extend(settings.database_url.as_ref().and_then(|u| database_endpoint(u.expose_secret())));
@@ -143,15 +144,66 @@ pub async fn for_settings(
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
+/// Why a tenant's `rediss://` URL is refused: it asks for TLS without verifying the server.
+pub const INSECURE_TLS_REFUSED: &str = "`#insecure` (TLS without verifying the server's certificate) is not allowed on this deployment; give the server's CA instead (tls_ca_pem)";
+
+/// The rule on a tenant's URL: `#insecure` only where the deployment allows it
+/// (`instances.external.allow_insecure_tls`). Checked at creation and before every start, so
+/// a row written under a laxer configuration is refused too; the redis crate's
+/// `tls-rustls-insecure` feature, which honours the fragment, is never reached past it.
+pub fn check_tls(url: &str, allow_insecure: bool) -> Result<(), &'static str> {
+    if asks_insecure_tls(url) && !allow_insecure { Err(INSECURE_TLS_REFUSED) } else { Ok(()) }
+}
+
+/// Whether `url` is `rediss://…#insecure`, as the redis crate parses it (the fragment is the
+/// only way a URL turns verification off).
+pub fn asks_insecure_tls(url: &str) -> bool {
+    redis::Client::open(url).is_ok_and(|c| {
+        matches!(c.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { insecure: true, .. })
+    })
+}
+
+/// An external instance's client: verified against its own CA (`ca_pem`) when it has one,
+/// else against the platform's roots (or not at all for an admitted `#insecure`).
+pub fn tenant_client(url: &str, ca_pem: Option<&str>) -> redis::RedisResult<redis::Client> {
+    match ca_pem {
+        None => redis::Client::open(url),
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates { client_tls: None, root_cert: Some(ca.as_bytes().to_vec()) },
+        ),
+    }
+}
+
+/// The CA certificates of a PEM text (an instance's `tls_ca_pem`), as verification roots for
+/// [`dial`]; an error when there are none or one does not parse.
+pub fn tls_roots(ca_pem: &str) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        roots.add(cert).map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+}
+
 /// A connection for `info` (a tenant's `redis://` or `rediss://` URL) to an address `resolver`
 /// admits now, for connections the redis crate would otherwise open by name without a resolver
 /// of ours (pub/sub, monitor). The TCP connection goes to exactly the checked address, and TLS
-/// runs over it verified for the URL's host name, so a DNS answer that changes between the
-/// check and the dial (rebinding) is never used. Setting up the Redis session (AUTH, SELECT)
-/// is the caller's.
+/// runs over it verified for the URL's host name (against `roots`, the instance's own CA, when
+/// given), so a DNS answer that changes between the check and the dial (rebinding) is never
+/// used. Setting up the Redis session (AUTH, SELECT) is the caller's.
 pub async fn dial(
     info: &redis::ConnectionInfo,
     resolver: &SharedResolver,
+    roots: Option<&Arc<ClientConfig>>,
 ) -> redis::RedisResult<Box<dyn Io>> {
     let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
     let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
@@ -166,13 +218,17 @@ pub async fn dial(
     let tcp = tcp?;
     tcp.set_nodelay(true)?;
     match info.addr() {
-        // URLs carry no client certificates or roots of their own (`tls_params` comes only from
-        // the builder API), so the URL's `#insecure` is all there is to honour.
+        // The redis crate's `tls_params` cannot be read back, so the instance's own roots come
+        // as `roots`; otherwise the URL's `#insecure` (admitted by `check_tls`) is honoured.
         redis::ConnectionAddr::TcpTls { insecure, .. } => {
             let name = ServerName::try_from(unbracketed(&host).to_owned()).map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a TLS server name"))
             })?;
-            let connector = TlsConnector::from(tls_config(*insecure)?);
+            let config = match roots {
+                Some(roots) => Arc::clone(roots),
+                None => tls_config(*insecure)?,
+            };
+            let connector = TlsConnector::from(config);
             Ok(Box::new(connector.connect(name, tcp).await?))
         }
         _ => Ok(Box::new(tcp)),

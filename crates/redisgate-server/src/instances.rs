@@ -95,6 +95,8 @@ pub struct Instances {
     tracker: TaskTracker,
     cancel: CancellationToken,
     capacity: HostCapacity,
+    /// `instances.external.allow_insecure_tls`: see [`crate::egress::check_tls`].
+    allow_insecure_tls: bool,
     /// Held from the capacity check until the new instance is in the store.
     admission: tokio::sync::Mutex<()>,
 }
@@ -127,6 +129,7 @@ impl Instances {
             tracker,
             cancel,
             capacity,
+            allow_insecure_tls: settings.instances.external.allow_insecure_tls,
             admission: tokio::sync::Mutex::default(),
         }
     }
@@ -145,6 +148,11 @@ impl Instances {
     /// The host caps on local instances.
     pub fn capacity(&self) -> HostCapacity {
         self.capacity
+    }
+
+    /// Whether a tenant's URL passes the deployment's TLS rule ([`crate::egress::check_tls`]).
+    pub fn check_tls(&self, url: &str) -> Result<(), &'static str> {
+        crate::egress::check_tls(url, self.allow_insecure_tls)
     }
 
     /// Why the instance's server could not be used, as the log has it: for deployment
@@ -197,14 +205,21 @@ impl Instances {
             },
             None => None,
         };
-        let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url };
+        // Before any connection: a row written under a laxer configuration is refused too.
+        if let Some(url) = &external_url
+            && let Err(why) = self.check_tls(url.expose())
+        {
+            return self.set(inst.id, InstanceStatus::Error, Some(why.to_owned())).await;
+        }
+        let tls_ca_pem = rec.tls_ca_pem.clone();
+        let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url, tls_ca_pem };
         let started = self.provisioner(inst.provisioner).start(&spec).await;
         self.note_detail(inst.id, &started);
         let url = match started {
             Ok(url) => url,
             Err(e) => return self.set(inst.id, InstanceStatus::Error, Some(e.to_string())).await,
         };
-        let client = match redis::Client::open(url.expose()) {
+        let client = match crate::egress::tenant_client(url.expose(), rec.tls_ca_pem.as_deref()) {
             Ok(c) => c,
             Err(_) => {
                 return self
@@ -237,6 +252,9 @@ impl Instances {
                 Backend::start_checked(label, client, self.egress.resolver(), settings, tracker, cancel)
             }
         };
+        if let Some(roots) = rec.tls_ca_pem.as_deref().and_then(|ca| crate::egress::tls_roots(ca).ok()) {
+            backend.verify_streams_with(roots);
+        }
         if let Some(users) = scope_users {
             backend.run_scripts_as_scope_users(users);
         }

@@ -7,6 +7,7 @@
 //! - [`egress`]: where external instances may connect (the policy as the redis DNS resolver).
 //! - [`serve`]: the HTTP listener (timeouts, graceful shutdown), which sends data-plane requests
 //!   straight to the gateway and the rest through the router.
+//! - [`tls`]: HTTPS on that listener (certificates reloaded when they change, mutual TLS).
 //!
 //! [`launch`] builds and runs the whole application the same way in production and in tests:
 //! tests bind port 0 and pass the listener in.
@@ -21,6 +22,7 @@ pub mod instances;
 pub mod ops;
 pub mod secrets;
 pub mod serve;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,6 +64,8 @@ pub async fn launch(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Before anything starts: a certificate that does not load stops start-up.
+    let tls = tls::Tls::load(&settings.tls)?;
     let tokens = build_tokens(&settings, &tracker, &cancel)?;
     ops::metrics::handle();
     tracker.spawn(ops::metrics::upkeep(cancel.clone()));
@@ -191,13 +195,33 @@ pub async fn launch(
         });
     }
     let addr = listener.local_addr().context("listener address")?;
-    tracing::info!(%addr, tokens = settings.tokens.len(), "RedisGate listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, tokens = settings.tokens.len(), "RedisGate listening");
+    let mut listeners = vec![serve::Listener { tcp: listener, tls: tls.clone() }];
+    if let Some(addr) = settings.tls.plain_listen {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for plain HTTP (tls.plain_listen) on {addr}"))?;
+        tracing::info!(%addr, scheme = "http", "RedisGate listening");
+        listeners.push(serve::Listener { tcp, tls: None });
+    }
+    if let Some(tls) = tls {
+        // Registered now, so a SIGHUP from here on reloads instead of ending the process.
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; TLS files are still reloaded when they change");
+                None
+            }
+        };
+        tracker.spawn(tls.watch(hangup, cancel.clone()));
+    }
 
     let shutdown = async move {
         shutdown.await;
         streams_end.cancel();
     };
-    serve::serve(listener, app, data_plane, &settings.http, &tracker, shutdown).await;
+    serve::serve(listeners, app, data_plane, &settings.http, &tracker, shutdown).await;
     cancel.cancel();
     instances.shutdown().await;
     tracker.close();

@@ -6,6 +6,10 @@
 //! the kernel's listen backlog (and beyond that are refused by the kernel), so a flood of
 //! connections costs this process no task, buffer or descriptor until a slot frees.
 //!
+//! With TLS ([`crate::tls`]) the handshake runs in the connection's task, holding its slot,
+//! bounded by `tls.handshake_timeout`; a second, plain listener (`tls.plain_listen`) shares
+//! the same slots.
+//!
 //! Requests go two ways. The data plane (`/redis/{instance_id}/…`, and in standalone mode
 //! every path the router does not own) is called directly, with CORS, metrics and its span
 //! but without the router: routing through ~40 routes, a boxed route service per request and
@@ -38,7 +42,8 @@ use tracing::Instrument as _;
 
 use crate::config::HttpSettings;
 use crate::gateway::{self, Gateway};
-use crate::ops::metrics::Observation;
+use crate::ops::metrics::{Observation, TLS_HANDSHAKE_FAILURES};
+use crate::tls::Tls;
 
 /// First path segments the router owns; in standalone mode every other path is a command.
 /// (No Redis command is named like one of them, so none is shadowed.)
@@ -155,11 +160,17 @@ impl Service<http::Request<Body>> for Direct {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, waits up to
+/// One address served: plain HTTP, or HTTPS with `tls`.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Serves `app` on `listeners` until `shutdown` resolves, then stops accepting, waits up to
 /// `shutdown_grace` for open requests to finish, closes what is left, and returns. Every
-/// connection is a task on `tracker`.
+/// connection is a task on `tracker`; all listeners share `http.max_connections`.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     app: Router,
     data_plane: DataPlane,
     http: &HttpSettings,
@@ -174,55 +185,110 @@ pub async fn serve(
         .keep_alive_interval(Some(http.header_read_timeout))
         .keep_alive_timeout(http.header_read_timeout);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(http.max_connections));
     // Fired when the grace period is over: the connections still open are dropped (closed).
     let closing = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
+    {
+        let server = Server {
+            builder: Arc::new(builder),
+            graceful: &graceful,
+            slots: Arc::new(Semaphore::new(http.max_connections)),
+            closing: closing.clone(),
+            app,
+            data_plane,
+            tracker: tracker.clone(),
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (app, data_plane) = (app.clone(), data_plane.clone());
-        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let mut req = match data_plane.call(req.map(Body::new)) {
-                Ok(answer) => return Either::Left(answer),
-                Err(req) => req,
-            };
-            // The peer address rides along in the request extensions (audit log, throttling).
-            req.extensions_mut().insert(ConnectInfo(peer));
-            Either::Right(app.clone().oneshot(req))
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        let closing = closing.clone();
-        tracker.spawn(async move {
-            // Errors here are clients going away mid-request; nothing to do about them.
-            tokio::select! {
-                _ = conn => {}
-                () = closing.cancelled() => {}
-            }
-            drop(slot);
-        });
+        server.accept(&listeners, shutdown).await;
     }
-    drop(listener);
+    drop(listeners);
     tracing::info!(connections = graceful.count(), "shutting down: waiting for in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(http.shutdown_grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
     closing.cancel();
+}
+
+/// What every connection's task needs.
+struct Server<'a> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: &'a GracefulShutdown,
+    slots: Arc<Semaphore>,
+    closing: CancellationToken,
+    app: Router,
+    data_plane: DataPlane,
+    tracker: TaskTracker,
+}
+
+impl Server<'_> {
+    /// Accepts on `listeners` until `shutdown`, each connection a task holding a slot. One
+    /// loop for all of them: a free slot goes to whichever listener has a client first (a loop
+    /// per listener would park a slot on a quiet one while clients wait on the other).
+    async fn accept(&self, listeners: &[Listener], shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&self.slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+                () = &mut shutdown => return,
+            };
+            // `accept` is cancel-safe: the listeners that lost the race keep their clients.
+            let any = futures_util::future::select_all(listeners.iter().map(|l| Box::pin(l.tcp.accept())));
+            let (stream, peer, listener) = tokio::select! {
+                (accepted, i, _) = any => match accepted {
+                    Ok((stream, peer)) => (stream, peer, &listeners[i]),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let (app, data_plane) = (self.app.clone(), self.data_plane.clone());
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let mut req = match data_plane.call(req.map(Body::new)) {
+                    Ok(answer) => return Either::Left(answer),
+                    Err(req) => req,
+                };
+                // The peer address rides along in the request extensions (audit log, throttling).
+                req.extensions_mut().insert(ConnectInfo(peer));
+                Either::Right(app.clone().oneshot(req))
+            });
+            let (builder, watcher, closing) =
+                (Arc::clone(&self.builder), self.graceful.watcher(), self.closing.clone());
+            let tls = listener.tls.clone();
+            self.tracker.spawn(async move {
+                let served = async {
+                    // Errors while serving are clients going away mid-request; nothing to do
+                    // about them.
+                    let Some(tls) = tls else {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        return drop(watcher.watch(conn.into_owned()).await);
+                    };
+                    // The handshake holds the slot, so it is bounded in time: a client that
+                    // stalls it (slowloris) gives the slot back after the timeout.
+                    match tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            drop(watcher.watch(conn.into_owned()).await);
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => "error").increment(1);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => "timeout").increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = served => {}
+                    () = closing.cancelled() => {}
+                }
+                drop(slot);
+            });
+        }
+    }
 }

@@ -51,7 +51,7 @@ macro_rules! member_cols {
 macro_rules! instance_cols {
     () => {
         "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
-         i.sealed_url, i.created_at"
+         i.sealed_url, i.tls_ca_pem, i.created_at"
     };
 }
 // jsonb is read back as text so the store needs no sqlx `json` feature.
@@ -260,6 +260,7 @@ fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
             created_at: get(row, "created_at")?,
         },
         sealed_url: get(row, "sealed_url")?,
+        tls_ca_pem: get(row, "tls_ca_pem")?,
     })
 }
 
@@ -863,8 +864,9 @@ impl Store for PgStore {
         };
         let row = sqlx::query(concat!(
             "INSERT INTO redis_instances AS i \
-             (id, org_id, name, provisioner, kind, memory_bytes, status, status_reason, sealed_url, created_at) \
-             VALUES ($1, $2, $3, $4, $8, $5, 'pending', NULL, $6, $7) RETURNING ",
+             (id, org_id, name, provisioner, kind, memory_bytes, status, status_reason, sealed_url, tls_ca_pem, \
+              created_at) \
+             VALUES ($1, $2, $3, $4, $9, $5, 'pending', NULL, $6, $7, $8) RETURNING ",
             instance_cols!()
         ))
         .bind(new.id.0)
@@ -873,6 +875,7 @@ impl Store for PgStore {
         .bind(new.provisioner.as_str())
         .bind(memory_bytes)
         .bind(new.sealed_url.as_deref())
+        .bind(new.tls_ca_pem.as_deref())
         .bind(OffsetDateTime::now_utc())
         .bind(new.kind.as_str())
         .fetch_one(&mut *tx)

@@ -219,7 +219,7 @@ macro_rules! member_cols {
 macro_rules! instance_cols {
     () => {
         "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
-         i.sealed_url, i.created_at"
+         i.sealed_url, i.tls_ca_pem, i.created_at"
     };
 }
 macro_rules! key_cols {
@@ -304,6 +304,7 @@ fn instance_from(row: &SqliteRow) -> StoreResult<InstanceRecord> {
             created_at: get(row, "created_at")?,
         },
         sealed_url: get(row, "sealed_url")?,
+        tls_ca_pem: get(row, "tls_ca_pem")?,
     })
 }
 
@@ -945,12 +946,14 @@ impl Store for SqliteStore {
                 created_at: now(),
             },
             sealed_url: new.sealed_url,
+            tls_ca_pem: new.tls_ca_pem,
         };
         let i = &record.instance;
         sqlx::query(
             "INSERT INTO redis_instances \
-             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, created_at, kind) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)",
+             (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, tls_ca_pem, \
+              created_at, kind) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9, ?10)",
         )
         .bind(i.id.0)
         .bind(i.org_id.0)
@@ -959,6 +962,7 @@ impl Store for SqliteStore {
         .bind(int(i.memory_bytes))
         .bind(i.status.as_str())
         .bind(record.sealed_url.as_deref())
+        .bind(record.tls_ca_pem.as_deref())
         .bind(ts(i.created_at))
         .bind(i.kind.as_str())
         .execute(&mut *tx)

@@ -39,7 +39,7 @@ impl Events {
 }
 
 pub fn spec(id: InstanceId, memory_bytes: u64) -> InstanceSpec {
-    InstanceSpec { id, memory_bytes, external_url: None }
+    InstanceSpec { id, memory_bytes, external_url: None, tls_ca_pem: None }
 }
 
 /// Quick restarts so crash tests finish fast.

@@ -30,7 +30,9 @@ pub struct NewRedisInstance {
     /// `maxmemory` of a local instance, in MiB (default 64); counts against the quota.
     pub memory_mb: Option<u64>,
     /// External instances: `redis://[user:password@]host:port[/db]` or `rediss://…`.
-    /// Stored sealed; never shown again.
+    /// Stored sealed; never shown again. `rediss://` servers are verified against the
+    /// platform's roots, or `tls_ca_pem`; `#insecure` (no verification) is refused unless the
+    /// deployment allows it (`instances.external.allow_insecure_tls`).
     pub url: Option<String>,
     /// External instances: `standalone` (default: one server at `url`), `sentinel` (give
     /// `sentinel`) or `cluster` (give `cluster`). See docs/BACKENDS.md.
@@ -40,7 +42,13 @@ pub struct NewRedisInstance {
     pub sentinel: Option<SentinelSpec>,
     /// A `cluster` instance's seed nodes and credentials; stored sealed, never shown again.
     pub cluster: Option<ClusterSpec>,
+    /// External `rediss://` instances: the CA certificate(s), PEM, that the server's
+    /// certificate is verified against instead of the platform's roots (at most 64 KiB).
+    pub tls_ca_pem: Option<String>,
 }
+
+/// Largest `tls_ca_pem` accepted: a few CA certificates.
+const MAX_CA_PEM_BYTES: usize = 64 * 1024;
 
 const DEFAULT_MEMORY_MB: u64 = 64;
 
@@ -122,6 +130,9 @@ async fn create(
                 if req.url.is_some() {
                     return Err(ApiError::validation("url", "only external instances take a url"));
                 }
+                if req.tls_ca_pem.is_some() {
+                    return Err(ApiError::validation("tls_ca_pem", "only external instances take a CA"));
+                }
                 let mb = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
                 if !(1..=1024 * 1024).contains(&mb) {
                     return Err(ApiError::validation("memory_mb", "must be between 1 and 1048576"));
@@ -137,6 +148,23 @@ async fn create(
                     || redis::Client::open(url).is_err()
                 {
                     return Err(ApiError::validation("url", "must be a redis:// or rediss:// URL"));
+                }
+                if let Err(why) = state.instances.check_tls(url) {
+                    return Err(ApiError::validation("url", why));
+                }
+                if let Some(ca) = &req.tls_ca_pem {
+                    if !url.starts_with("rediss://") || crate::egress::asks_insecure_tls(url) {
+                        return Err(ApiError::validation(
+                            "tls_ca_pem",
+                            "only for a rediss:// URL that verifies the server (no #insecure)",
+                        ));
+                    }
+                    if ca.len() > MAX_CA_PEM_BYTES {
+                        return Err(ApiError::validation("tls_ca_pem", "must be at most 64 KiB"));
+                    }
+                    if let Err(why) = crate::egress::tls_roots(ca) {
+                        return Err(ApiError::validation("tls_ca_pem", why));
+                    }
                 }
                 if let Err(why) = state.instances.egress.check_url(url).await {
                     tracing::info!(org.id = %org, reason = %why, "external instance URL refused by the egress policy");
@@ -154,6 +182,7 @@ async fn create(
             kind,
             memory_bytes,
             sealed_url,
+            tls_ca_pem: req.tls_ca_pem.clone(),
         };
         // Host-wide caps on local instances, decided one create at a time.
         let admitted = match provisioner {

@@ -87,6 +87,9 @@ pub struct Backend {
     /// Set for Sentinel and Cluster instances: calls go where it routes them (boxed there, as
     /// they come back to a plain backend's methods).
     routed: Option<Routed>,
+    /// Set for an external instance with a CA of its own: the roots its stream connections'
+    /// TLS is verified against (the shared connection has them in its client).
+    stream_roots: OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl Backend {
@@ -135,6 +138,7 @@ impl Backend {
             stop: cancel.child_token(),
             scope_users: OnceLock::new(),
             routed: None,
+            stream_roots: OnceLock::new(),
         });
         tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
         backend
@@ -162,6 +166,7 @@ impl Backend {
             routed: Some(route(stop.clone())),
             stop,
             scope_users: OnceLock::new(),
+            stream_roots: OnceLock::new(),
         })
     }
 
@@ -255,6 +260,12 @@ impl Backend {
     /// this backend's (default) user: for local instances, whose server is ours.
     pub fn run_scripts_as_scope_users(&self, users: ScopeUsers) {
         let _ = self.scope_users.set(users);
+    }
+
+    /// Stream connections ([`Backend::pubsub`], [`Backend::monitor`]) verify the server
+    /// against `roots` (the instance's own CA) instead of the platform's.
+    pub fn verify_streams_with(&self, roots: Arc<rustls::ClientConfig>) {
+        let _ = self.stream_roots.set(roots);
     }
 
     /// Runs one script command (see [`super::script`]).
@@ -425,7 +436,11 @@ impl Backend {
                 match &self.egress {
                     // `new` sets the session up (AUTH, SELECT) as the crate's own connect does.
                     Some(egress) => {
-                        PubSub::new(info.redis_settings(), crate::egress::dial(info, egress).await?).await
+                        PubSub::new(
+                            info.redis_settings(),
+                            crate::egress::dial(info, egress, self.stream_roots.get()).await?,
+                        )
+                        .await
                     }
                     None => self.client.get_async_pubsub().await,
                 }
@@ -445,7 +460,11 @@ impl Backend {
             .connect_dedicated(async {
                 match &self.egress {
                     Some(egress) => {
-                        monitor_over(crate::egress::dial(info, egress).await?, info.redis_settings()).await
+                        monitor_over(
+                            crate::egress::dial(info, egress, self.stream_roots.get()).await?,
+                            info.redis_settings(),
+                        )
+                        .await
                     }
                     None => Ok(self.client.get_async_monitor().await?.into_on_message::<Value>().boxed()),
                 }

@@ -40,6 +40,8 @@ pub const AUTH_RATE_LIMIT_REJECTIONS: &str = "auth_rate_limit_rejections_total";
 pub const AUDIT_PRUNED: &str = "audit_entries_pruned_total";
 pub const TOPOLOGY_CHANGES: &str = "redis_topology_changes_total";
 pub const CLUSTER_REDIRECTS: &str = "redis_cluster_redirects_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "tls_handshake_failures_total";
+pub const TLS_RELOADS: &str = "tls_certificate_reloads_total";
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
 const BUCKETS: &[f64] =
@@ -115,6 +117,14 @@ fn describe() {
         "Sentinel primaries followed and cluster slot maps installed, by kind (sentinel, cluster)"
     );
     describe_counter!(CLUSTER_REDIRECTS, "MOVED and ASK redirections followed, by kind (moved, ask)");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes on the listener that failed (error) or did not finish within tls.handshake_timeout (timeout)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Changed TLS files loaded (ok) or kept out because they did not load (error)"
+    );
     describe_counter!(
         RATE_LIMIT_FALLBACKS,
         "Requests limited locally because the shared (distributed) limiter could not answer"

@@ -282,6 +282,24 @@ impl Gate {
         Gate { base, http: reqwest::Client::new(), _data: data, stop: Some(stop), task: Some(task) }
     }
 
+    /// Starts RedisGate serving HTTPS (the caller's `settings.tls`) and waits until `client`
+    /// (which trusts the test CA) gets PING through `TOKEN` at `https://localhost:<port>`.
+    pub async fn start_https(mut settings: Settings, client: reqwest::Client) -> Gate {
+        let data = tempfile::tempdir().unwrap();
+        settings.data_dir = data.path().to_owned();
+        let mut g = Gate::launch(settings, data).await;
+        g.base = g.base.replace("http://127.0.0.1:", "https://localhost:");
+        g.http = client;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match g.http.post(g.url("/")).bearer_auth(TOKEN).body(r#"["PING"]"#).send().await {
+                Ok(r) if r.status() == 200 => return g,
+                other => assert!(Instant::now() < deadline, "HTTPS gateway not ready: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -388,10 +406,11 @@ impl PgDatabase {
     }
 }
 
-/// A `redis-server` that speaks only TLS, on loopback, with a self-signed certificate for
-/// `localhost`.
+/// A `redis-server` that speaks only TLS, on loopback, with a certificate for `localhost` and
+/// 127.0.0.1 from a CA of its own (`ca_pem`), which nothing trusts unless told to.
 pub struct TlsRedis {
     pub port: u16,
+    pub ca_pem: String,
     password: Option<&'static str>,
     _child: KillOnDrop,
     _dir: tempfile::TempDir,
@@ -405,7 +424,10 @@ impl TlsRedis {
     pub async fn start_with(password: Option<&'static str>) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        self_signed(&cert, &key);
+        let ca = TestCa::new("TLS redis-server CA");
+        let issued = ca.server(1);
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--tls-auth-clients", "no"])
@@ -420,7 +442,7 @@ impl TlsRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server installed (scripts/test.sh installs it)");
-        let r = TlsRedis { port, password, _child: KillOnDrop(child), _dir: dir };
+        let r = TlsRedis { port, ca_pem: ca.pem, password, _child: KillOnDrop(child), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(5);
         while r.try_cmd::<String>(&["PING"]).await.is_err() {
             assert!(Instant::now() < deadline, "TLS redis-server did not start on {port}");
@@ -432,7 +454,11 @@ impl TlsRedis {
     pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let auth = self.password.map(|p| format!(":{p}@")).unwrap_or_default();
-        let client = redis::Client::open(format!("rediss://{auth}127.0.0.1:{}/#insecure", self.port))?;
+        let root_cert = Some(self.ca_pem.clone().into_bytes());
+        let client = redis::Client::build_with_tls(
+            format!("rediss://{auth}127.0.0.1:{}", self.port),
+            redis::TlsCertificates { client_tls: None, root_cert },
+        )?;
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd(args[0]).arg(&args[1..]).query_async(&mut c).await
     }
@@ -461,15 +487,51 @@ impl TlsRedis {
     }
 }
 
-fn self_signed(cert: &std::path::Path, key: &std::path::Path) {
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(key)
-        .arg("-out")
-        .arg(cert)
-        .output()
-        .expect("openssl installed (scripts/test.sh installs it)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+/// A throw-away certificate authority for TLS tests (rcgen, in process).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM, signed by a [`TestCa`].
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 with serial number `serial`.
+    pub fn server(&self, serial: u64) -> Issued {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params.serial_number = Some(serial.into());
+        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate whose subject's common name is `cn`.
+    pub fn client(&self, cn: &str) -> Issued {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, params: rcgen::CertificateParams) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+    }
 }

@@ -308,6 +308,16 @@ pub fn checked_backend(
     url: &str,
     resolver: SharedResolver,
 ) -> (Arc<Backend>, TaskTracker, CancellationToken) {
+    checked_backend_verified(url, None, resolver)
+}
+
+/// [`checked_backend`] verifying a `rediss://` server against `ca_pem`, as an instance with
+/// its own CA does.
+pub fn checked_backend_verified(
+    url: &str,
+    ca_pem: Option<&str>,
+    resolver: SharedResolver,
+) -> (Arc<Backend>, TaskTracker, CancellationToken) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = BackendSettings {
         connect_retries: 0,
@@ -316,8 +326,11 @@ pub fn checked_backend(
         ..BackendSettings::default()
     };
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let client = redis::Client::open(url).unwrap();
+    let client = redisgate_server::egress::tenant_client(url, ca_pem).unwrap();
     let backend = Backend::start_checked("t".into(), client, resolver, cfg, &tracker, cancel.clone());
+    if let Some(ca) = ca_pem {
+        backend.verify_streams_with(redisgate_server::egress::tls_roots(ca).unwrap());
+    }
     (backend, tracker, cancel)
 }
 

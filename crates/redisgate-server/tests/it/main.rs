@@ -23,5 +23,6 @@ mod schema;
 mod scripts;
 mod sentinel;
 mod sse;
+mod tls;
 mod topo;
 mod upstash_libs;

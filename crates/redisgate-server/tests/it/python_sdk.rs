@@ -33,16 +33,17 @@ pub fn python() -> OsString {
 
 /// Runs the pytest suite against `url` with `token`; fails with pytest's whole report.
 async fn run_pytest(url: &str, token: &str) {
-    run_pytest_with(url, token, false).await;
+    run_pytest_with::<&str>(url, token, &[]).await;
 }
 
 /// [`run_pytest`] for a Redis Cluster behind the gateway: each test's keys share a hash tag
 /// (`REDISGATE_TEST_ONE_SLOT`), as a cluster application's related keys do.
 pub async fn run_pytest_one_slot(url: &str, token: &str) {
-    run_pytest_with(url, token, true).await;
+    run_pytest_with(url, token, &[("REDISGATE_TEST_ONE_SLOT", "1")]).await;
 }
 
-async fn run_pytest_with(url: &str, token: &str, one_slot: bool) {
+/// [`run_pytest`] with more environment variables (an `https://` URL's CA bundle, …).
+pub async fn run_pytest_with<V: AsRef<std::ffi::OsStr>>(url: &str, token: &str, env: &[(&str, V)]) {
     let python = python();
     let root = repo_root().canonicalize().expect("repository root");
     let mut cmd = tokio::process::Command::new(&python);
@@ -52,7 +53,7 @@ async fn run_pytest_with(url: &str, token: &str, one_slot: bool) {
         .env("UPSTASH_REDIS_REST_TOKEN", token)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
-        .env("REDISGATE_TEST_ONE_SLOT", if one_slot { "1" } else { "" })
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = match tokio::time::timeout(PYTEST_TIMEOUT, cmd.output()).await {

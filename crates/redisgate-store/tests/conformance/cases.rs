@@ -64,6 +64,7 @@ fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
         kind: BackendKind::Standalone,
         memory_bytes,
         sealed_url: None,
+        tls_ca_pem: None,
     }
 }
 
@@ -424,15 +425,17 @@ pub async fn new_instances_are_pending_and_round_trip(store: S) {
     let local = store.create_instance(new_instance(org.id, 64 << 20)).await.unwrap();
     assert_eq!(local.instance.status, InstanceStatus::Pending);
     assert_eq!(local.instance.status_reason, None);
-    assert_eq!(local.sealed_url, None);
+    assert_eq!((local.sealed_url.as_ref(), local.tls_ca_pem.as_ref()), (None, None));
     assert_eq!((local.instance.org_id, local.instance.memory_bytes), (org.id, 64 << 20));
     assert_eq!(store.instance(local.instance.id).await.unwrap(), local);
 
-    for sealed in [vec![0u8, 1, 2, 0xfe, 0xff, 0], vec![]] {
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned();
+    for (sealed, tls_ca_pem) in [(vec![0u8, 1, 2, 0xfe, 0xff, 0], Some(ca)), (vec![], None)] {
         let new = NewInstance {
             name: "bring-your-own".to_owned(),
             provisioner: ProvisionerKind::External,
             sealed_url: Some(sealed.clone()),
+            tls_ca_pem: tls_ca_pem.clone(),
             ..new_instance(org.id, 0)
         };
         let id = new.id;
@@ -442,6 +445,7 @@ pub async fn new_instances_are_pending_and_round_trip(store: S) {
         assert_eq!(external.instance.name, "bring-your-own");
         assert_eq!(external.sealed_url.as_deref(), Some(&sealed[..]));
         assert_eq!(external.instance.kind, BackendKind::Standalone);
+        assert_eq!(external.tls_ca_pem, tls_ca_pem);
         assert_eq!(store.instance(id).await.unwrap(), external);
     }
     // Sentinel and Cluster instances keep their kind; their sealed topology is just bytes.

@@ -312,7 +312,7 @@ impl Sentinel {
     async fn subscribe(&self, i: usize) -> redis::RedisResult<PubSub> {
         let client = redis::Client::open(self.sentinel_url(i))?;
         let info = client.get_connection_info();
-        let stream = crate::egress::dial(info, &self.dial.egress).await?;
+        let stream = crate::egress::dial(info, &self.dial.egress, None).await?;
         let mut pubsub = PubSub::new(info.redis_settings(), stream).await?;
         pubsub.subscribe("+switch-master").await?;
         Ok(pubsub)
