@@ -410,6 +410,18 @@ pub struct AuthSettings {
     /// `auth.anonymous_rate()` gives it as a [`Rate`].
     #[serde(rename = "anonymous_rate")]
     pub anonymous: AnonymousRate,
+    /// When the console's session cookie carries `Secure`: `auto` when the request came over
+    /// TLS (a TLS listener, or a trusted proxy's `X-Forwarded-Proto: https`), `always`.
+    pub cookie_secure: CookieSecure,
+}
+
+/// `auth.cookie_secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieSecure {
+    #[default]
+    Auto,
+    Always,
 }
 
 /// `auth.anonymous_rate`, each half defaulted on its own (so one may be set alone).
@@ -447,6 +459,7 @@ impl Default for AuthSettings {
             registration: Registration::Invite,
             invitation_ttl: Duration::from_secs(7 * 24 * 3600),
             anonymous: AnonymousRate::default(),
+            cookie_secure: CookieSecure::Auto,
         }
     }
 }

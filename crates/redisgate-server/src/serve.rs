@@ -42,7 +42,12 @@ use crate::ops::metrics::Observation;
 
 /// First path segments the router owns; in standalone mode every other path is a command.
 /// (No Redis command is named like one of them, so none is shadowed.)
-pub const ROUTER_SEGMENTS: &[&str] = &["api", "auth", "docs", "openapi.json", "health", "metrics"];
+pub const ROUTER_SEGMENTS: &[&str] = &["api", "auth", "docs", "openapi.json", "health", "metrics", "console"];
+
+/// Marks a request that arrived over TLS (set by a TLS listener; there is none yet), so the
+/// console's session cookie says `Secure`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
 
 /// The data plane, served without the router.
 #[derive(Clone)]

@@ -327,6 +327,26 @@ impl Drop for Gate {
     }
 }
 
+/// Runs a helper process of a test (Node, Python) to its end within `timeout`: its exit
+/// status and its stdout and stderr as one report. `what` names it in the panics.
+pub async fn run_to_report(
+    cmd: &mut tokio::process::Command,
+    timeout: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("{what} does not run ({e}); scripts/test.sh installs what it needs"));
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, report)
+}
+
 /// Path of the repository root (for fixtures such as the Python SDK tests).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -76,6 +76,26 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/redis-instances/{instance}", None, [200, 200, 200, 200]),
         r(Method::GET, "/redis-instances/{instance}/stats", None, [200, 200, 200, 200]),
         r(Method::DELETE, "/redis-instances/{instance}", None, [204, 204, 204, 403]),
+        // The console's command line: the data plane's policy at the role's scope.
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["GET", "k"]})),
+            [200, 200, 200, 200],
+        ),
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["SET", "k", "v"]})),
+            [200, 200, 200, 400],
+        ),
+        // Flushing is for admin-scoped keys: owners and administrators.
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["FLUSHDB"]})),
+            [200, 200, 400, 400],
+        ),
         r(Method::GET, "/api-keys", None, [200, 200, 200, 200]),
         r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "read-only"})), [201, 201, 201, 403]),
         // Admin-scope keys may flush and script: owners and admins only (Action::MintAdminKeys).

@@ -5,6 +5,7 @@ mod accounts;
 mod api;
 mod commands;
 mod common;
+mod console;
 mod deploy;
 mod egress;
 mod egress_check;
