@@ -24,7 +24,7 @@ export async function browser(orgId, inst, me) {
   const r = redis(orgId, inst.id);
   const listError = h('p', { class: 'error', role: 'alert' });
   const rowsBody = h('tbody');
-  const detail = h('div', { 'aria-live': 'polite' });
+  const detail = h('div', { class: 'detail', 'aria-live': 'polite' });
   const more = h('button', { type: 'button', class: 'secondary', hidden: true }, 'Load more');
   let cursor = '0';
   let filter = { match: '*', type: '' };
@@ -90,9 +90,10 @@ export async function browser(orgId, inst, me) {
   const out = h('div', {}, h('h2', {}, 'Data browser'),
     write ? null : h('p', { class: 'muted' }, 'Viewers browse with a read-only scope, which the data plane does not let SCAN the keyspace; you can still read keys you know in the CLI.'),
     filterForm,
+    // Key list, the open key beside it (below it on a phone), then the create form.
     h('div', { class: 'browser' },
-      h('div', {}, listError, table(['Key', 'Type', 'TTL', 'Size'], [], 'Keys'), more, create),
-      detail));
+      h('div', {}, listError, table(['Key', 'Type', 'TTL', 'Size'], [], 'Keys'), more),
+      detail, create));
   out.querySelector('tbody').replaceWith(rowsBody);
   await load(true);
   return out;

@@ -32,13 +32,14 @@ export function words(line) {
 const scopes = { owner: 'admin', admin: 'admin', member: 'read-write', viewer: 'read-only' };
 
 export async function cli(orgId, inst, me) {
-  const keys = (await get(`/api/organizations/${orgId}/api-keys`)).filter((k) => !k.revoked_at);
+  // Revoked keys stay in the list: running as one shows what its clients now get.
+  const keys = await get(`/api/organizations/${orgId}/api-keys`);
   const history = [];
   let pos = 0;
   const log = h('div', { class: 'cli-log', role: 'log', 'aria-live': 'polite', 'aria-label': 'Command output', 'data-testid': 'cli-log', tabindex: '0' });
   const runAs = field({ label: 'Run as', name: 'run_as', type: 'select', options: [
     { value: '', label: `You (${me ? me.role : '?'}: ${scopes[me ? me.role : 'viewer']})` },
-    ...keys.map((k) => ({ value: k.id, label: `API key “${k.name}” (${k.scope})` }))] });
+    ...keys.map((k) => ({ value: k.id, label: `API key “${k.name}” (${k.scope}${k.revoked_at ? ', revoked' : ''})` }))] });
   const inputId = uid('cli');
   const input = h('input', { id: inputId, name: 'command', class: 'mono', autocomplete: 'off', spellcheck: 'false', placeholder: 'SET greeting hello', 'aria-describedby': inputId + '-hint' });
   const line = (cls, t) => { log.append(h('div', { class: cls }, t)); log.scrollTop = log.scrollHeight; };

@@ -1,0 +1,278 @@
+// The web console in a real browser: Debian's chromium driven by playwright-core, against a
+// RedisGate started by crates/redisgate-server/tests/it/console.rs (its URL is argv[2]).
+//
+// The flow: sign up → organization → instance → API key → SET in the CLI (as that key) →
+// the key in the data browser → its TTL edited → deleted → the API key revoked → the CLI
+// refuses; then a member invited as viewer signs up with the invitation and is shown what
+// they cannot do (writes refused in the CLI, no delete or create controls, 403 from the
+// API). axe-core runs on every page (serious or critical violations fail), the console must
+// not break its own CSP, and pages must fit 360 px. With SCREENSHOTS=<dir>, the main pages
+// are saved there as PNG (docs/console/ in the repository).
+
+import { chromium } from 'playwright-core';
+import { mkdtempSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+
+const base = process.argv[2];
+if (!base) throw new Error('usage: node console.mjs http://127.0.0.1:PORT');
+const shots = process.env.SCREENSHOTS;
+if (shots) mkdirSync(shots, { recursive: true });
+const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+const PASSWORD = 'correct horse battery';
+// The pages saved with SCREENSHOTS (the README links them).
+const SHOWN = new Set(['signin', 'organizations', 'instance-connect', 'keys-created', 'instance-cli', 'instance-browser',
+  'instance-browser-360', 'members', 'audit', 'admin', 'viewer-cli']);
+const started = Date.now();
+
+const profile = mkdtempSync(join(tmpdir(), 'redisgate-console-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1280, height: 900 },
+});
+context.setDefaultTimeout(15000);
+const page = context.pages()[0] || (await context.newPage());
+const problems = [];
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+page.on('console', (m) => {
+  if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console error: ${m.text()}`);
+});
+page.on('dialog', (d) => d.accept());
+// Nothing but the gateway under test is ever asked for.
+page.on('request', (r) => {
+  if (!r.url().startsWith(base) && !r.url().startsWith('data:')) problems.push(`request off the server: ${r.url()}`);
+});
+
+const step = (name) => console.log(`step ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+const heading = (name) => page.getByRole('heading', { level: 1, name }).waitFor();
+const button = (name, exact = true) => page.getByRole('button', { name, exact });
+const label = (name) => page.getByLabel(name, { exact: true });
+
+/** axe-core on the page as it is; serious and critical violations fail the run. */
+const audited = new Set();
+async function axe(name) {
+  await page.evaluate(axeSource); // through the devtools protocol: the page's CSP stays strict
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  for (const v of bad) {
+    problems.push(`axe ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  }
+  audited.add(name);
+  if (shots && SHOWN.has(name)) await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+}
+
+/** The page fits a 360 px wide screen (no sideways scrolling of the page itself). */
+async function fits360(name) {
+  await page.setViewportSize({ width: 360, height: 740 });
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (width > 362) problems.push(`${name} is ${width} px wide at 360 px`);
+  await axe(`${name}-360`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+async function cli(command) {
+  const input = label('Command');
+  await input.fill(command);
+  await input.press('Enter');
+  const log = page.getByTestId('cli-log');
+  await log.getByText(`> ${command}`, { exact: true }).last().waitFor();
+}
+
+async function lastOutput() {
+  // The line after the last command echo.
+  await page.waitForFunction(() => {
+    const lines = [...document.querySelectorAll('[data-testid="cli-log"] > div')];
+    return lines.length && !lines[lines.length - 1].textContent.startsWith('> ');
+  });
+  return page.evaluate(() => {
+    const lines = [...document.querySelectorAll('[data-testid="cli-log"] > div')];
+    return lines[lines.length - 1].textContent;
+  });
+}
+
+function expect(cond, what) {
+  if (!cond) throw new Error(`expected ${what}`);
+}
+
+try {
+  // Sign up: the first account of the deployment.
+  await page.goto(`${base}/console/`);
+  await heading('Sign in');
+  await axe('signin');
+  await page.getByRole('link', { name: 'Sign up', exact: true }).first().click();
+  await heading('Sign up');
+  await axe('signup');
+  await label('Password').fill('short');
+  await label('E-mail').fill('owner@example.com');
+  await button('Create account').click();
+  // The API's error, next to its field.
+  await page.locator('[data-error-for="password"]').getByText(/12/).waitFor();
+  await label('Password').fill(PASSWORD);
+  await button('Create account').click();
+  await heading('Organizations');
+  step('signed up');
+  await axe('organizations');
+
+  // Organization and instance.
+  await label('Name').fill('Acme');
+  await button('Create').click();
+  await heading(/^Instances/);
+  await axe('instances-empty');
+  await label('Name').fill('cache');
+  await label('Memory (MiB)').fill('16');
+  await button('Create instance').click();
+  await heading('cache');
+  await page.getByTestId('rest-url').waitFor();
+  const restUrl = await page.getByTestId('rest-url').textContent();
+  expect(restUrl.startsWith(`${base}/redis/`), `a REST URL, got ${restUrl}`);
+  step('instance created');
+  await axe('instance-connect');
+  const instanceHash = new URL(page.url()).hash.replace(/\/connect$/, '');
+  const orgHash = instanceHash.replace(/\/instances\/.*/, '');
+
+  // An API key, shown once.
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'API keys', exact: true }).click();
+  await heading('API keys');
+  await label('Name').fill('app');
+  await label('Scope').selectOption('read-write');
+  await button('Create key').click();
+  const key = await page.getByTestId('new-key').textContent();
+  expect(/^rg_[0-9a-f]{32}_/.test(key), `a key, got ${key}`);
+  step('key created');
+  await axe('keys-created');
+  // It works on the data plane as curl would use it.
+  const plane = await page.evaluate(async ([url, k]) => (await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${k}` }, body: '["PING"]' })).json(), [restUrl, key]);
+  expect(plane.result === 'PONG', `PONG from the data plane, got ${JSON.stringify(plane)}`);
+  await page.reload();
+  await heading('API keys');
+  expect((await page.getByTestId('new-key').count()) === 0, 'the key is not shown again');
+  await fits360('keys');
+
+  // SET in the CLI, as that key.
+  await page.goto(`${base}/console/${instanceHash}/cli`);
+  await label('Command').waitFor();
+  await label('Run as').selectOption({ label: 'API key “app” (read-write)' });
+  await cli('SET greeting "hello world"');
+  expect((await lastOutput()) === 'OK', 'OK');
+  await cli('GET greeting');
+  expect((await lastOutput()) === '"hello world"', 'the value back');
+  await cli('CONFIG GET maxmemory');
+  const refused = await lastOutput();
+  expect(/^\(error\) ERR unknown command|^\(error\) .*CONFIG|^\(error\) .*config/i.test(refused), `the gateway's refusal, got ${refused}`);
+  // History: the up arrow brings the last command back.
+  await label('Command').press('ArrowUp');
+  expect((await label('Command').inputValue()) === 'CONFIG GET maxmemory', 'history');
+  await label('Command').fill('');
+  step('cli');
+  await axe('instance-cli');
+
+  // The data browser finds it; its TTL is set, then it is deleted.
+  await page.getByRole('link', { name: 'Data browser', exact: true }).click();
+  await page.getByRole('heading', { name: 'Data browser' }).waitFor();
+  await page.locator('button[data-key="greeting"]').click();
+  await page.getByTestId('ttl').getByText('no TTL').waitFor();
+  await page.getByTestId('value').getByText('hello world').waitFor();
+  await axe('instance-browser');
+  await label('TTL').fill('5');
+  await label('Unit').selectOption('minutes');
+  await button('Set TTL').click();
+  await page.getByTestId('ttl').getByText(/^(29\d|300) s$/).waitFor();
+  step('ttl set');
+  await fits360('instance-browser');
+  await button('Delete key').click();
+  await page.getByText('Deleted greeting.').waitFor();
+  await button('Search').click();
+  await page.waitForFunction(() => !document.querySelector('button[data-key="greeting"]'));
+  step('key deleted');
+
+  // Revoke the API key: the CLI, running as it, is refused.
+  await page.goto(`${base}/console/${orgHash}/keys`);
+  await heading('API keys');
+  await button('Revoke app').click();
+  await page.getByText(/^revoked /).waitFor();
+  await page.goto(`${base}/console/${instanceHash}/cli`);
+  await label('Run as').selectOption({ label: 'API key “app” (read-write, revoked)' });
+  await cli('GET greeting');
+  const gone = await lastOutput();
+  expect(gone === '(error) WRONGPASS invalid or missing auth token', `the data plane's refusal, got ${gone}`);
+  step('revoked key refused');
+
+  // Invite a viewer.
+  await page.goto(`${base}/console/${orgHash}/members`);
+  await heading('Members');
+  await label('E-mail').fill('viewer@example.com');
+  await label('Role').selectOption('viewer');
+  await button('Create invitation').click();
+  const invitation = (await page.getByTestId('invitation-token').textContent()).trim();
+  expect(invitation.startsWith('rgi_'), 'an invitation token');
+  await axe('members');
+  await page.goto(`${base}/console/${orgHash}/audit`);
+  await heading('Audit log');
+  await page.getByText('invitation.create').first().waitFor();
+  await axe('audit');
+  await page.goto(`${base}/console/${orgHash}/settings`);
+  await heading(/^Settings/);
+  await axe('settings');
+  await page.goto(`${base}/console/#/admin`);
+  await heading('Administration');
+  await axe('admin');
+  await button('Sign out').click();
+  await heading('Sign in');
+  step('invited');
+
+  // The viewer signs up with the invitation and sees what they cannot do.
+  await page.getByRole('link', { name: 'Sign up', exact: true }).first().click();
+  await label('E-mail').fill('viewer@example.com');
+  await label('Password').fill(PASSWORD);
+  await label('Invitation token (optional)').fill(invitation);
+  await button('Create account').click();
+  await heading('Organizations');
+  await page.getByRole('link', { name: 'Acme', exact: true }).click();
+  await heading(/^Instances/);
+  expect((await page.getByRole('heading', { name: 'Create an instance' }).count()) === 0, 'no create form for a viewer');
+  await page.goto(`${base}/console/${instanceHash}/connect`);
+  await heading('cache');
+  expect((await page.getByRole('button', { name: /Delete instance/ }).count()) === 0, 'no delete button for a viewer');
+  await page.goto(`${base}/console/${instanceHash}/cli`);
+  await cli('SET greeting again');
+  const denied = await lastOutput();
+  expect(denied === "(error) NOPERM this token has no permissions to run the 'set' command", `a NOPERM, got ${denied}`);
+  await cli('GET greeting');
+  expect((await lastOutput()) === '(nil)', 'reads work');
+  await axe('viewer-cli');
+  await page.getByRole('link', { name: 'Data browser', exact: true }).click();
+  await page.getByRole('alert').getByText(/NOPERM/).waitFor();
+  expect((await page.getByRole('heading', { name: 'Create a key' }).count()) === 0, 'no key creation in the browser');
+  await axe('viewer-browser');
+  await page.goto(`${base}/console/${orgHash}/keys`);
+  await heading('API keys');
+  expect((await page.getByRole('button', { name: /^Revoke/ }).count()) === 0, 'no revoke for a viewer');
+  expect((await page.getByRole('button', { name: 'Create key' }).count()) === 0, 'no key creation for a viewer');
+  // And the API says no when asked directly (with the session's own CSRF token).
+  const status = await page.evaluate(async (path) => {
+    const me = await (await fetch('/auth/me')).json();
+    const r = await fetch(path, { method: 'DELETE', headers: { 'x-csrf-token': me.csrf_token } });
+    return [r.status, (await r.json()).code];
+  }, `/api/organizations/${orgHash.split('/')[2]}/redis-instances/${instanceHash.split('/')[4]}`);
+  expect(status[0] === 403 && status[1] === 'forbidden', `403 forbidden, got ${status}`);
+  await axe('viewer-keys');
+  step('viewer');
+} catch (e) {
+  problems.push(`flow: ${e.stack || e}`);
+  try { await page.screenshot({ path: join(tmpdir(), 'redisgate-console-failure.png'), fullPage: true }); } catch { /* closed */ }
+  problems.push(`at ${page.url()}; screenshot in ${join(tmpdir(), 'redisgate-console-failure.png')}`);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+
+console.log(`pages checked with axe: ${[...audited].join(', ')}`);
+if (problems.length) {
+  for (const p of problems) console.error(p);
+  process.exit(1);
+}
+console.log(`ok console flow (${((Date.now() - started) / 1000).toFixed(1)} s)`);
