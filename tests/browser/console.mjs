@@ -170,9 +170,75 @@ try {
   step('cli');
   await axe('instance-cli');
 
+  // One key of every type, one hostile to HTML, one not UTF-8 (SETBIT 0 → the byte 0x80).
+  for (const c of ['HSET user:1 name "<img src=x onerror=alert(1)>" age 42', 'RPUSH queue a b c', 'SADD tags red blue',
+    'ZADD board 1 ann 2 bob', 'XADD events * kind signup', 'SETBIT bin 0 1', `SET doc '{"a":1,"b":[2,3]}'`]) {
+    await cli(c);
+    const out = await lastOutput();
+    expect(!out.startsWith('(error)'), `${c} ran, got ${out}`);
+  }
+
   // The data browser finds it; its TTL is set, then it is deleted.
   await page.getByRole('link', { name: 'Data browser', exact: true }).click();
   await page.getByRole('heading', { name: 'Data browser' }).waitFor();
+  const keysShown = () => page.evaluate(() => [...document.querySelectorAll('button[data-key]')].map((b) => b.dataset.key).sort().join(' '));
+  await page.locator('button[data-key="greeting"]').waitFor();
+  expect(await keysShown() === 'bin board doc events greeting queue tags user:1', `every key, got ${await keysShown()}`);
+  await label('Pattern').fill('user:');
+  await button('Search').click();
+  await page.waitForFunction(() => document.querySelectorAll('button[data-key]').length === 1);
+  expect(await keysShown() === 'user:1', 'a prefix matches prefix*');
+  await label('Pattern').fill('');
+  const typeFilter = page.locator('form[aria-label="Filter keys"]').getByLabel('Type');
+  await typeFilter.selectOption('zset');
+  await button('Search').click();
+  await page.waitForFunction(() => document.querySelector('button[data-key]')?.dataset.key === 'board' && document.querySelectorAll('button[data-key]').length === 1);
+  await typeFilter.selectOption('');
+  await button('Search').click();
+  await page.locator('button[data-key="greeting"]').waitFor();
+  const detail = page.locator('.detail');
+  // Hash: the hostile value is text, never markup; fields are added and deleted.
+  await page.locator('button[data-key="user:1"]').click();
+  await detail.getByText('<img src=x onerror=alert(1)>', { exact: true }).waitFor();
+  expect(await page.evaluate(() => document.querySelectorAll('main img').length) === 0, 'no element from a value');
+  await detail.getByLabel('Field', { exact: true }).fill('email');
+  await detail.getByLabel('Value', { exact: true }).fill('ann@example.com');
+  await detail.getByRole('button', { name: 'Set field' }).click();
+  await detail.getByText('ann@example.com', { exact: true }).waitFor();
+  await detail.locator('tr', { hasText: 'age' }).getByRole('button', { name: 'Delete' }).click();
+  await page.waitForFunction(() => ![...document.querySelectorAll('.detail td')].some((td) => td.textContent === 'age'));
+  await axe('browser-hash');
+  // List: delete the middle element.
+  await page.locator('button[data-key="queue"]').click();
+  await detail.locator('tr', { hasText: 'b' }).filter({ hasText: '1' }).getByRole('button', { name: 'Delete' }).click();
+  await page.waitForFunction(() => [...document.querySelectorAll('.detail tbody tr')].map((r) => r.cells[1].textContent.replace(/ ?Copy$/, '')).join() === 'a,c');
+  // Set, sorted set, stream.
+  await page.locator('button[data-key="tags"]').click();
+  await detail.getByLabel('Member', { exact: true }).fill('green');
+  await detail.getByRole('button', { name: 'Add member' }).click();
+  await detail.getByText('green', { exact: true }).waitFor();
+  await page.locator('button[data-key="board"]').click();
+  await detail.getByLabel('Member', { exact: true }).fill('carl');
+  await detail.getByLabel('Score', { exact: true }).fill('3');
+  await detail.getByRole('button', { name: 'Save member' }).click();
+  await detail.locator('tr', { hasText: 'carl' }).getByText('3', { exact: true }).waitFor();
+  await page.locator('button[data-key="events"]').click();
+  await detail.getByText('kind=signup').waitFor();
+  await axe('browser-stream');
+  // Binary and JSON strings.
+  await page.locator('button[data-key="bin"]').click();
+  await page.getByTestId('value').getByText('\\x80', { exact: true }).waitFor();
+  await page.locator('button[data-key="doc"]').click();
+  await page.waitForFunction(() => document.querySelector('[data-testid="value"]')?.textContent === '{\n  "a": 1,\n  "b": [\n    2,\n    3\n  ]\n}');
+  // A key made with the form.
+  await label('Key').fill('made');
+  await page.locator('form[aria-label="Create a key"]').getByLabel('Type').selectOption('hash');
+  await label('Field / score (hash, zset, stream)').fill('f');
+  await label('Value / member').fill('v');
+  await button('Create key').click();
+  await detail.locator('h3').getByText('made').waitFor();
+  await detail.locator('tbody tr', { hasText: 'f' }).getByText('v', { exact: true }).waitFor();
+  step('types');
   await page.locator('button[data-key="greeting"]').click();
   await page.getByTestId('ttl').getByText('no TTL').waitFor();
   await page.getByTestId('value').getByText('hello world').waitFor();
@@ -261,6 +327,64 @@ try {
   expect(status[0] === 403 && status[1] === 'forbidden', `403 forbidden, got ${status}`);
   await axe('viewer-keys');
   step('viewer');
+
+  // The owner again: a wrong password, then an invitation for an existing account, renaming,
+  // and deleting with the name typed.
+  await button('Sign out').click();
+  await heading('Sign in');
+  await label('E-mail').fill('owner@example.com');
+  await label('Password').fill('not the password');
+  await button('Sign in').click();
+  await page.getByRole('alert').getByText('invalid e-mail or password').waitFor();
+  await label('Password').fill(PASSWORD);
+  await button('Sign in').click();
+  await heading('Organizations');
+  await label('Name').fill('Beta');
+  await button('Create').click();
+  await heading('Instances · Beta');
+  const betaHash = new URL(page.url()).hash;
+  await page.goto(`${base}/console/${betaHash}/members`);
+  await heading('Members');
+  await label('E-mail').fill('viewer@example.com');
+  await label('Role').selectOption('member');
+  await button('Create invitation').click();
+  const second = (await page.getByTestId('invitation-token').textContent()).trim();
+  await page.goto(`${base}/console/${orgHash}/settings`);
+  await heading('Settings · Acme');
+  await label('Name').fill('Acme Corp');
+  await button('Rename').click();
+  await heading('Settings · Acme Corp');
+  await page.goto(`${base}/console/${instanceHash}/connect`);
+  await heading('cache');
+  await button('Delete instance…').click();
+  await label('Type “cache” to delete this instance').fill('cach');
+  await button('Delete instance').click();
+  await page.locator('[data-error-for="confirm"]').getByText('type “cache” to confirm').waitFor();
+  await label('Type “cache” to delete this instance').fill('cache');
+  await button('Delete instance').click();
+  await heading('Instances · Acme Corp');
+  await page.getByText('No instance yet.').waitFor();
+  await page.goto(`${base}/console/${orgHash}/settings`);
+  await button('Delete organization…').click();
+  await label('Type “Acme Corp” to delete this organization').fill('Acme Corp');
+  await button('Delete organization').click();
+  await heading('Organizations');
+  expect((await page.getByRole('link', { name: 'Acme Corp' }).count()) === 0, 'the organization is gone');
+  step('renamed and deleted');
+
+  // The viewer accepts the second invitation while signed in.
+  await button('Sign out').click();
+  await label('E-mail').fill('viewer@example.com');
+  await label('Password').fill(PASSWORD);
+  await button('Sign in').click();
+  await heading('Organizations');
+  await page.getByRole('link', { name: 'Accept an invitation' }).click();
+  await heading('Accept an invitation');
+  await axe('accept');
+  await label('Invitation token').fill(second);
+  await button('Join').click();
+  await heading('Instances · Beta');
+  step('invitation accepted');
 } catch (e) {
   problems.push(`flow: ${e.stack || e}`);
   try { await page.screenshot({ path: join(tmpdir(), 'redisgate-console-failure.png'), fullPage: true }); } catch { /* closed */ }

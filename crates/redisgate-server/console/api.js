@@ -81,7 +81,12 @@ export class Bytes {
     if (t !== null) return t;
     return Array.from(this.bytes, (b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : '\\x' + b.toString(16).padStart(2, '0'))).join('');
   }
-  get base64() { return btoa(String.fromCharCode(...this.bytes)); }
+  get base64() {
+    // In chunks: spreading a large value into one call would overflow the stack.
+    let bin = '';
+    for (let i = 0; i < this.bytes.length; i += 0x8000) bin += String.fromCharCode(...this.bytes.subarray(i, i + 0x8000));
+    return btoa(bin);
+  }
 }
 
 function fromBase64(s) {

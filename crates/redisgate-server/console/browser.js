@@ -161,7 +161,7 @@ async function keyView(r, key, write, listChanged, reopen) {
 
 function valueCell(v) {
   const s = v instanceof Bytes ? v.toString() : text(v);
-  return h('td', { class: 'mono' }, s, ' ', copyButton(s, 'value'));
+  return h('td', {}, h('span', { class: 'mono' }, s), ' ', copyButton(s, 'value'));
 }
 
 async function typeView(r, t, key, write, act, reopen) {
