@@ -238,6 +238,25 @@ try {
   await button('Create key').click();
   await detail.locator('h3').getByText('made').waitFor();
   await detail.locator('tbody tr', { hasText: 'f' }).getByText('v', { exact: true }).waitFor();
+  // Large collections come a page at a time.
+  const many = Array.from({ length: 600 }, (_, i) => i);
+  await page.getByRole('link', { name: 'CLI', exact: true }).click();
+  await cli(`HSET bighash ${many.map((i) => `f${i} v${i}`).join(' ')}`);
+  await cli(`RPUSH biglist ${many.join(' ')}`);
+  await page.getByRole('link', { name: 'Data browser', exact: true }).click();
+  for (const k of ['bighash', 'biglist']) {
+    await page.locator(`button[data-key="${k}"]`).click();
+    await detail.locator('h3').getByText(k, { exact: true }).waitFor();
+    const rows = () => page.evaluate(() => document.querySelectorAll('.detail tbody tr').length);
+    const first = await rows();
+    expect(first < 600, `${k}: a first page, got ${first} rows`);
+    const more = detail.getByRole('button', { name: 'Load more' });
+    while (await more.isVisible()) {
+      await more.click();
+      await page.waitForFunction(() => !document.querySelector('.detail [aria-busy]'));
+    }
+    expect((await rows()) === 600, `${k}: every entry after Load more, got ${await rows()}`);
+  }
   step('types');
   await page.locator('button[data-key="greeting"]').click();
   await page.getByTestId('ttl').getByText('no TTL').waitFor();

@@ -30,11 +30,13 @@ export async function browser(orgId, inst, me) {
   let filter = { match: '*', type: '' };
 
   async function scanPage() {
-    // SCAN returns at most COUNT per call and may return fewer (or none) with MATCH/TYPE:
-    // keep calling, within a bound, until a page is full or the cursor comes back to 0.
+    // SCAN looks at about COUNT keys per call and returns those that match MATCH/TYPE: start
+    // with a page's worth, look at more per call while too few match (a rare prefix among
+    // 100,000 keys), within a bound of calls; the cursor carries on where a page stopped.
     const found = [];
-    for (let i = 0; i < 20 && found.length < PAGE; i++) {
-      const args = ['SCAN', cursor, 'MATCH', filter.match, 'COUNT', 500];
+    let count = PAGE;
+    for (let i = 0; i < 20 && found.length < PAGE; i++, count = Math.min(count * 4, 1000)) {
+      const args = ['SCAN', cursor, 'MATCH', filter.match, 'COUNT', count];
       if (filter.type) args.push('TYPE', filter.type);
       const [next, keys] = await r.one(...args);
       cursor = text(next);
@@ -159,6 +161,28 @@ async function keyView(r, key, write, listChanged, reopen) {
   return view;
 }
 
+/** Entries per page of a list or sorted set. */
+const SLICE = 200;
+
+/**
+ * A table filled page by page: `load(state)` answers `[rows, next state]`, the next state
+ * `null` at the end; a "Load more" button asks for the next page.
+ */
+async function paged(tableWrap, first, load) {
+  const body = tableWrap.querySelector('tbody');
+  const more = h('button', { type: 'button', class: 'secondary', hidden: true }, 'Load more');
+  let state = first;
+  const next = async () => {
+    const [rows, after] = await load(state);
+    body.append(...rows);
+    state = after;
+    more.hidden = after === null;
+  };
+  more.addEventListener('click', () => busy(more, next, 'Loading…'));
+  await next();
+  return h('div', {}, tableWrap, more);
+}
+
 function valueCell(v) {
   const s = v instanceof Bytes ? v.toString() : text(v);
   return h('td', {}, h('span', { class: 'mono' }, s), ' ', copyButton(s, 'value'));
@@ -179,59 +203,75 @@ async function typeView(r, t, key, write, act, reopen) {
     }
     return out;
   }
+  const del = (label, f) => (write ? act(label, async () => { await f(); reopen(); }, 'danger') : null);
   if (t === 'hash') {
-    const [, flat] = await r.one('HSCAN', key, '0', 'COUNT', 200);
-    const rows = [];
-    for (let i = 0; i < flat.length; i += 2) {
-      const f = editable(flat[i]);
-      rows.push(h('tr', {}, h('td', { class: 'mono' }, text(flat[i])), valueCell(flat[i + 1]),
-        h('td', {}, write && f !== null ? act('Delete', async () => { await r.one('HDEL', key, f); reopen(); }, 'danger') : null)));
-    }
-    return h('div', {}, rowsOf(['Field', 'Value', ''], rows), write ? form({ label: 'Set a field', submit: 'Set field', onsubmit: async (v) => { await r.one('HSET', key, v.field, v.value); reopen(); } },
+    const list = paged(rowsOf(['Field', 'Value', ''], []), '0', async (cursor) => {
+      const [next, flat] = await r.one('HSCAN', key, cursor, 'COUNT', 200);
+      const rows = [];
+      for (let i = 0; i < flat.length; i += 2) {
+        const f = editable(flat[i]);
+        rows.push(h('tr', {}, h('td', { class: 'mono' }, text(flat[i])), valueCell(flat[i + 1]),
+          h('td', {}, f !== null ? del('Delete', () => r.one('HDEL', key, f)) : null)));
+      }
+      return [rows, text(next) === '0' ? null : text(next)];
+    });
+    return h('div', {}, await list, write ? form({ label: 'Set a field', submit: 'Set field', onsubmit: async (v) => { await r.one('HSET', key, v.field, v.value); reopen(); } },
       h('div', { class: 'row' }, field({ label: 'Field', name: 'field', required: true }), field({ label: 'Value', name: 'value' }))) : null);
   }
   if (t === 'list') {
-    const items = await r.one('LRANGE', key, 0, 199);
-    const rows = items.map((v, i) => h('tr', {}, h('td', {}, String(i)), valueCell(v),
-      h('td', {}, write ? act('Delete', async () => {
+    const list = paged(rowsOf(['Index', 'Value', ''], []), 0, async (from) => {
+      const items = await r.one('LRANGE', key, from, from + SLICE - 1);
+      const rows = items.map((v, i) => h('tr', {}, h('td', {}, String(from + i)), valueCell(v),
         // LREM by value would take the first equal element, not this one: mark it, then remove the mark.
-        const mark = `__redisgate_deleted_${crypto.randomUUID()}`;
-        await r.many([['LSET', key, i, mark], ['LREM', key, 1, mark]]);
-        reopen();
-      }, 'danger') : null)));
-    return h('div', {}, rowsOf(['Index', 'Value', ''], rows), write ? h('div', {},
+        h('td', {}, del('Delete', () => {
+          const mark = `__redisgate_deleted_${crypto.randomUUID()}`;
+          return r.many([['LSET', key, from + i, mark], ['LREM', key, 1, mark]]);
+        }))));
+      return [rows, items.length < SLICE ? null : from + SLICE];
+    });
+    return h('div', {}, await list, write ? h('div', {},
       form({ label: 'Append an element', submit: 'Append', onsubmit: async (v) => { await r.one('RPUSH', key, v.value); reopen(); } }, field({ label: 'Value', name: 'value' })),
       form({ label: 'Set an element', submit: 'Set element', onsubmit: async (v) => { await r.one('LSET', key, v.index, v.value); reopen(); } },
         h('div', { class: 'row' }, field({ label: 'Index', name: 'index', type: 'number' }), field({ label: 'Value', name: 'value' })))) : null);
   }
   if (t === 'set') {
-    const [, members] = await r.one('SSCAN', key, '0', 'COUNT', 200);
-    const rows = members.map((m) => h('tr', {}, valueCell(m),
-      h('td', {}, write && editable(m) !== null ? act('Delete', async () => { await r.one('SREM', key, editable(m)); reopen(); }, 'danger') : null)));
-    return h('div', {}, rowsOf(['Member', ''], rows), write ? form({ label: 'Add a member', submit: 'Add member', onsubmit: async (v) => { await r.one('SADD', key, v.member); reopen(); } },
+    const list = paged(rowsOf(['Member', ''], []), '0', async (cursor) => {
+      const [next, members] = await r.one('SSCAN', key, cursor, 'COUNT', 200);
+      const rows = members.map((m) => h('tr', {}, valueCell(m),
+        h('td', {}, editable(m) !== null ? del('Delete', () => r.one('SREM', key, editable(m))) : null)));
+      return [rows, text(next) === '0' ? null : text(next)];
+    });
+    return h('div', {}, await list, write ? form({ label: 'Add a member', submit: 'Add member', onsubmit: async (v) => { await r.one('SADD', key, v.member); reopen(); } },
       field({ label: 'Member', name: 'member' })) : null);
   }
   if (t === 'zset') {
-    const flat = await r.one('ZRANGE', key, 0, 199, 'WITHSCORES');
-    const rows = [];
-    for (let i = 0; i < flat.length; i += 2) {
-      const m = editable(flat[i]);
-      rows.push(h('tr', {}, valueCell(flat[i]), h('td', {}, text(flat[i + 1])),
-        h('td', {}, write && m !== null ? act('Delete', async () => { await r.one('ZREM', key, m); reopen(); }, 'danger') : null)));
-    }
-    return h('div', {}, rowsOf(['Member', 'Score', ''], rows), write ? form({ label: 'Add or rescore a member', submit: 'Save member', onsubmit: async (v) => { await r.one('ZADD', key, v.score, v.member); reopen(); } },
+    const list = paged(rowsOf(['Member', 'Score', ''], []), 0, async (from) => {
+      const flat = await r.one('ZRANGE', key, from, from + SLICE - 1, 'WITHSCORES');
+      const rows = [];
+      for (let i = 0; i < flat.length; i += 2) {
+        const m = editable(flat[i]);
+        rows.push(h('tr', {}, valueCell(flat[i]), h('td', {}, text(flat[i + 1])),
+          h('td', {}, m !== null ? del('Delete', () => r.one('ZREM', key, m)) : null)));
+      }
+      return [rows, flat.length < 2 * SLICE ? null : from + SLICE];
+    });
+    return h('div', {}, await list, write ? form({ label: 'Add or rescore a member', submit: 'Save member', onsubmit: async (v) => { await r.one('ZADD', key, v.score, v.member); reopen(); } },
       h('div', { class: 'row' }, field({ label: 'Member', name: 'member' }), field({ label: 'Score', name: 'score', type: 'number', step: 'any', value: 0 }))) : null);
   }
   if (t === 'stream') {
-    const entries = await r.one('XREVRANGE', key, '+', '-', 'COUNT', 100);
-    const rows = entries.map(([id, fields]) => {
-      const pairs = [];
-      for (let i = 0; i < fields.length; i += 2) pairs.push(`${text(fields[i])}=${text(fields[i + 1])}`);
-      const eid = text(id);
-      return h('tr', {}, h('td', { class: 'mono' }, eid), h('td', { class: 'mono' }, pairs.join('  ')),
-        h('td', {}, write ? act('Delete', async () => { await r.one('XDEL', key, eid); reopen(); }, 'danger') : null));
+    // Newest first, 100 at a time; the next page starts just below the last id shown.
+    const list = paged(rowsOf(['Id', 'Fields', ''], []), '+', async (end) => {
+      const entries = await r.one('XREVRANGE', key, end, '-', 'COUNT', 100);
+      const rows = entries.map(([id, fields]) => {
+        const pairs = [];
+        for (let i = 0; i < fields.length; i += 2) pairs.push(`${text(fields[i])}=${text(fields[i + 1])}`);
+        const eid = text(id);
+        return h('tr', {}, h('td', { class: 'mono' }, eid), h('td', { class: 'mono' }, pairs.join('  ')),
+          h('td', {}, del('Delete', () => r.one('XDEL', key, eid))));
+      });
+      return [rows, entries.length < 100 ? null : `(${text(entries[entries.length - 1][0])}`];
     });
-    return h('div', {}, rowsOf(['Id', 'Fields', ''], rows), write ? form({ label: 'Add an entry', submit: 'Add entry', onsubmit: async (v) => { await r.one('XADD', key, '*', v.field, v.value); reopen(); } },
+    return h('div', {}, await list, write ? form({ label: 'Add an entry', submit: 'Add entry', onsubmit: async (v) => { await r.one('XADD', key, '*', v.field, v.value); reopen(); } },
       h('div', { class: 'row' }, field({ label: 'Field', name: 'field', required: true }), field({ label: 'Value', name: 'value' }))) : null);
   }
   return h('p', {}, `The console has no view for the type ${t}; use the CLI.`);

@@ -611,6 +611,34 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn the_session_comes_from_the_bearer_header_else_the_cookie() {
+        let cookie = headers(&[("cookie", "theme=dark; rg_session=rgs_abc;other=1")]);
+        assert_eq!(session_token(&cookie), Some(("rgs_abc", true)));
+        let two = headers(&[("cookie", "a=1"), ("cookie", "rg_session=rgs_x")]);
+        assert_eq!(session_token(&two), Some(("rgs_x", true)));
+        // A look-alike name or an empty value is no session.
+        assert_eq!(session_token(&headers(&[("cookie", "xrg_session=rgs_abc; rg_session_2=y")])), None);
+        assert_eq!(session_token(&headers(&[("cookie", "rg_session=")])), None);
+        let both = headers(&[("authorization", "Bearer rgs_b"), ("cookie", "rg_session=rgs_c")]);
+        assert_eq!(session_token(&both), Some(("rgs_b", false)));
+        // An unusable Authorization header is not replaced by the cookie.
+        let broken = headers(&[("authorization", "Basic Zm9v"), ("cookie", "rg_session=rgs_c")]);
+        assert_eq!(session_token(&broken), None);
+    }
+
+    #[test]
+    fn csrf_tokens_are_per_session() {
+        let a = csrf_token("rgs_a");
+        assert_eq!(a, csrf_token("rgs_a"));
+        assert_ne!(a, csrf_token("rgs_b"));
+        assert!(!a.contains("rgs_a") && a.len() == 43, "{a}");
+    }
+
     #[test]
     fn a_locked_email_still_lets_fresh_addresses_try_once() {
         let t = LoginThrottle::new(Duration::from_secs(60), 2, 100);

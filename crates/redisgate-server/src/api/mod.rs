@@ -174,7 +174,11 @@ impl utoipa::Modify for SessionAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("a session token from POST /auth/login"))
+                    .description(Some(
+                        "a session token from POST /auth/login; the console sends the `rg_session` cookie instead \
+                         (login with `cookie: true`), and then every POST, PUT, PATCH and DELETE needs the \
+                         session's `csrf_token` (from the login answer or GET /auth/me) as `x-csrf-token`",
+                    ))
                     .build(),
             ),
         );
