@@ -90,6 +90,42 @@ async fn cookie_login(g: &Gate, email: &str, headers: &[(&str, &str)]) -> (Strin
     (set_cookie, r.json().await.unwrap())
 }
 
+/// A console session: the `rg_session` cookie and its CSRF token, as the browser holds them.
+pub struct CookieSession<'a> {
+    g: &'a Gate,
+    cookie: String,
+    csrf: String,
+}
+
+impl<'a> CookieSession<'a> {
+    pub async fn login(g: &'a Gate, email: &str) -> CookieSession<'a> {
+        let (set_cookie, answer) = cookie_login(g, email, &[]).await;
+        let csrf = answer["csrf_token"].as_str().unwrap().to_owned();
+        CookieSession { g, cookie: cookie_pair(&set_cookie), csrf }
+    }
+
+    /// Calls `path` with the cookie, and with the CSRF token when `csrf`.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        csrf: bool,
+    ) -> (u16, Value) {
+        let mut r = self.g.http.request(method, self.g.url(path)).header("cookie", &self.cookie);
+        if csrf {
+            r = r.header("x-csrf-token", &self.csrf);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
 /// The `rg_session=…` pair of a `Set-Cookie` line, as a browser sends it back.
 fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_owned()
