@@ -133,6 +133,14 @@ try {
   await axe('instance-connect');
   const instanceHash = new URL(page.url()).hash.replace(/\/connect$/, '');
   const orgHash = instanceHash.replace(/\/instances\/.*/, '');
+  // A read-only token for this instance, from the connect panel: it reads, it does not write.
+  await label('Kind').selectOption('read-only');
+  await button('Create token').click();
+  const roToken = (await page.locator('.secret').textContent()).trim();
+  await page.getByText(`UPSTASH_REDIS_REST_TOKEN=${roToken}`).waitFor();
+  const [ro1, ro2] = await page.evaluate(async ([url, k]) => Promise.all(['["GET","x"]', '["SET","x","1"]'].map(async (b) =>
+    (await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${k}` }, body: b })).json())), [restUrl, roToken]);
+  expect(ro1.result === null && /^NOPERM/.test(ro2.error), `a read-only token, got ${JSON.stringify([ro1, ro2])}`);
 
   // An API key, shown once.
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'API keys', exact: true }).click();

@@ -66,6 +66,25 @@ function snippet(title, text) {
   return h('div', {}, h('h3', {}, title), h('pre', {}, text), copyButton(text, title));
 }
 
+/**
+ * A standard (read-write) or read-only token for this instance only: an API key limited to it,
+ * shown once, with its `.env` block. (Per-instance tokens of their own do not exist yet.)
+ */
+function tokenForm(orgId, inst, url) {
+  const shown = h('div', { 'aria-live': 'polite' });
+  return h('div', {}, form({ label: 'Create a token for this instance', submit: 'Create token', onsubmit: async (v) => {
+    const created = await post(`/api/organizations/${orgId}/api-keys`, { name: v.name, scope: v.scope, instance_ids: [inst.id] });
+    const env = `UPSTASH_REDIS_REST_URL=${url}\nUPSTASH_REDIS_REST_TOKEN=${created.key}`;
+    shown.replaceChildren(h('div', { class: 'panel' },
+      h('p', {}, h('strong', {}, `Token “${created.api_key.name}” (${created.api_key.scope}, this instance only). `), 'Copy it now: it is shown only this once.'),
+      h('p', { class: 'secret mono' }, created.key), copyButton(created.key, 'token'),
+      h('pre', {}, env), copyButton(env, '.env block')));
+  } }, h('div', { class: 'row' },
+    field({ label: 'Token name', name: 'name', required: true, value: `${inst.name} token`, maxlength: 100 }),
+    field({ label: 'Kind', name: 'scope', type: 'select', options: [
+      { value: 'read-write', label: 'Standard (read-write)' }, { value: 'read-only', label: 'Read-only' }] }))), shown);
+}
+
 async function connect(orgId, inst, me) {
   const url = `${location.origin}/redis/${inst.id}`;
   const token = '<an API key: rg_…>';
@@ -75,7 +94,8 @@ async function connect(orgId, inst, me) {
     h('div', { class: 'panel' },
       h('p', {}, h('strong', {}, 'REST URL: '), h('code', { 'data-testid': 'rest-url' }, url), ' ', copyButton(url, 'REST URL')),
       h('p', {}, 'The token is an API key of this organization (', h('a', { href: `#/orgs/${orgId}/keys` }, 'API keys'),
-        '): a read-write key is Upstash’s standard token, a read-only key its read-only token. A key is shown once, when it is created; per-instance tokens do not exist yet.')),
+        '): a read-write key is Upstash’s standard token, a read-only key its read-only token. A key is shown once, when it is created; per-instance tokens of their own do not exist yet, so the form below makes a key limited to this instance.')),
+    me && me.role !== 'viewer' ? tokenForm(orgId, inst, url) : null,
     snippet('.env', `UPSTASH_REDIS_REST_URL=${url}\nUPSTASH_REDIS_REST_TOKEN=${token}`),
     snippet('curl', `curl ${url} -H "Authorization: Bearer $UPSTASH_REDIS_REST_TOKEN" -d '["SET","greeting","hello"]'\ncurl ${url}/get/greeting -H "Authorization: Bearer $UPSTASH_REDIS_REST_TOKEN"`),
     snippet('TypeScript (@upstash/redis)', `import { Redis } from "@upstash/redis";\nconst redis = Redis.fromEnv();\nawait redis.set("greeting", "hello");`),
