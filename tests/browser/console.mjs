@@ -306,6 +306,13 @@ try {
   await page.goto(`${base}/console/${orgHash}/audit`);
   await heading('Audit log');
   await page.getByText('invitation.create').first().waitFor();
+  await label('Action').fill('instance.create');
+  await label('Who').selectOption({ label: 'owner@example.com' });
+  await button('Filter').click();
+  await page.waitForFunction(() => {
+    const actions = [...document.querySelectorAll('main tbody tr td:nth-child(3)')].map((c) => c.textContent);
+    return actions.length === 1 && actions[0] === 'instance.create';
+  });
   await axe('audit');
   await page.goto(`${base}/console/${orgHash}/settings`);
   await heading(/^Settings/);

@@ -3,7 +3,7 @@
 import { get } from './api.js';
 import { h, field, form, table, when } from './dom.js';
 
-function view(title, path) {
+function view(title, path, people = []) {
   const results = h('div', { 'aria-live': 'polite' });
   let query = {};
   async function load(before) {
@@ -19,16 +19,21 @@ function view(title, path) {
     query = {};
     if (v.action) query.action = v.action.trim();
     if (v.outcome) query.outcome = v.outcome;
+    if (v.actor_user_id) query.actor_user_id = v.actor_user_id;
     if (v.since) query.since = new Date(v.since).toISOString();
     if (v.until) query.until = new Date(v.until).toISOString();
     await load();
   } }, h('div', { class: 'row' },
     field({ label: 'Action', name: 'action', placeholder: 'instance.create' }),
     field({ label: 'Outcome', name: 'outcome', type: 'select', options: [{ value: '', label: 'any' }, 'success', 'failure', 'denied'] }),
+    people.length ? field({ label: 'Who', name: 'actor_user_id', type: 'select', options: [{ value: '', label: 'anyone' }, ...people.map((m) => ({ value: m.user_id, label: m.email }))] }) : null,
     field({ label: 'Since', name: 'since', type: 'datetime-local' }),
     field({ label: 'Until', name: 'until', type: 'datetime-local' })));
   return load().then(() => h('section', {}, h('h1', {}, title), filters, results));
 }
 
-export const page = (orgId) => view('Audit log', `/api/organizations/${orgId}/audit-logs`);
+export async function page(orgId) {
+  const people = await get(`/api/organizations/${orgId}/members`);
+  return view('Audit log', `/api/organizations/${orgId}/audit-logs`, people);
+}
 export const deployment = () => view('Deployment audit log', '/api/audit-logs');
