@@ -810,6 +810,11 @@ mod tests {
         assert!(e.to_string().contains("auth.invitation_ttl"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_AUTH__REGISTRATION", "sometimes")])).unwrap_err();
         assert!(e.to_string().contains("registration"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_AUTH__COOKIE_SECURE", "sometimes")])).unwrap_err();
+        assert!(e.to_string().contains("cookie_secure"), "{e}");
+        let s = Settings::load(None, &env(&[("REDISGATE_AUTH__COOKIE_SECURE", "always")])).unwrap();
+        assert_eq!(s.auth.cookie_secure, CookieSecure::Always);
+        assert_eq!(Settings::default().auth.cookie_secure, CookieSecure::Auto);
         let e = Settings::load(None, &env(&[("REDISGATE_AUDIT__RETENTION", "23h")])).unwrap_err();
         assert!(e.to_string().contains("audit.retention"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_AUTH__ANONYMOUS_RATE__BURST", "0")])).unwrap_err();
