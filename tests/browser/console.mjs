@@ -302,6 +302,7 @@ try {
   await button('Create invitation').click();
   const invitation = (await page.getByTestId('invitation-token').textContent()).trim();
   expect(invitation.startsWith('rgi_'), 'an invitation token');
+  expect((await label('Role').inputValue()) === 'member', 'the invitation form back to its defaults');
   await axe('members');
   await page.goto(`${base}/console/${orgHash}/audit`);
   await heading('Audit log');

@@ -29,9 +29,13 @@ export function field({ label, name, type = 'text', options, hint, ...attrs }) {
   const described = [hintId, errId].filter(Boolean).join(' ');
   let control;
   if (type === 'select') {
-    control = h('select', { id, name, 'aria-describedby': described, ...attrs },
-      options.map((o) => (typeof o === 'string' ? h('option', { value: o }, o) : h('option', { value: o.value }, o.label))));
-    if (attrs.value !== undefined) control.value = attrs.value;
+    // `selected` (not only `.value`), so a form's reset comes back to it.
+    const { value, ...rest } = attrs;
+    control = h('select', { id, name, 'aria-describedby': described, ...rest },
+      options.map((o) => {
+        const [v, text] = typeof o === 'string' ? [o, o] : [o.value, o.label];
+        return h('option', { value: v, selected: value !== undefined && String(value) === String(v) }, text);
+      }));
   } else if (type === 'textarea') {
     control = h('textarea', { id, name, 'aria-describedby': described, ...attrs });
   } else {
