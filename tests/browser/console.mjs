@@ -367,12 +367,17 @@ try {
   // and deleting with the name typed.
   await button('Sign out').click();
   await heading('Sign in');
-  await label('E-mail').fill('owner@example.com');
-  await label('Password').fill('not the password');
-  await button('Sign in').click();
+  // By keyboard only: focus starts on the page's content, Tab reaches the fields, Enter sends.
+  await page.waitForFunction(() => document.activeElement?.id === 'main');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('owner@example.com');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('not the password');
+  await page.keyboard.press('Enter');
   await page.getByRole('alert').getByText('invalid e-mail or password').waitFor();
+  expect((await label('E-mail').inputValue()) === 'owner@example.com', 'Tab went to the e-mail field first');
   await label('Password').fill(PASSWORD);
-  await button('Sign in').click();
+  await label('Password').press('Enter');
   await heading('Organizations');
   await label('Name').fill('Beta');
   await button('Create').click();
