@@ -15,14 +15,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 
-const base = process.argv[2];
-if (!base) throw new Error('usage: node console.mjs http://127.0.0.1:PORT');
+const [base, externalUrl] = process.argv.slice(2);
+if (!base || !externalUrl) throw new Error('usage: node console.mjs http://127.0.0.1:PORT redis://127.0.0.1:PORT');
 const shots = process.env.SCREENSHOTS;
 if (shots) mkdirSync(shots, { recursive: true });
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 const PASSWORD = 'correct horse battery';
 // The pages saved with SCREENSHOTS (the README links them).
-const SHOWN = new Set(['signin', 'organizations', 'instance-connect', 'keys-created', 'instance-cli', 'instance-browser',
+const SHOWN = new Set(['signin', 'organizations', 'instances', 'instance-connect', 'keys-created', 'instance-cli', 'instance-browser',
   'instance-browser-360', 'members', 'audit', 'admin', 'viewer-cli']);
 const started = Date.now();
 
@@ -141,6 +141,21 @@ try {
   const [ro1, ro2] = await page.evaluate(async ([url, k]) => Promise.all(['["GET","x"]', '["SET","x","1"]'].map(async (b) =>
     (await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${k}` }, body: b })).json())), [restUrl, roToken]);
   expect(ro1.result === null && /^NOPERM/.test(ro2.error), `a read-only token, got ${JSON.stringify([ro1, ro2])}`);
+
+  // An external instance: a server the tenant brings.
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: /^Instances/ }).click();
+  await heading(/^Instances/);
+  await label('Name').fill('own server');
+  await label('Kind').selectOption('external');
+  await label('Redis URL').fill(externalUrl);
+  await button('Create instance').click();
+  await heading('own server');
+  await page.getByText('external', { exact: true }).first().waitFor();
+  await page.locator('.badge.running').waitFor();
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: /^Instances/ }).click();
+  await page.getByRole('link', { name: 'own server' }).waitFor();
+  await axe('instances');
+  step('external instance');
 
   // An API key, shown once.
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'API keys', exact: true }).click();
@@ -312,7 +327,7 @@ try {
   await button('Filter').click();
   await page.waitForFunction(() => {
     const actions = [...document.querySelectorAll('main tbody tr td:nth-child(3)')].map((c) => c.textContent);
-    return actions.length === 1 && actions[0] === 'instance.create';
+    return actions.length === 2 && actions.every((a) => a === 'instance.create');
   });
   await axe('audit');
   await page.goto(`${base}/console/${orgHash}/settings`);
@@ -403,7 +418,8 @@ try {
   await label('Type “cache” to delete this instance').fill('cache');
   await button('Delete instance').click();
   await heading('Instances · Acme Corp');
-  await page.getByText('No instance yet.').waitFor();
+  await page.getByRole('link', { name: 'own server' }).waitFor();
+  expect((await page.getByRole('link', { name: 'cache', exact: true }).count()) === 0, 'the instance is gone');
   await page.goto(`${base}/console/${orgHash}/settings`);
   await button('Delete organization…').click();
   await label('Type “Acme Corp” to delete this organization').fill('Acme Corp');

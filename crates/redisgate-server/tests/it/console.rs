@@ -342,8 +342,10 @@ async fn the_console_in_a_real_browser() {
         return;
     }
     let g = control_plane().await;
+    // A server of the tenant's own, for an external instance.
+    let external = Redis::start().await;
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("console.mjs").arg(&g.base).current_dir(&dir);
+    cmd.arg("console.mjs").arg(&g.base).arg(external.url()).current_dir(&dir);
     if let Some(out) = std::env::var_os("REDISGATE_CONSOLE_SCREENSHOTS") {
         cmd.env("SCREENSHOTS", out);
     }
