@@ -41,10 +41,10 @@ pub enum ReplyEncoding {
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
     /// One command, as the data plane's JSON body: `["SET", "greeting", "hello"]`.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub command: Option<serde_json::Value>,
     /// Or several, run as a `/pipeline` (each with its own answer).
-    #[schema(value_type = Option<Vec<Vec<Object>>>)]
+    #[schema(value_type = Option<Vec<Vec<String>>>)]
     pub pipeline: Option<serde_json::Value>,
     #[serde(default)]
     pub encoding: ReplyEncoding,
