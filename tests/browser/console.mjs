@@ -61,6 +61,9 @@ async function axe(name) {
   for (const v of bad) {
     problems.push(`axe ${name}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
   }
+  // A missing value rendered as text is a bug the eye misses.
+  const stray = await page.evaluate(() => document.body.innerText.match(/\b(null|undefined|NaN)\b|\[object Object\]/));
+  if (stray) problems.push(`${name}: “${stray[0]}” shown on the page`);
   audited.add(name);
   if (shots && SHOWN.has(name)) await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 }

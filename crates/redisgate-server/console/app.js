@@ -62,13 +62,14 @@ function nav(hash) {
   const org = m && membership(m[1]);
   if (org) {
     const base = `#/orgs/${org.id}`;
-    n.append(
+    const links = [
       link(base, `Instances · ${org.name}`),
       link(`${base}/keys`, 'API keys'),
       link(`${base}/members`, 'Members'),
       ['owner', 'admin'].includes(org.role) ? link(`${base}/audit`, 'Audit log') : null,
       link(`${base}/settings`, 'Settings'),
-    );
+    ];
+    n.append(...links.filter(Boolean));
   }
   if (me.user.is_admin) n.append(link('#/admin', 'Administration'));
   const out = h('button', { type: 'button', class: 'secondary' }, 'Sign out');
