@@ -19,6 +19,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # @upstash/ratelimit and @upstash/lock (tests/node) run on Node.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The console's browser test (tests/browser) drives Debian's chromium with playwright-core.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -60,6 +62,16 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >&2
   echo "$want" > "$stamp"
 fi
+
+# The console's browser test: playwright-core and axe-core, pinned in tests/browser's lock
+# file. With chromium and these installed, the test must run: it may not skip.
+stamp=tests/browser/node_modules/.redisgate-lock.sha256
+want=$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error >&2
+  echo "$want" > "$stamp"
+fi
+export REDISGATE_TEST_REQUIRE_BROWSER=1
 
 # The official Python SDK (upstash-redis) in a private venv, for the SDK test.
 REDISGATE_TEST_PYTHON=$(scripts/python-venv.sh | tail -n 1)

@@ -7,7 +7,8 @@ use crate::ids::{ApiKeyId, InstanceId, OrgId};
 use crate::policy::Access;
 
 /// What a key may run on the data plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Ordered by power (`ReadOnly < ReadWrite < Admin`), so a scope can be capped with `min`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scope {
     /// Read commands only.

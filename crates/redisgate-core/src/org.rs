@@ -33,6 +33,18 @@ impl Role {
         Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// The data-plane scope a member of this role gets when they run commands from the
+    /// console: the widest key scope the role could mint for itself (viewers mint none, so
+    /// they only read).
+    pub fn data_scope(self) -> crate::apikey::Scope {
+        use crate::apikey::Scope;
+        match self {
+            Role::Owner | Role::Admin => Scope::Admin,
+            Role::Member => Scope::ReadWrite,
+            Role::Viewer => Scope::ReadOnly,
+        }
+    }
+
     /// Whether this role may do `action` — the whole permission model in one place.
     ///
     /// | action            | owner | admin | member | viewer |

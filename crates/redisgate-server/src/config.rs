@@ -490,6 +490,18 @@ pub struct AuthSettings {
     /// `auth.anonymous_rate()` gives it as a [`Rate`].
     #[serde(rename = "anonymous_rate")]
     pub anonymous: AnonymousRate,
+    /// When the console's session cookie carries `Secure`: `auto` when the request came over
+    /// TLS (a TLS listener, or a trusted proxy's `X-Forwarded-Proto: https`), `always`.
+    pub cookie_secure: CookieSecure,
+}
+
+/// `auth.cookie_secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieSecure {
+    #[default]
+    Auto,
+    Always,
 }
 
 /// `auth.anonymous_rate`, each half defaulted on its own (so one may be set alone).
@@ -527,6 +539,7 @@ impl Default for AuthSettings {
             registration: Registration::Invite,
             invitation_ttl: Duration::from_secs(7 * 24 * 3600),
             anonymous: AnonymousRate::default(),
+            cookie_secure: CookieSecure::Auto,
         }
     }
 }
@@ -908,6 +921,11 @@ mod tests {
         assert!(e.to_string().contains("auth.invitation_ttl"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_AUTH__REGISTRATION", "sometimes")])).unwrap_err();
         assert!(e.to_string().contains("registration"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_AUTH__COOKIE_SECURE", "sometimes")])).unwrap_err();
+        assert!(e.to_string().contains("cookie_secure"), "{e}");
+        let s = Settings::load(None, &env(&[("REDISGATE_AUTH__COOKIE_SECURE", "always")])).unwrap();
+        assert_eq!(s.auth.cookie_secure, CookieSecure::Always);
+        assert_eq!(Settings::default().auth.cookie_secure, CookieSecure::Auto);
         let e = Settings::load(None, &env(&[("REDISGATE_AUDIT__RETENTION", "23h")])).unwrap_err();
         assert!(e.to_string().contains("audit.retention"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_AUTH__ANONYMOUS_RATE__BURST", "0")])).unwrap_err();

@@ -4,6 +4,7 @@
 //! - [`config`]: the typed configuration tree (defaults → TOML → environment, SRH variables).
 //! - [`api`]: the control plane, a JSON management API with its OpenAPI document.
 //! - [`gateway`]: the data plane, the Upstash REST protocol over real Redis.
+//! - [`console`]: the web console's embedded assets, served at `/console/` under a strict CSP.
 //! - [`egress`]: where external instances may connect (the policy as the redis DNS resolver).
 //! - [`serve`]: the HTTP listener (timeouts, graceful shutdown), which sends data-plane requests
 //!   straight to the gateway and the rest through the router.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod gateway;
 pub mod instances;
@@ -151,6 +153,7 @@ pub async fn launch(
         store,
         instances: Arc::clone(&instances),
         keys,
+        gateway: Arc::clone(&gateway),
         rate_limit: settings.rate_limit.clone(),
         auth: a.clone(),
         throttle: LoginThrottle::new(
@@ -366,6 +369,7 @@ fn router(
     let app = management
         .merge(docs)
         .merge(operations)
+        .merge(console::routes())
         .fallback(|| async { api::ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(

@@ -47,7 +47,12 @@ use crate::tls::Tls;
 
 /// First path segments the router owns; in standalone mode every other path is a command.
 /// (No Redis command is named like one of them, so none is shadowed.)
-pub const ROUTER_SEGMENTS: &[&str] = &["api", "auth", "docs", "openapi.json", "health", "metrics"];
+pub const ROUTER_SEGMENTS: &[&str] = &["api", "auth", "docs", "openapi.json", "health", "metrics", "console"];
+
+/// Marks a request that arrived on a TLS listener, so the console's session cookie says
+/// `Secure`.
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
 
 /// The data plane, served without the router.
 #[derive(Clone)]
@@ -246,6 +251,7 @@ impl Server<'_> {
             };
             let _ = stream.set_nodelay(true);
             let (app, data_plane) = (self.app.clone(), self.data_plane.clone());
+            let over_tls = listener.tls.is_some();
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let mut req = match data_plane.call(req.map(Body::new)) {
                     Ok(answer) => return Either::Left(answer),
@@ -253,6 +259,9 @@ impl Server<'_> {
                 };
                 // The peer address rides along in the request extensions (audit log, throttling).
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if over_tls {
+                    req.extensions_mut().insert(OverTls);
+                }
                 Either::Right(app.clone().oneshot(req))
             });
             let (builder, watcher, closing) =

@@ -258,17 +258,116 @@ async fn verify_password(password: String, hash: Option<String>) -> bool {
     .unwrap_or(false)
 }
 
-/// The user behind the request's session token.
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "rg_session";
+
+/// The header a cookie-authenticated state change must carry the session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session token of a request, and whether it came as the console's cookie. An
+/// `Authorization` header wins and is never completed by the cookie: a request another
+/// site's page sends with a made-up bearer token gets no help from the browser's cookie.
+fn session_token(headers: &http::HeaderMap) -> Option<(&str, bool)> {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return bearer(headers).map(|t| (t, false));
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .filter(|t| !t.is_empty())
+        .map(|t| (t, true))
+}
+
+/// The CSRF token of a session: derived from its secret, so the store keeps nothing more and
+/// only someone who holds the (HttpOnly) cookie's session can be handed it.
+pub fn csrf_token(session: &str) -> String {
+    let digest = Sha256::new().chain_update(b"redisgate csrf\0").chain_update(session.as_bytes()).finalize();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// Methods that change nothing, which need no CSRF token.
+fn is_safe(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+/// The session behind the request: a bearer token, or the console's cookie, in which case a
+/// state-changing method must also carry the session's CSRF token (bearer requests cannot
+/// be forged by another site's page: it does not know the token).
+pub struct Session {
+    pub user: User,
+    token: String,
+    cookie: bool,
+}
+
+impl FromRequestParts<Arc<ApiState>> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let (token, cookie) = session_token(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let user = state.store.session_user(&hash_secret(token), OffsetDateTime::now_utc()).await?;
+        let user = user.ok_or(ApiError::Unauthenticated)?;
+        if cookie && !is_safe(&parts.method) {
+            let sent = parts.headers.get(CSRF_HEADER).map(http::HeaderValue::as_bytes).unwrap_or_default();
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(sent, csrf_token(token).as_bytes())) {
+                return Err(ApiError::CsrfToken);
+            }
+        }
+        Ok(Session { user, token: token.to_owned(), cookie })
+    }
+}
+
+/// The user behind the request's session ([`Session`]: bearer token or cookie + CSRF).
 pub struct CurrentUser(pub User);
 
 impl FromRequestParts<Arc<ApiState>> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        let user = state.store.session_user(&hash_secret(token), OffsetDateTime::now_utc()).await?;
-        user.map(CurrentUser).ok_or(ApiError::Unauthenticated)
+        Session::from_request_parts(parts, state).await.map(|s| CurrentUser(s.user))
     }
+}
+
+/// Whether the request reached us over TLS, so the cookie may say `Secure`: a TLS listener
+/// marks its requests with [`crate::serve::OverTls`]; behind a proxy, only a peer in
+/// `http.trusted_proxies` is believed about `X-Forwarded-Proto`.
+fn over_tls(parts: &Parts, state: &ApiState) -> bool {
+    if state.auth.cookie_secure == crate::config::CookieSecure::Always
+        || parts.extensions.get::<crate::serve::OverTls>().is_some()
+    {
+        return true;
+    }
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let trusted = peer.is_some_and(|ip| state.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    trusted
+        && parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').next().unwrap_or("").trim().eq_ignore_ascii_case("https"))
+}
+
+/// Whether the session cookie is to be `Secure`, extracted before the body.
+pub struct CookieSecurity(bool);
+
+impl FromRequestParts<Arc<ApiState>> for CookieSecurity {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, Self::Rejection> {
+        Ok(CookieSecurity(over_tls(parts, state)))
+    }
+}
+
+/// `Set-Cookie` for the session (`value` empty and `max_age` 0 clear it).
+fn session_cookie(value: &str, max_age: Duration, secure: bool) -> http::HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        max_age.as_secs()
+    );
+    http::HeaderValue::try_from(text).expect("session tokens are base64url")
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -278,12 +377,21 @@ pub struct Credentials {
     pub email: String,
     /// At least 12 characters.
     pub password: String,
+    /// `true` (the console): the session is set as the `rg_session` cookie (HttpOnly,
+    /// SameSite=Strict) instead of answered, and the answer holds its CSRF token.
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct LoginAnswer {
-    /// Send as `Authorization: Bearer <token>`. Shown once.
-    pub token: String,
+    /// Send as `Authorization: Bearer <token>`. Shown once; absent for a cookie session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A cookie session's CSRF token: send it as `x-csrf-token` with every POST, PUT, PATCH
+    /// and DELETE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     pub user: User,
@@ -301,6 +409,9 @@ pub struct OrgMembership {
 pub struct Me {
     pub user: User,
     pub organizations: Vec<OrgMembership>,
+    /// For a cookie session (the console): its CSRF token, for `x-csrf-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -404,8 +515,9 @@ async fn create_account(
 async fn login(
     state: State,
     Admitted(meta): Admitted,
+    CookieSecurity(secure): CookieSecurity,
     ApiJson(c): ApiJson<Credentials>,
-) -> ApiResult<axum::Json<LoginAnswer>> {
+) -> ApiResult<axum::response::Response> {
     let email = Email::parse(&c.email).map_err(|m| ApiError::validation("email", m))?;
     let record_failure = |detail: &'static str| {
         audit::entry_for(
@@ -443,13 +555,21 @@ async fn login(
     state.store.create_session(&hash_secret(&token), user.id, expires_at).await?;
     audit::record(&state, audit::entry(None, Some(&user), "auth.login", None, &meta, Outcome::Success, None))
         .await;
-    Ok(axum::Json(LoginAnswer { token, expires_at, user }))
+    if !c.cookie {
+        return Ok(axum::Json(LoginAnswer { token: Some(token), csrf_token: None, expires_at, user })
+            .into_response());
+    }
+    let cookie = session_cookie(&token, state.auth.session_ttl, secure);
+    let answer = LoginAnswer { token: None, csrf_token: Some(csrf_token(&token)), expires_at, user };
+    Ok(([(http::header::SET_COOKIE, cookie)], axum::Json(answer)).into_response())
 }
 
 /// Who the session belongs to, and their organizations.
 #[utoipa::path(get, path = "/auth/me", tag = "auth", security(("session" = [])),
     responses((status = 200, body = Me), (status = 401, body = super::error::ErrorBody)))]
-async fn me(state: State, CurrentUser(user): CurrentUser) -> ApiResult<axum::Json<Me>> {
+async fn me(state: State, session: Session) -> ApiResult<axum::Json<Me>> {
+    let csrf_token = session.cookie.then(|| csrf_token(&session.token));
+    let user = session.user;
     let organizations = state
         .store
         .orgs_of(user.id)
@@ -457,26 +577,26 @@ async fn me(state: State, CurrentUser(user): CurrentUser) -> ApiResult<axum::Jso
         .into_iter()
         .map(|(o, role)| OrgMembership { id: o.id, name: o.name, plan: o.plan, role })
         .collect();
-    Ok(axum::Json(Me { user, organizations }))
+    Ok(axum::Json(Me { user, organizations, csrf_token }))
 }
 
-/// End the session.
+/// End the session (a cookie session's cookie is cleared too).
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("session" = [])),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody)))]
+    responses((status = 204), (status = 401, body = super::error::ErrorBody), (status = 403, description = "cookie session without its CSRF token", body = super::error::ErrorBody)))]
 async fn logout(
     state: State,
     meta: RequestMeta,
-    CurrentUser(user): CurrentUser,
-    headers: http::HeaderMap,
-) -> ApiResult<StatusCode> {
-    let token = bearer(&headers).ok_or(ApiError::Unauthenticated)?;
-    state.store.revoke_session(&hash_secret(token)).await?;
+    CookieSecurity(secure): CookieSecurity,
+    session: Session,
+) -> ApiResult<axum::response::Response> {
+    state.store.revoke_session(&hash_secret(&session.token)).await?;
     audit::record(
         &state,
-        audit::entry(None, Some(&user), "auth.logout", None, &meta, Outcome::Success, None),
+        audit::entry(None, Some(&session.user), "auth.logout", None, &meta, Outcome::Success, None),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    let clear = session_cookie("", Duration::ZERO, secure);
+    Ok((StatusCode::NO_CONTENT, [(http::header::SET_COOKIE, clear)]).into_response())
 }
 
 pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
@@ -490,6 +610,34 @@ pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn the_session_comes_from_the_bearer_header_else_the_cookie() {
+        let cookie = headers(&[("cookie", "theme=dark; rg_session=rgs_abc;other=1")]);
+        assert_eq!(session_token(&cookie), Some(("rgs_abc", true)));
+        let two = headers(&[("cookie", "a=1"), ("cookie", "rg_session=rgs_x")]);
+        assert_eq!(session_token(&two), Some(("rgs_x", true)));
+        // A look-alike name or an empty value is no session.
+        assert_eq!(session_token(&headers(&[("cookie", "xrg_session=rgs_abc; rg_session_2=y")])), None);
+        assert_eq!(session_token(&headers(&[("cookie", "rg_session=")])), None);
+        let both = headers(&[("authorization", "Bearer rgs_b"), ("cookie", "rg_session=rgs_c")]);
+        assert_eq!(session_token(&both), Some(("rgs_b", false)));
+        // An unusable Authorization header is not replaced by the cookie.
+        let broken = headers(&[("authorization", "Basic Zm9v"), ("cookie", "rg_session=rgs_c")]);
+        assert_eq!(session_token(&broken), None);
+    }
+
+    #[test]
+    fn csrf_tokens_are_per_session() {
+        let a = csrf_token("rgs_a");
+        assert_eq!(a, csrf_token("rgs_a"));
+        assert_ne!(a, csrf_token("rgs_b"));
+        assert!(!a.contains("rgs_a") && a.len() == 43, "{a}");
+    }
 
     #[test]
     fn a_locked_email_still_lets_fresh_addresses_try_once() {

@@ -16,8 +16,17 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("authentication required: send a valid session token as `Authorization: Bearer <token>`")]
+    #[error(
+        "authentication required: send a valid session token as `Authorization: Bearer <token>` (or sign in to the console)"
+    )]
     Unauthenticated,
+    /// A state-changing request authenticated by the session cookie without the session's
+    /// CSRF token in `x-csrf-token`: it may come from another site's page.
+    #[error("this request needs the session's CSRF token in the `x-csrf-token` header")]
+    CsrfToken,
+    /// The instance exists but has no running Redis to send a command to.
+    #[error("the instance is not running")]
+    NotRunning,
     #[error("invalid e-mail or password")]
     InvalidCredentials,
     #[error("your role in this organization does not allow this")]
@@ -66,6 +75,8 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::CsrfToken => (StatusCode::FORBIDDEN, "csrf_token_invalid"),
+            ApiError::NotRunning => (StatusCode::CONFLICT, "instance_not_running"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) | ApiError::NotMember => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -212,7 +212,7 @@ async fn list(
     Ok(axum::Json(state.store.instances(org).await?.into_iter().map(|i| view(&state, &user, i)).collect()))
 }
 
-async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<InstanceRecord> {
+pub(super) async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<InstanceRecord> {
     match state.store.instance(id).await {
         Ok(r) if r.instance.org_id == org => Ok(r),
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::NotFound("instance")),

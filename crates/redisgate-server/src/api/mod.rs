@@ -9,6 +9,8 @@
 //! - [`audit`]: recording and listing the audit log.
 //! - [`instances`]: Redis instances (provisioned by RedisGate or brought by the user).
 //! - [`keys`]: API keys for the data plane.
+//! - [`commands`]: running Redis commands from a member's session (the console), through the
+//!   gateway's own path.
 //! - [`plans`]: plans, their quotas and rate limits.
 //!
 //! Handlers are thin: extract, authorize, call the store or a service, map to a response.
@@ -17,6 +19,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod commands;
 pub mod error;
 pub mod instances;
 pub mod invitations;
@@ -44,6 +47,8 @@ pub struct ApiState {
     pub instances: Arc<crate::instances::Instances>,
     /// For revocations to take effect at once on this server.
     pub keys: Arc<crate::gateway::keys::KeyAuth>,
+    /// The data plane, for the commands members run from the console.
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// The configured rates (what a plan gets when the API has not set one).
     pub rate_limit: crate::config::RateLimitSettings,
     pub auth: AuthSettings,
@@ -169,7 +174,11 @@ impl utoipa::Modify for SessionAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("a session token from POST /auth/login"))
+                    .description(Some(
+                        "a session token from POST /auth/login; the console sends the `rg_session` cookie instead \
+                         (login with `cookie: true`), and then every POST, PUT, PATCH and DELETE needs the \
+                         session's `csrf_token` (from the login answer or GET /auth/me) as `x-csrf-token`",
+                    ))
                     .build(),
             ),
         );
@@ -185,6 +194,7 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(audit::routes())
         .merge(instances::routes())
         .merge(keys::routes())
+        .merge(commands::routes())
         .merge(plans::routes())
         .split_for_parts();
     let mut api = api;

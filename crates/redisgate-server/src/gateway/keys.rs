@@ -157,6 +157,30 @@ impl KeyAuth {
         Ok(Principal { access: key.scope.access(), backend, caller: Bucket::ApiKey(key.id), limit })
     }
 
+    /// The principal of a member running commands from the console on `instance` of `org`
+    /// at `scope`: `caller`'s budget at `own_rate`, else the plan's rate, as an API key's.
+    /// `None` when the instance is not running (or not `org`'s).
+    pub fn console_principal(
+        &self,
+        org: redisgate_core::ids::OrgId,
+        instance: InstanceId,
+        scope: redisgate_core::apikey::Scope,
+        caller: Bucket,
+        own_rate: Option<Rate>,
+        plan: Plan,
+    ) -> Option<Principal> {
+        let (owner, backend) = self.instances.backend(instance)?;
+        if owner != org {
+            return None;
+        }
+        if let Bucket::ApiKey(id) = caller {
+            self.used.lock().expect("usage lock").insert(id, OffsetDateTime::now_utc());
+        }
+        let limit =
+            self.rate_limit.as_ref().map(|r| (caller, own_rate.unwrap_or_else(|| self.plan_rate(plan, r))));
+        Some(Principal { access: scope.access(), backend, caller, limit })
+    }
+
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();

@@ -100,7 +100,9 @@ fn method_not_allowed(method: &Method, sync: &SyncTokens) -> Response {
     r
 }
 
-fn unauthorized(sync: &SyncTokens) -> Response {
+/// The answer to a missing, wrong, revoked or expired key (also the console's, for a key it
+/// was asked to run as).
+pub fn unauthorized(sync: &SyncTokens) -> Response {
     reply::error(StatusCode::UNAUTHORIZED, "WRONGPASS invalid or missing auth token", sync)
 }
 
@@ -154,6 +156,14 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
             reply::backend_error(&e, &gw.sync)
         }
     }
+}
+
+/// A request the management API built for `principal` (the console's command line and data
+/// browser): it takes the data plane's own path after authentication, so the same slots,
+/// rate limit, parser, policy and error texts apply. Only the body and the
+/// `upstash-encoding` header of `req` are read; its path is the protocol path.
+pub async fn serve_as(gw: &Gateway, principal: Principal, req: Request) -> Response {
+    serve(gw, principal, 0, req).await
 }
 
 /// Everything after authentication: in-flight slot, rate limit, format headers, body, parse,

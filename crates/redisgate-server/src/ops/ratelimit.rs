@@ -31,6 +31,8 @@ pub enum Bucket {
     /// A standalone token, by its position in the configuration (the same on every replica).
     Token(usize),
     ApiKey(ApiKeyId),
+    /// A member running commands from the console with their role's rights.
+    User(redisgate_core::ids::UserId),
 }
 
 impl std::fmt::Display for Bucket {
@@ -38,6 +40,7 @@ impl std::fmt::Display for Bucket {
         match self {
             Bucket::Token(i) => write!(f, "token:{i}"),
             Bucket::ApiKey(id) => write!(f, "key:{id}"),
+            Bucket::User(id) => write!(f, "user:{id}"),
         }
     }
 }

@@ -130,7 +130,10 @@ impl Redis {
     }
 
     pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
-        let mut c = self.client().get_multiplexed_async_connection().await?;
+        // The redis crate's default response timeout (500 ms) is for production traffic; a
+        // test's own large write (5 MiB) on a loaded machine can take longer than that.
+        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(20)));
+        let mut c = self.client().get_multiplexed_async_connection_with_config(&cfg).await?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
             cmd.arg(*a);
@@ -343,6 +346,26 @@ impl Drop for Gate {
             t.abort();
         }
     }
+}
+
+/// Runs a helper process of a test (Node, Python) to its end within `timeout`: its exit
+/// status and its stdout and stderr as one report. `what` names it in the panics.
+pub async fn run_to_report(
+    cmd: &mut tokio::process::Command,
+    timeout: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("{what} does not run ({e}); scripts/test.sh installs what it needs"));
+    let report = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, report)
 }
 
 /// Path of the repository root (for fixtures such as the Python SDK tests).

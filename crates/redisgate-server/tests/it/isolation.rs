@@ -1,6 +1,7 @@
-//! Tenant isolation: every management route, called by every role of an organization, by a
-//! member of another organization, and anonymously. Each case runs on a fresh organization,
-//! so destructive routes cannot mask each other.
+//! Tenant isolation: every management route (the console's command route included), called by
+//! every role of an organization, by its owner through the console's cookie session (with and
+//! without the CSRF token), by a member of another organization, and anonymously. Each case runs
+//! on a fresh organization, so destructive routes cannot mask each other.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -10,6 +11,9 @@ use crate::api::{Api, control_plane};
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Who {
     Owner,
+    /// The owner through the console's cookie session: the same answers, once the CSRF token
+    /// is sent (a state change without it is refused before anything happens).
+    OwnerByCookie,
     Admin,
     Member,
     Viewer,
@@ -76,6 +80,26 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/redis-instances/{instance}", None, [200, 200, 200, 200]),
         r(Method::GET, "/redis-instances/{instance}/stats", None, [200, 200, 200, 200]),
         r(Method::DELETE, "/redis-instances/{instance}", None, [204, 204, 204, 403]),
+        // The console's command line: the data plane's policy at the role's scope.
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["GET", "k"]})),
+            [200, 200, 200, 200],
+        ),
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["SET", "k", "v"]})),
+            [200, 200, 200, 400],
+        ),
+        // Flushing is for admin-scoped keys: owners and administrators.
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/command",
+            Some(json!({"command": ["FLUSHDB"]})),
+            [200, 200, 400, 400],
+        ),
         r(Method::GET, "/api-keys", None, [200, 200, 200, 200]),
         r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "read-only"})), [201, 201, 201, 403]),
         // Admin-scope keys may flush and script: owners and admins only (Action::MintAdminKeys).
@@ -118,13 +142,22 @@ async fn every_route_by_every_role_and_outsiders() {
     let (_target, target_id) = Api::signup(&g, "target@example.com").await;
     Api::signup(&g, "new@example.com").await;
     let anonymous = Api::anon(&g);
+    let owner_cookie = crate::console::CookieSession::login(&g, "owner@example.com").await;
     let (s, other) = outsider.post("/api/organizations", json!({"name": "Other"})).await;
     assert_eq!(s, 201);
     let other_id = other["id"].as_str().unwrap().to_owned();
 
     let mut cases = 0;
     for route in routes() {
-        for who in [Who::Owner, Who::Admin, Who::Member, Who::Viewer, Who::Outsider, Who::Anonymous] {
+        for who in [
+            Who::Owner,
+            Who::OwnerByCookie,
+            Who::Admin,
+            Who::Member,
+            Who::Viewer,
+            Who::Outsider,
+            Who::Anonymous,
+        ] {
             // A fresh organization with every role filled.
             let (s, org) = owner.post("/api/organizations", json!({"name": "Acme"})).await;
             assert_eq!(s, 201);
@@ -173,7 +206,27 @@ async fn every_route_by_every_role_and_outsiders() {
                     .replace("{key}", &key)
                     .replace("{invitation}", &invitation)
             };
+            let path = format!("{base}{}", fill(route.path));
+            if who == Who::OwnerByCookie {
+                let body = route.body.clone();
+                if route.method != Method::GET {
+                    let (status, refused) =
+                        owner_cookie.call(route.method.clone(), &path, body.clone(), false).await;
+                    assert_eq!(
+                        (status, refused["code"].as_str()),
+                        (403, Some("csrf_token_invalid")),
+                        "{path}"
+                    );
+                }
+                let (status, body) = owner_cookie.call(route.method.clone(), &path, body, true).await;
+                assert_eq!(status, route.owner, "by cookie {} {path}: {body}", route.method);
+                cases += 1;
+                let (s, _) = owner.delete(&base).await;
+                assert!(s == 204 || s == 404, "cleanup: {s}");
+                continue;
+            }
             let (caller, want) = match who {
+                Who::OwnerByCookie => unreachable!("answered above"),
                 Who::Owner => (&owner, route.owner),
                 Who::Admin => (&admin, route.admin),
                 Who::Member => (&member, route.member),
@@ -181,7 +234,6 @@ async fn every_route_by_every_role_and_outsiders() {
                 Who::Outsider => (&outsider, 404),
                 Who::Anonymous => (&anonymous, 401),
             };
-            let path = format!("{base}{}", fill(route.path));
             let (status, body) = caller.call(route.method.clone(), &path, route.body.clone()).await;
             assert_eq!(status, want, "{who:?} {} {path}: {body}", route.method);
             if status >= 400 {

@@ -6,6 +6,7 @@ mod api;
 mod cluster;
 mod commands;
 mod common;
+mod console;
 mod deploy;
 mod egress;
 mod egress_check;

@@ -6,7 +6,6 @@
 //! himself) so that the generated requests reach the handlers instead of stopping at a 404.
 //! The run is bounded by examples per operation and by time, so CI stays short.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -93,19 +92,9 @@ enabled = false
         // working directory, a temporary one.
         .current_dir(dir.path())
         .env("PYTHONPATH", repo_root().join("tests/schemathesis"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output())
-        .await
-        .expect("schemathesis finished in time")
-        .expect("schemathesis runs (REDISGATE_TEST_PYTHON's venv has it: scripts/python-venv.sh)");
-    let report = format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "schemathesis found failures ({}):\n{report}", out.status);
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let (status, report) = crate::common::run_to_report(&mut cmd, RUN_TIMEOUT, "schemathesis").await;
+    assert!(status.success(), "schemathesis found failures ({status}):\n{report}");
     // A run that tested nothing would also exit 0.
     assert!(report.contains("passed") && !report.contains("No operations"), "nothing was tested:\n{report}");
     println!("{report}");

@@ -131,6 +131,26 @@ async fn https_serves_http2_and_http1() {
     g.shutdown().await;
 }
 
+/// A console session started over HTTPS gets a `Secure` cookie, with no proxy header and no
+/// `auth.cookie_secure = "always"`: the TLS listener marks its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_secure_over_https() {
+    let redis = Redis::start().await;
+    let pki = Pki::new();
+    let g = Gate::start_https(pki.settings(&redis), pki.client().build().unwrap()).await;
+    let account = serde_json::json!({"email": "ann@example.com", "password": "correct horse battery"});
+    let r = g.http.post(g.url("/auth/register")).json(&account).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let mut login = account.clone();
+    login["cookie"] = true.into();
+    let r = g.http.post(g.url("/auth/login")).json(&login).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("rg_session="), "{cookie}");
+    assert!(cookie.split(';').any(|a| a.trim() == "Secure"), "{cookie}");
+    g.shutdown().await;
+}
+
 /// `tls.plain_listen`: plain HTTP on a second address, beside HTTPS on `listen`. With one
 /// connection slot between them, each is served in turn: a free slot is not parked on the
 /// listener that has no client.

@@ -4,7 +4,6 @@
 //! `tests/node/upstash-libs.mjs` with Node; `scripts/test.sh` installs Node and the pinned
 //! packages (`npm ci` in `tests/node`). Without them this test fails: it never passes silently.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -37,22 +36,9 @@ async fn upstash_ratelimit_and_lock_work_with_a_read_write_key() {
         .join(",");
 
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("upstash-libs.mjs")
-        .current_dir(&dir)
-        .env("UPSTASH_URLS", &urls)
-        .env("UPSTASH_TOKEN", &key)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(RUN_TIMEOUT, cmd.output())
-        .await
-        .expect("the Node run finished in time")
-        .expect("node runs (scripts/test.sh installs it)");
-    let report = format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the Upstash libraries failed ({}):\n{report}", out.status);
+    cmd.arg("upstash-libs.mjs").current_dir(&dir).env("UPSTASH_URLS", &urls).env("UPSTASH_TOKEN", &key);
+    let (status, report) = crate::common::run_to_report(&mut cmd, RUN_TIMEOUT, "the Node run").await;
+    assert!(status.success(), "the Upstash libraries failed ({status}):\n{report}");
     let parts = [
         "fixedWindow",
         "slidingWindow",
