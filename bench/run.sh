@@ -225,13 +225,15 @@ unset_env=(); for v in $(compgen -e | grep -E '^(REDISGATE_|SRH_)'); do unset_en
 # start_gateway NAME BINARY [WRAPPER...]: a standalone RedisGate on the first free port from
 # 7391 with every feature of the hot path on: metrics, CORS (default), the sync token, and
 # the rate limiter for the token (standalone tokens have no limit by default) at a limit no
-# run reaches; state (the SQLite metadata store) in the output dir. Sets GW_PORT and GW_LAST.
+# run reaches: 10^9/s with a burst of 1,000 (a burst of 10^9 would make every RateLimit-Remaining
+# a ten-digit number, which no real key has); state (the SQLite metadata store) in the output
+# dir. Sets GW_PORT and GW_LAST.
 start_gateway() {
   local name=$1 bin=$2; shift 2
   GW_PORT=$(free_port 7391)
   "${SRV_PIN[@]}" env "${unset_env[@]}" REDISGATE_TOKEN="$TOKEN" REDISGATE_REDIS_URL="redis://127.0.0.1:$RPORT" \
     REDISGATE_RATE_LIMIT__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__BURST=1000000000 \
-    REDISGATE_RATE_LIMIT__TOKENS__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__TOKENS__BURST=1000000000 \
+    REDISGATE_RATE_LIMIT__TOKENS__PER_SECOND=1000000000 REDISGATE_RATE_LIMIT__TOKENS__BURST=1000 \
     REDISGATE_DATA_DIR="$OUT/redisgate-data-$name" \
     "$@" "$bin" serve --listen "127.0.0.1:$GW_PORT" > "$OUT/redisgate-$name.log" 2>&1 &
   GW_LAST=$!

@@ -141,6 +141,10 @@ pub fn parse(
 
 /// Percent-decodes one path segment or query component to bytes; `+` stays `+`.
 pub fn percent_decode(s: &str) -> Vec<u8> {
+    // Most segments have nothing escaped: one memchr instead of a byte-by-byte collect.
+    if !s.contains('%') {
+        return s.as_bytes().to_vec();
+    }
     percent_encoding::percent_decode(s.as_bytes()).collect()
 }
 

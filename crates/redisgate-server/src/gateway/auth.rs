@@ -69,9 +69,12 @@ pub fn token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Option<Cow<'a, 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case); shared by
 /// the data plane and the management API's sessions.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let v = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at_checked(b"bearer ".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    std::str::from_utf8(token).ok().map(str::trim)
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
@@ -83,4 +86,25 @@ fn query_token(query: Option<&str>) -> Option<String> {
 
 fn percent_decode_str(s: &str) -> String {
     String::from_utf8_lossy(&redisgate_core::request::percent_decode(s)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_in_any_case_of_the_scheme() {
+        let token = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            bearer(&h).map(str::to_owned)
+        };
+        assert_eq!(token("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token("bearer  abc ").as_deref(), Some("abc"));
+        assert_eq!(token("BEARER abc").as_deref(), Some("abc"));
+        assert_eq!(token("Basic abc"), None);
+        assert_eq!(token("Bearerabc"), None);
+        assert_eq!(token("Bearer"), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

@@ -15,7 +15,9 @@ use super::script::Kinds;
 use crate::ops::metrics::command_label;
 
 fn packed(cmd: &Command) -> redis::Cmd {
-    let mut c = redis::Cmd::new();
+    // Sized once: growing the argument and data buffers part by part cost more than copying.
+    let parts = cmd.parts();
+    let mut c = redis::Cmd::with_capacity(parts.len(), parts.iter().map(Vec::len).sum());
     for part in cmd.parts() {
         c.arg(part.as_slice());
     }

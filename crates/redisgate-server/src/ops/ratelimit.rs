@@ -201,19 +201,25 @@ impl SharedLimiter {
 }
 
 /// A number as a header value. These headers go on every answer of a limited caller, and a
-/// value made from a number is a fresh allocation each time: the common ones (remaining
-/// budgets and resets up to [`NUMBERS`], a limit seen before on this thread) are made once.
+/// value made from a number is a fresh allocation: remaining budgets and resets up to
+/// [`SMALL`] are made once.
 fn number(n: u64) -> HeaderValue {
-    const NUMBERS: u64 = 1024;
-    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    const SMALL: u64 = 1024;
+    static VALUES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if n >= SMALL {
+        return HeaderValue::from(n);
     }
-    if n < NUMBERS {
-        // Static values: cloning one copies a pointer, where a shared one counts references.
-        let small = SMALL
-            .get_or_init(|| (0..NUMBERS).map(|n| HeaderValue::from_static(n.to_string().leak())).collect());
-        return small[n as usize].clone();
+    // Static values: cloning one copies a pointer, where a shared one counts references.
+    let values =
+        VALUES.get_or_init(|| (0..SMALL).map(|n| HeaderValue::from_static(n.to_string().leak())).collect());
+    values[n as usize].clone()
+}
+
+/// A caller's limit as a header value: the same number answer after answer, so the last one
+/// each thread made is kept.
+fn limit(n: u32) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u32, HeaderValue)>> = const { std::cell::RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| match last {
         Some((m, v)) if *m == n => v.clone(),
@@ -228,7 +234,7 @@ const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// The `RateLimit-*` headers (and `Retry-After` when refused) for a decision.
 pub fn headers(rate: Rate, d: &Decision, h: &mut HeaderMap) {
     let secs = |dur: std::time::Duration| dur.as_secs() + u64::from(dur.subsec_nanos() > 0);
-    h.insert(LIMIT, number(u64::from(rate.per_second)));
+    h.insert(LIMIT, limit(rate.per_second));
     h.insert(REMAINING, number(u64::from(d.remaining)));
     h.insert(RESET, number(secs(d.reset_after)));
     if !d.allowed {
