@@ -365,7 +365,7 @@ if [ "$MODE" = callgrind ]; then
     echo
     echo "- A: $BIN ($("$BIN" --version 2>/dev/null); git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
     [ -n "$BIN_B" ] && echo "- B: $BIN_B"
-    echo "- valgrind --tool=callgrind; wrk -t1 -c4 -d${DURATION}s after 3 s of warm-up; 100-byte value; standalone token, rate limiter on at 10^9/s, metrics and CORS on"
+    echo "- valgrind --tool=callgrind; wrk -t1 -c4 -d${DURATION}s after 3 s of warm-up; 100-byte value; standalone token, rate limiter on at 10^9/s (burst 1,000), metrics and CORS on"
     echo
     echo "| test | A instructions / request | A / command |$([ -n "$BIN_B" ] && echo ' B instructions / request | B / command | B / A |')"
     echo "|---|---:|---:|$([ -n "$BIN_B" ] && echo '---:|---:|---:|')"
