@@ -267,12 +267,16 @@ async fn a_slot_migration_under_load_is_invisible() {
         assert_eq!(finals[k], acked.len() as i64, "key {}: exactly the acknowledged writes", keys[k]);
     }
     assert_eq!(c.owner("{m}").await, to, "the slot moved");
+    // The redirections were followed and counted. Which kinds: ASK while keys move is all but
+    // certain; MOVED after the slot's owner changes only if a request reaches the old owner
+    // before the gateway's next slot-map refresh, which a fast health check can win.
     let metrics = g.http.get(g.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for series in
+    assert!(
         ["redis_cluster_redirects_total{kind=\"ask\"}", "redis_cluster_redirects_total{kind=\"moved\"}"]
-    {
-        assert!(metrics.contains(series), "{series} in {metrics}");
-    }
+            .iter()
+            .any(|series| metrics.contains(series)),
+        "redirections counted: {metrics}"
+    );
     eprintln!("slot migration: {} writes, no error", w.total_acked());
 }
 
