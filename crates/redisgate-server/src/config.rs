@@ -457,6 +457,13 @@ pub struct CorsSettings {
     pub allow_credentials: bool,
 }
 
+impl CorsSettings {
+    /// Whether any origin is allowed (`"*"` in the list).
+    pub fn any_origin(&self) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*")
+    }
+}
+
 impl Default for CorsSettings {
     fn default() -> Self {
         Self { allowed_origins: vec!["*".into()], allow_credentials: false }
@@ -765,7 +772,7 @@ impl Settings {
         {
             return Err(invalid("audit.retention", "must be at least 1 day (and below ~292 billion years)"));
         }
-        if self.cors.allow_credentials && self.cors.allowed_origins.iter().any(|o| o == "*") {
+        if self.cors.allow_credentials && self.cors.any_origin() {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
         self.instances.external.policy()?;

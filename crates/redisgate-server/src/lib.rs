@@ -176,7 +176,7 @@ pub async fn launch(
         None => None,
     };
     let app = router(api, Arc::clone(&health), metrics_listener.is_none(), &settings.cors);
-    let vary_by_origin = !settings.cors.allowed_origins.iter().any(|o| o == "*");
+    let vary_by_origin = !settings.cors.any_origin();
     let data_plane = serve::DataPlane::new(
         gateway,
         !settings.tokens.is_empty(),
@@ -386,7 +386,7 @@ fn cors_layer(cors: &CorsSettings) -> Option<CorsLayer> {
     if cors.allowed_origins.is_empty() {
         return None;
     }
-    let origin = if cors.allowed_origins.iter().any(|o| o == "*") {
+    let origin = if cors.any_origin() {
         AllowOrigin::any()
     } else {
         AllowOrigin::list(cors.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))

@@ -262,9 +262,10 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     let keepalive = gw.http.sse_keepalive;
     let max_reply = gw.http.max_response_bytes;
     let started = std::time::Instant::now();
+    // The commands' catalog positions, for their metrics.
     let (one, many): ([Option<usize>; 1], Vec<Option<usize>>);
-    let labels: &[Option<usize>] = match &req {
-        // Most requests carry one command: no allocation for its label.
+    let commands: &[Option<usize>] = match &req {
+        // Most requests carry one command: no allocation for its position.
         Rq::Single(c) => {
             one = [c.catalog_index()];
             &one
@@ -290,7 +291,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 if let Some(fix) = fix {
                     fix.apply(&mut v);
                 }
-                record_commands(labels, started, Some(std::slice::from_ref(&v)));
+                record_commands(commands, started, Some(std::slice::from_ref(&v)));
                 single_reply(&v, fmt, max_reply, sync)
             })
         }
@@ -298,7 +299,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
             let (cmds, fixes) = prepare_batch(&gw.scripts, cmds);
             exec::pipeline(backend, cmds, p.access).await.map(|mut vs| {
                 apply_fixes(&mut vs, fixes);
-                record_commands(labels, started, Some(&vs));
+                record_commands(commands, started, Some(&vs));
                 batch_reply(&vs, fmt, max_reply, sync)
             })
         }
@@ -308,11 +309,11 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
                 TxOutcome::Committed(mut vs) => {
                     apply_fixes(&mut vs, fixes);
-                    record_commands(labels, started, Some(&vs));
+                    record_commands(commands, started, Some(&vs));
                     batch_reply(&vs, Format { resp2: false, ..fmt }, max_reply, sync)
                 }
                 TxOutcome::Discarded(text) => {
-                    record_commands(labels, started, None);
+                    record_commands(commands, started, None);
                     reply::error(StatusCode::BAD_REQUEST, &text, sync)
                 }
             })
@@ -327,7 +328,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         Rq::Monitor => Box::pin(sse::monitor(backend, keepalive, shutdown, slot)).await,
     };
     result.unwrap_or_else(|e| {
-        record_commands(labels, started, None);
+        record_commands(commands, started, None);
         tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
         reply::backend_error(&e, sync)
     })
