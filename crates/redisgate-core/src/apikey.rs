@@ -41,6 +41,42 @@ impl Scope {
     }
 }
 
+/// Which of an instance's two REST tokens a key is (Upstash's `rest_token` and
+/// `read_only_rest_token`): keys bound to that one instance, made with it, shown on its
+/// connect page to members who may see credentials, replaced by a credential reset and gone
+/// with the instance. Ordinary API keys sit beside them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenKind {
+    /// Read-write: every command a `read-write` key may run.
+    Standard,
+    ReadOnly,
+}
+
+impl TokenKind {
+    pub const BOTH: [TokenKind; 2] = [TokenKind::Standard, TokenKind::ReadOnly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Standard => "standard",
+            TokenKind::ReadOnly => "read-only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::BOTH.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The scope a token of this kind has. A standard token is `read-write`, not `admin`:
+    /// members see it, and a member may not mint keys that flush the data.
+    pub fn scope(self) -> Scope {
+        match self {
+            TokenKind::Standard => Scope::ReadWrite,
+            TokenKind::ReadOnly => Scope::ReadOnly,
+        }
+    }
+}
+
 /// Every key starts with this, so leaked keys are easy to recognise (secret scanners).
 pub const KEY_PREFIX: &str = "rg_";
 

@@ -86,6 +86,54 @@ impl InstanceStatus {
     }
 }
 
+/// What a full instance does with a write (Redis' `maxmemory-policy`). Local instances only:
+/// an external server's configuration is its owner's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    /// Refuse writes with an OOM error (Redis' default, and ours: nothing is lost silently).
+    #[default]
+    Noeviction,
+    AllkeysLru,
+    AllkeysLfu,
+    AllkeysRandom,
+    VolatileLru,
+    VolatileLfu,
+    VolatileRandom,
+    VolatileTtl,
+}
+
+impl EvictionPolicy {
+    const ALL: [EvictionPolicy; 8] = [
+        Self::Noeviction,
+        Self::AllkeysLru,
+        Self::AllkeysLfu,
+        Self::AllkeysRandom,
+        Self::VolatileLru,
+        Self::VolatileLfu,
+        Self::VolatileRandom,
+        Self::VolatileTtl,
+    ];
+
+    /// The name Redis and the API use (`allkeys-lru`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Noeviction => "noeviction",
+            Self::AllkeysLru => "allkeys-lru",
+            Self::AllkeysLfu => "allkeys-lfu",
+            Self::AllkeysRandom => "allkeys-random",
+            Self::VolatileLru => "volatile-lru",
+            Self::VolatileLfu => "volatile-lfu",
+            Self::VolatileRandom => "volatile-random",
+            Self::VolatileTtl => "volatile-ttl",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 /// One Redis instance.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Instance {
@@ -96,9 +144,26 @@ pub struct Instance {
     /// `standalone`, `sentinel` or `cluster`.
     pub kind: BackendKind,
     pub memory_bytes: u64,
+    /// `maxmemory-policy` of a local instance (`noeviction` for external ones: not ours).
+    pub eviction_policy: EvictionPolicy,
     pub status: InstanceStatus,
     /// Why the instance is in `error` (or `stopped`), for people.
     pub status_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_policies_round_trip_under_redis_names() {
+        for p in EvictionPolicy::ALL {
+            assert_eq!(EvictionPolicy::parse(p.as_str()), Some(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+        assert_eq!(EvictionPolicy::parse("lru"), None);
+    }
 }

@@ -56,6 +56,7 @@ impl Role {
     /// | ManageOwners      |   ✓   |       |        |        |
     /// | ViewInstances     |   ✓   |   ✓   |   ✓    |   ✓    |
     /// | ManageInstances   |   ✓   |   ✓   |   ✓    |        |
+    /// | ViewCredentials   |   ✓   |   ✓   |   ✓    |        |
     /// | ViewApiKeys       |   ✓   |   ✓   |   ✓    |   ✓    |
     /// | ManageApiKeys     |   ✓   |   ✓   |   ✓    |        |
     /// | MintAdminKeys     |   ✓   |   ✓   |        |        |
@@ -67,7 +68,7 @@ impl Role {
         use Role::*;
         match action {
             ViewOrg | ViewInstances | ViewApiKeys => true,
-            ManageInstances | ManageApiKeys => matches!(self, Owner | Admin | Member),
+            ManageInstances | ViewCredentials | ManageApiKeys => matches!(self, Owner | Admin | Member),
             UpdateOrg | ManageMembers | MintAdminKeys | ViewAudit => matches!(self, Owner | Admin),
             DeleteOrg | ManageOwners => self == Owner,
         }
@@ -86,6 +87,9 @@ pub enum Action {
     ManageOwners,
     ViewInstances,
     ManageInstances,
+    /// See an instance's REST tokens (its connect page): whoever may use the instance with a
+    /// read-write key may copy them; a viewer may not.
+    ViewCredentials,
     ViewApiKeys,
     ManageApiKeys,
     /// Create API keys with the `admin` scope, which may flush the data and run scripts:
@@ -204,6 +208,8 @@ mod tests {
         assert!(!Role::Admin.allows(Action::ManageOwners));
         assert!(Role::Member.allows(Action::ManageApiKeys));
         assert!(!Role::Viewer.allows(Action::ManageInstances));
+        assert!(Role::Member.allows(Action::ViewCredentials));
+        assert!(!Role::Viewer.allows(Action::ViewCredentials));
         assert!(!Role::Member.allows(Action::ViewAudit));
         assert!(Role::Admin.allows(Action::MintAdminKeys));
         assert!(!Role::Member.allows(Action::MintAdminKeys));

@@ -37,6 +37,8 @@ pub struct InstanceSpec {
     pub id: InstanceId,
     /// `maxmemory` for a local instance (bytes).
     pub memory_bytes: u64,
+    /// `maxmemory-policy` for a local instance.
+    pub eviction_policy: crate::instance::EvictionPolicy,
     /// For external instances: the server to use.
     pub external_url: Option<RedisUrl>,
     /// For external `rediss://` instances: the CA (PEM) to verify the server against instead
@@ -71,6 +73,13 @@ pub trait Provisioner: Send + Sync + 'static {
     /// Starts the instance (or, after a RedisGate restart, starts it again on its existing
     /// data) and returns how to reach it once it answers PING.
     async fn start(&self, spec: &InstanceSpec) -> Result<RedisUrl, ProvisionError>;
+    /// Gives the running instance's server a new password, live (connections already
+    /// authenticated stay, nothing is lost) and for its restarts, and returns the new URL.
+    /// Only a provisioner that owns the server's password can; others answer `Unknown`.
+    async fn rotate_password(&self, spec: &InstanceSpec) -> Result<RedisUrl, ProvisionError> {
+        let _ = spec;
+        Err(ProvisionError::Unknown)
+    }
     /// Stops it and removes its data for good.
     async fn destroy(&self, id: InstanceId) -> Result<(), ProvisionError>;
     /// Stops every instance it runs (RedisGate is shutting down); data is kept.

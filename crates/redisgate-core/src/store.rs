@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::account::{Email, User};
-use crate::apikey::{ApiKey, Scope};
+use crate::apikey::{ApiKey, Scope, TokenKind};
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 use crate::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
-use crate::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
+use crate::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use crate::org::{Invitation, InvitationError, Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
 use crate::ratelimit::Rate;
@@ -91,6 +91,7 @@ pub struct NewInstance {
     pub provisioner: ProvisionerKind,
     pub kind: BackendKind,
     pub memory_bytes: u64,
+    pub eviction_policy: EvictionPolicy,
     /// External instances: the connection URL (`standalone`) or the JSON
     /// [`crate::topology::Topology`] (`sentinel`, `cluster`), sealed by the caller.
     pub sealed_url: Option<Vec<u8>>,
@@ -119,6 +120,31 @@ pub struct NewApiKey {
     pub expires_at: Option<OffsetDateTime>,
     pub secret_hash: SecretHash,
     pub created_by: Option<UserId>,
+}
+
+/// One of an instance's REST tokens to store: an API key (kept by its hash, as any key) and
+/// its text sealed by the caller, so that it can be shown again on the connect page.
+#[derive(Debug, Clone)]
+pub struct NewInstanceToken {
+    pub key: NewApiKey,
+    pub kind: TokenKind,
+    pub sealed_key: Vec<u8>,
+}
+
+/// One of an instance's REST tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceToken {
+    pub key: ApiKey,
+    pub kind: TokenKind,
+    pub sealed_key: Vec<u8>,
+}
+
+/// What `update_instance` changes; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceChange {
+    pub name: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub eviction_policy: Option<EvictionPolicy>,
 }
 
 /// Totals of the deployment (gauges on `/metrics`).
@@ -223,6 +249,24 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
     ) -> StoreResult<()>;
     async fn delete_instance(&self, id: InstanceId) -> StoreResult<()>;
+    /// Renames, resizes or changes the eviction policy of an instance. A new `memory_bytes`
+    /// is checked against the organization's memory quota (counting the instance's new size,
+    /// not its old one) in the same transaction as the update.
+    async fn update_instance(&self, id: InstanceId, change: InstanceChange) -> StoreResult<InstanceRecord>;
+
+    // Instance tokens: API keys of one instance (see `TokenKind`). They count against no key
+    // quota, and `api_keys`, `api_key` and `revoke_api_key` do not see them; the data plane's
+    // `api_key_by_hash` does, like any key.
+    /// Replaces the instance's tokens with `tokens` in one transaction: the old ones are
+    /// deleted (so resets leave nothing behind) and stop working on every replica at its
+    /// next key-cache refresh. `NotFound` for an unknown instance.
+    async fn replace_instance_tokens(
+        &self,
+        instance: InstanceId,
+        tokens: Vec<NewInstanceToken>,
+    ) -> StoreResult<Vec<InstanceToken>>;
+    /// The instance's tokens (none for an instance made before tokens existed).
+    async fn instance_tokens(&self, instance: InstanceId) -> StoreResult<Vec<InstanceToken>>;
 
     // API keys.
     /// Inserts a key if the organization's key quota allows (revoked keys do not count).

@@ -22,9 +22,12 @@ use tokio_util::task::TaskTracker;
 
 pub use self::conf::{BUSY_REPLY_THRESHOLD, generate_password};
 use self::conf::{CONF_FILE, ConfValues};
-use self::process::{LaunchError, Launcher};
+use self::process::{Auth, LaunchError, Launcher};
 use self::supervisor::Supervisor;
 use crate::redact::Redactor;
+
+/// How long the `CONFIG SET requirepass` of a password rotation may take.
+const ROTATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How many times a start picks a new port when another process grabbed the previous pick.
 const PORT_ATTEMPTS: usize = 3;
@@ -68,8 +71,9 @@ impl Default for LocalOptions {
 
 /// Runs each instance as a supervised `redis-server` child process.
 ///
-/// Must hold: an instance's password never changes once generated (its AOF and the URLs
-/// handed out depend on it), and it never appears in a log line, status reason or error.
+/// Must hold: an instance's password changes only through [`Provisioner::rotate_password`]
+/// (live, and in its `redis.conf` for restarts), and it never appears in a log line, status
+/// reason or error.
 pub struct LocalProvisioner {
     root: PathBuf,
     status: StatusSink,
@@ -91,7 +95,7 @@ struct Slot {
 }
 
 struct Running {
-    url: RedisUrl,
+    launcher: Arc<Launcher>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -194,6 +198,7 @@ impl LocalProvisioner {
                 password: &password,
                 port,
                 memory_bytes: spec.memory_bytes,
+                eviction_policy: spec.eviction_policy,
                 dir: &dir,
                 max_reply_bytes: self.options.max_reply_bytes,
             }
@@ -211,8 +216,10 @@ impl LocalProvisioner {
                 dir: dir.clone(),
                 conf: conf_path.clone(),
                 port,
-                url: local_url(&password, port),
-                redactor: redactor.clone(),
+                auth: std::sync::RwLock::new(Auth {
+                    url: local_url(&password, port),
+                    redactor: redactor.clone(),
+                }),
                 start_timeout: self.options.start_timeout,
             };
             match launcher.launch().await {
@@ -260,23 +267,24 @@ impl Provisioner for LocalProvisioner {
         if let Some(running) = state.as_ref()
             && !running.task.is_finished()
         {
-            return Ok(running.url.clone());
+            return Ok(running.launcher.url());
         }
         // A supervisor that gave up leaves its slot behind; this start is the retry.
         *state = None;
 
         let (launcher, mut child) = self.launch(spec).await?;
         if self.closing.is_cancelled() {
-            process::terminate(&mut child, &launcher.url, self.options.stop_timeout).await;
+            process::terminate(&mut child, &launcher.url(), self.options.stop_timeout).await;
             return Err(shutting_down());
         }
-        let url = launcher.url.clone();
+        let url = launcher.url();
+        let launcher = Arc::new(launcher);
         tracing::info!(instance.id = %spec.id, port = launcher.port, pid = child.id(), "redis-server started");
         slot.port.store(launcher.port, Ordering::Relaxed);
         let stop = self.closing.child_token();
         let supervisor = Supervisor {
             id: spec.id,
-            launcher: Arc::new(launcher),
+            launcher: Arc::clone(&launcher),
             sink: self.status.clone(),
             options: self.options.clone(),
             pid: slot.pid.clone(),
@@ -284,7 +292,54 @@ impl Provisioner for LocalProvisioner {
         };
         slot.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
         let task = self.tracker.spawn(supervisor.run(child));
-        *state = Some(Running { url: url.clone(), stop, task });
+        *state = Some(Running { launcher, stop, task });
+        Ok(url)
+    }
+
+    async fn rotate_password(&self, spec: &InstanceSpec) -> Result<RedisUrl, ProvisionError> {
+        let slot = self.existing_slot(spec.id).ok_or(ProvisionError::Unknown)?;
+        let state = slot.state.lock().await;
+        let Some(running) = state.as_ref().filter(|r| !r.task.is_finished()) else {
+            return Err(failed("the instance's server is not running".to_owned()));
+        };
+        let launcher = &running.launcher;
+        let password = conf::generate_password().map_err(|e| failed(e.to_string()))?;
+        let dir = self.data_dir(spec.id);
+        let render = |password: &str| {
+            ConfValues {
+                password,
+                port: launcher.port,
+                memory_bytes: spec.memory_bytes,
+                eviction_policy: spec.eviction_policy,
+                dir: &dir,
+                max_reply_bytes: self.options.max_reply_bytes,
+            }
+            .render()
+            .map_err(|e| failed(format!("could not write {CONF_FILE}: {e}")))
+        };
+        let old = conf::read_previous(&launcher.conf).ok().and_then(|p| p.password).unwrap_or_default();
+        let write = |text: String| {
+            let conf_path = launcher.conf.clone();
+            async move {
+                tokio::task::spawn_blocking(move || conf::write_private_file(&conf_path, &text))
+                    .await
+                    .map_err(|e| failed(format!("could not write {CONF_FILE}: {e}")))?
+                    .map_err(|e| failed(format!("could not write {CONF_FILE}: {e}")))
+            }
+        };
+        // The file first: from here on a crash restarts with the new password, and the gateway
+        // holds the new URL before this returns. If Redis refuses it, the file goes back.
+        write(render(&password)?).await?;
+        let url = launcher.url();
+        if let Err(e) = crate::probe::config_set(url.expose(), "requirepass", &password, ROTATE_TIMEOUT).await
+        {
+            let reason = launcher.redact(&e.describe());
+            write(render(&old)?).await?;
+            return Err(failed(format!("the server refused the new password: {reason}")));
+        }
+        let url = local_url(&password, launcher.port);
+        launcher.set_auth(Auth { url: url.clone(), redactor: Redactor::new(&password) });
+        tracing::info!(instance.id = %spec.id, "instance password rotated");
         Ok(url)
     }
 

@@ -98,6 +98,28 @@ pub(crate) async fn ping_verified(
     }
 }
 
+/// `CONFIG SET name value` on the server at `url`, bounded by `timeout`.
+pub(crate) async fn config_set(
+    url: &str,
+    name: &str,
+    value: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let client = redis::Client::open(url).map_err(|_| ProbeError::InvalidUrl)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let exchange = async {
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        redis::cmd("CONFIG").arg("SET").arg(name).arg(value).query_async::<()>(&mut conn).await
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(ProbeError::TimedOut(timeout)),
+        Ok(Err(err)) => Err(ProbeError::Redis(err)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 /// Asks the server at `url` to shut down (flushing its AOF); used on a server we own but
 /// no longer have a process handle for. The connection dropping is the expected answer.
 pub(crate) async fn shutdown(url: &str, timeout: Duration) -> io::Result<()> {

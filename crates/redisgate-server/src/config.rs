@@ -378,6 +378,10 @@ pub struct HttpSettings {
     /// names the client; from anyone else those headers are ignored. Empty: the TCP peer is
     /// the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The URL clients reach this deployment at (`https://redis.example.com`), for the REST
+    /// URLs an instance's connect page shows. Unset: the scheme and `Host` of the request
+    /// asking for it.
+    pub public_url: Option<url::Url>,
 }
 
 impl Default for HttpSettings {
@@ -400,6 +404,7 @@ impl Default for HttpSettings {
             // someone holding requests open (slow bodies) to starve others.
             max_requests_in_flight_per_key: 100,
             max_response_bytes: 64 * 1024 * 1024,
+            public_url: None,
             trusted_proxies: Vec::new(),
         }
     }
@@ -700,6 +705,11 @@ impl Settings {
             if redis::Client::open(url).is_err() {
                 return Err(invalid(&format!("tokens[{i}].url"), "not a usable redis:// or rediss:// URL"));
             }
+        }
+        if let Some(url) = &self.http.public_url
+            && (!matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.query().is_some())
+        {
+            return Err(invalid("http.public_url", "must be an http:// or https:// URL without a query"));
         }
         let at_least_one = [
             ("http.max_body_bytes", self.http.max_body_bytes as u64),

@@ -16,9 +16,13 @@
 //! instances are single-replica (their `redis-server` is a child of this process), so this
 //! process is the only one creating them on this host.
 
+mod manage;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+pub use self::manage::{Connect, InstanceUpdate, NewRedisInstance};
 use redisgate_core::capacity::{HostCapacity, HostLimit};
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::{BackendKind, InstanceStatus, ProvisionerKind};
@@ -65,12 +69,21 @@ pub fn local_usage(records: &[InstanceRecord]) -> (u64, u64) {
     local.fold((0, 0), |(n, bytes), r| (n + 1, bytes.saturating_add(r.instance.memory_bytes)))
 }
 
-/// Why a local instance cannot be created.
+/// Why an instance cannot be created or changed.
 #[derive(Debug)]
 pub enum Refused {
     /// A host-wide cap.
     Host(HostLimit),
     Store(StoreError),
+    /// A field of the request, and why.
+    Invalid {
+        field: &'static str,
+        reason: Cow<'static, str>,
+    },
+    /// The change needs the instance's server, which is not running (or refused it).
+    NotRunning,
+    /// Ours, not the caller's: logged where it happened.
+    Internal,
 }
 
 /// The one answer to an address the egress policy refuses, whichever rule refused it and
@@ -145,6 +158,22 @@ impl Instances {
         Ok(guard)
     }
 
+    /// Admits growing local instance `id` to `memory_bytes`, as [`Instances::admit_local`].
+    pub async fn admit_resize(
+        &self,
+        id: InstanceId,
+        memory_bytes: u64,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, Refused> {
+        let guard = self.admission.lock().await;
+        let mut all = self.store.all_instances().await.map_err(Refused::Store)?;
+        all.retain(|r| r.instance.id != id);
+        let (_, bytes) = local_usage(&all);
+        if bytes.saturating_add(memory_bytes) > self.capacity.max_local_memory_bytes {
+            return Err(Refused::Host(HostLimit::MaxLocalMemory));
+        }
+        Ok(guard)
+    }
+
     /// The host caps on local instances.
     pub fn capacity(&self) -> HostCapacity {
         self.capacity
@@ -212,7 +241,13 @@ impl Instances {
             return self.set(inst.id, InstanceStatus::Error, Some(why.to_owned())).await;
         }
         let tls_ca_pem = rec.tls_ca_pem.clone();
-        let spec = InstanceSpec { id: inst.id, memory_bytes: inst.memory_bytes, external_url, tls_ca_pem };
+        let spec = InstanceSpec {
+            id: inst.id,
+            memory_bytes: inst.memory_bytes,
+            eviction_policy: inst.eviction_policy,
+            external_url,
+            tls_ca_pem,
+        };
         let started = self.provisioner(inst.provisioner).start(&spec).await;
         self.note_detail(inst.id, &started);
         let url = match started {

@@ -164,6 +164,7 @@ pub async fn launch(
         anonymous: AnonymousLimit::new(a.anonymous_rate()),
         max_orgs_per_user: settings.quota.max_organizations_per_user,
         trusted_proxies: settings.http.trusted_proxies.clone(),
+        public_url: settings.http.public_url.clone(),
     });
     tracker.spawn(forget_idle_addresses(Arc::clone(&api), cancel.clone()));
     tracker.spawn(api::audit::retention(Arc::clone(&api.store), settings.audit.retention, cancel.clone()));

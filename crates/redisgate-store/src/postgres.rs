@@ -9,16 +9,16 @@
 use std::time::Duration;
 
 use redisgate_core::account::{Email, User};
-use redisgate_core::apikey::{ApiKey, Scope};
+use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
-use redisgate_core::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
-    SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
+    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Decode, Postgres, Row, Type};
@@ -50,8 +50,8 @@ macro_rules! member_cols {
 }
 macro_rules! instance_cols {
     () => {
-        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
-         i.sealed_url, i.tls_ca_pem, i.created_at"
+        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.eviction_policy, i.status, \
+         i.status_reason, i.sealed_url, i.tls_ca_pem, i.created_at"
     };
 }
 // jsonb is read back as text so the store needs no sqlx `json` feature.
@@ -171,6 +171,12 @@ where
     row.try_get(col).map_err(unavailable)
 }
 
+/// A text column holding one of a domain enum's names.
+fn get_enum<T>(row: &PgRow, col: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let text: String = get(row, col)?;
+    parse(&text).ok_or_else(|| corrupt(col, &text))
+}
+
 fn to_i32(what: &str, v: u32) -> StoreResult<i32> {
     i32::try_from(v).map_err(|_| too_large(what, v))
 }
@@ -255,6 +261,7 @@ fn instance_from(row: &PgRow) -> StoreResult<InstanceRecord> {
                 .ok_or_else(|| corrupt("provisioner", &provisioner))?,
             kind: BackendKind::parse(&kind).ok_or_else(|| corrupt("instance kind", &kind))?,
             memory_bytes: to_u64("memory_bytes", get(row, "memory_bytes")?)?,
+            eviction_policy: get_enum(row, "eviction_policy", EvictionPolicy::parse)?,
             status: InstanceStatus::parse(&status).ok_or_else(|| corrupt("instance status", &status))?,
             status_reason: get(row, "status_reason")?,
             created_at: get(row, "created_at")?,
@@ -317,6 +324,41 @@ fn audit_from(row: &PgRow) -> StoreResult<AuditEntry> {
 
 /// Locks the organization's row until the transaction ends, so quota and last-owner checks
 /// of the same organization run one at a time; returns its quota.
+/// Inserts an API key, or with `token` one of an instance's tokens (its kind, instance and
+/// sealed text); quotas are the caller's.
+async fn insert_key(
+    conn: &mut PgConnection,
+    new: NewApiKey,
+    instance_ids: Option<String>,
+    token: Option<(TokenKind, InstanceId, &[u8])>,
+) -> StoreResult<ApiKey> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO api_keys AS k \
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
+              rate_per_second, rate_burst, instance_token, token_instance_id, sealed_key) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING ",
+        key_cols!()
+    ))
+    .bind(new.id.0)
+    .bind(new.org_id.0)
+    .bind(&new.name)
+    .bind(new.scope.as_str())
+    .bind(instance_ids)
+    .bind(new.expires_at)
+    .bind(&new.secret_hash[..])
+    .bind(new.created_by.map(|u| u.0))
+    .bind(OffsetDateTime::now_utc())
+    .bind(new.rate_limit.map(|r| int(r.per_second)))
+    .bind(new.rate_limit.map(|r| int(r.burst)))
+    .bind(token.map(|t| t.0.as_str()))
+    .bind(token.map(|t| t.1.0))
+    .bind(token.map(|t| t.2))
+    .fetch_one(conn)
+    .await
+    .map_err(|e| db_error(e, "api key"))?;
+    key_from(&row)
+}
+
 async fn lock_org(conn: &mut PgConnection, org: OrgId) -> StoreResult<Quota> {
     let row =
         sqlx::query(concat!("SELECT ", org_cols!(), " FROM organizations o WHERE o.id = $1 FOR UPDATE"))
@@ -865,8 +907,8 @@ impl Store for PgStore {
         let row = sqlx::query(concat!(
             "INSERT INTO redis_instances AS i \
              (id, org_id, name, provisioner, kind, memory_bytes, status, status_reason, sealed_url, tls_ca_pem, \
-              created_at) \
-             VALUES ($1, $2, $3, $4, $9, $5, 'pending', NULL, $6, $7, $8) RETURNING ",
+              created_at, eviction_policy) \
+             VALUES ($1, $2, $3, $4, $9, $5, 'pending', NULL, $6, $7, $8, $10) RETURNING ",
             instance_cols!()
         ))
         .bind(new.id.0)
@@ -878,6 +920,7 @@ impl Store for PgStore {
         .bind(new.tls_ca_pem.as_deref())
         .bind(OffsetDateTime::now_utc())
         .bind(new.kind.as_str())
+        .bind(new.eviction_policy.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| db_error(e, "instance"))?;
@@ -953,6 +996,101 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn update_instance(&self, id: InstanceId, change: InstanceChange) -> StoreResult<InstanceRecord> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let org: Option<Uuid> = sqlx::query_scalar("SELECT org_id FROM redis_instances WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let org = OrgId(org.ok_or(StoreError::NotFound)?);
+        let mut memory_bytes = None;
+        if let Some(bytes) = change.memory_bytes {
+            // The organization's row lock orders this against concurrent creates and resizes.
+            let quota = lock_org(&mut tx, org).await?;
+            let others: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(sum(memory_bytes), 0)::bigint FROM redis_instances WHERE org_id = $1 AND id <> $2",
+            )
+            .bind(org.0)
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let fits = i128::from(others) + i128::from(bytes) <= i128::from(quota.max_memory_bytes);
+            memory_bytes = match i64::try_from(bytes) {
+                Ok(m) if fits => Some(m),
+                _ => return Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes)),
+            };
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE redis_instances i SET name = COALESCE($2, i.name), \
+             memory_bytes = COALESCE($3, i.memory_bytes), eviction_policy = COALESCE($4, i.eviction_policy) \
+             WHERE i.id = $1 RETURNING ",
+            instance_cols!()
+        ))
+        .bind(id.0)
+        .bind(change.name)
+        .bind(memory_bytes)
+        .bind(change.eviction_policy.map(EvictionPolicy::as_str))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        let record = instance_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(record)
+    }
+
+    async fn replace_instance_tokens(
+        &self,
+        instance: InstanceId,
+        tokens: Vec<NewInstanceToken>,
+    ) -> StoreResult<Vec<InstanceToken>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Locked, so that two resets of one instance end with one pair of tokens.
+        let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM redis_instances WHERE id = $1 FOR UPDATE")
+            .bind(instance.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        known.ok_or(StoreError::NotFound)?;
+        sqlx::query("DELETE FROM api_keys WHERE token_instance_id = $1")
+            .bind(instance.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut made = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let ids = Some(serde_json::to_string(&[instance]).map_err(|e| corrupt("instance_ids", e))?);
+            let key = insert_key(&mut tx, t.key, ids, Some((t.kind, instance, &t.sealed_key))).await?;
+            made.push(InstanceToken { key, kind: t.kind, sealed_key: t.sealed_key });
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(made)
+    }
+
+    async fn instance_tokens(&self, instance: InstanceId) -> StoreResult<Vec<InstanceToken>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            ", k.instance_token, k.sealed_key FROM api_keys k WHERE k.token_instance_id = $1 \
+             ORDER BY k.instance_token DESC"
+        ))
+        .bind(instance.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceToken {
+                    key: key_from(row)?,
+                    kind: get_enum(row, "instance_token", TokenKind::parse)?,
+                    sealed_key: get(row, "sealed_key")?,
+                })
+            })
+            .collect()
+    }
+
     async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey> {
         let instance_ids = new
             .instance_ids
@@ -963,7 +1101,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let quota = lock_org(&mut tx, new.org_id).await?;
         let live: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL")
+            sqlx::query_scalar(
+                "SELECT count(*) FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL AND instance_token IS NULL",
+            )
                 .bind(new.org_id.0)
                 .fetch_one(&mut *tx)
                 .await
@@ -971,39 +1111,22 @@ impl Store for PgStore {
         if live >= i64::from(quota.max_api_keys) {
             return Err(StoreError::QuotaExceeded(Limit::MaxApiKeys));
         }
-        let row = sqlx::query(concat!(
-            "INSERT INTO api_keys AS k \
-             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
-              rate_per_second, rate_burst) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11) RETURNING ",
-            key_cols!()
-        ))
-        .bind(new.id.0)
-        .bind(new.org_id.0)
-        .bind(&new.name)
-        .bind(new.scope.as_str())
-        .bind(instance_ids)
-        .bind(new.expires_at)
-        .bind(&new.secret_hash[..])
-        .bind(new.created_by.map(|u| u.0))
-        .bind(OffsetDateTime::now_utc())
-        .bind(new.rate_limit.map(|r| int(r.per_second)))
-        .bind(new.rate_limit.map(|r| int(r.burst)))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "api key"))?;
-        let key = key_from(&row)?;
+        let key = insert_key(&mut tx, new, instance_ids, None).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(key)
     }
 
     async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey> {
-        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys k WHERE k.id = $1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM api_keys k WHERE k.id = $1 AND k.instance_token IS NULL"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
         key_from(&row)
     }
 
@@ -1020,7 +1143,7 @@ impl Store for PgStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             key_cols!(),
-            " FROM api_keys k WHERE k.org_id = $1 ORDER BY k.created_at, k.id"
+            " FROM api_keys k WHERE k.org_id = $1 AND k.instance_token IS NULL ORDER BY k.created_at, k.id"
         ))
         .bind(org.0)
         .fetch_all(&self.pool)
@@ -1032,7 +1155,8 @@ impl Store for PgStore {
     async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey> {
         // Revoking again keeps the first time: the audit trail already points at it.
         let row = sqlx::query(concat!(
-            "UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, $2) WHERE k.id = $1 RETURNING ",
+            "UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, $2) \
+             WHERE k.id = $1 AND k.instance_token IS NULL RETURNING ",
             key_cols!()
         ))
         .bind(id.0)
@@ -1046,7 +1170,8 @@ impl Store for PgStore {
 
     async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey> {
         let row = sqlx::query(concat!(
-            "UPDATE api_keys k SET rate_per_second = $2, rate_burst = $3 WHERE k.id = $1 RETURNING ",
+            "UPDATE api_keys k SET rate_per_second = $2, rate_burst = $3 \
+             WHERE k.id = $1 AND k.instance_token IS NULL RETURNING ",
             key_cols!()
         ))
         .bind(id.0)

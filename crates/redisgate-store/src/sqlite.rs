@@ -13,16 +13,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use redisgate_core::account::{Email, User};
-use redisgate_core::apikey::{ApiKey, Scope};
+use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
-use redisgate_core::instance::{BackendKind, Instance, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
-    SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
+    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -218,8 +218,8 @@ macro_rules! member_cols {
 }
 macro_rules! instance_cols {
     () => {
-        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.status, i.status_reason, \
-         i.sealed_url, i.tls_ca_pem, i.created_at"
+        "i.id, i.org_id, i.name, i.provisioner, i.kind, i.memory_bytes, i.eviction_policy, i.status, \
+         i.status_reason, i.sealed_url, i.tls_ca_pem, i.created_at"
     };
 }
 macro_rules! key_cols {
@@ -299,6 +299,7 @@ fn instance_from(row: &SqliteRow) -> StoreResult<InstanceRecord> {
             provisioner: get_enum(row, "provisioner", ProvisionerKind::parse)?,
             kind: get_enum(row, "kind", BackendKind::parse)?,
             memory_bytes: get_u64(row, "memory_bytes")?,
+            eviction_policy: get_enum(row, "eviction_policy", EvictionPolicy::parse)?,
             status: get_enum(row, "status", InstanceStatus::parse)?,
             status_reason: get(row, "status_reason")?,
             created_at: get(row, "created_at")?,
@@ -324,6 +325,52 @@ fn key_from(row: &SqliteRow) -> StoreResult<ApiKey> {
         last_used_at: get(row, "last_used_at")?,
         created_at: get(row, "created_at")?,
     })
+}
+
+/// Inserts an API key, or with `token` one of an instance's tokens (its kind, instance and
+/// sealed text), in `tx`; quotas are the caller's.
+async fn insert_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    new: NewApiKey,
+    instance_ids: Option<String>,
+    token: Option<(TokenKind, InstanceId, &[u8])>,
+) -> StoreResult<ApiKey> {
+    let key = ApiKey {
+        id: new.id,
+        org_id: new.org_id,
+        name: new.name,
+        scope: new.scope,
+        instance_ids: new.instance_ids,
+        rate_limit: new.rate_limit,
+        expires_at: new.expires_at.map(stored),
+        revoked_at: None,
+        last_used_at: None,
+        created_at: now(),
+    };
+    sqlx::query(
+        "INSERT INTO api_keys \
+             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
+              rate_per_second, rate_burst, instance_token, token_instance_id, sealed_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .bind(key.id.0)
+    .bind(key.org_id.0)
+    .bind(&key.name)
+    .bind(key.scope.as_str())
+    .bind(instance_ids)
+    .bind(key.expires_at.map(ts))
+    .bind(&new.secret_hash[..])
+    .bind(new.created_by.map(|u| u.0))
+    .bind(ts(key.created_at))
+    .bind(key.rate_limit.map(|r| i64::from(r.per_second)))
+    .bind(key.rate_limit.map(|r| i64::from(r.burst)))
+    .bind(token.map(|t| t.0.as_str()))
+    .bind(token.map(|t| t.1.0))
+    .bind(token.map(|t| t.2))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| db_error(e, "api key"))?;
+    Ok(key)
 }
 
 fn rate_from(per_second: Option<i64>, burst: Option<i64>) -> StoreResult<Option<Rate>> {
@@ -941,6 +988,7 @@ impl Store for SqliteStore {
                 provisioner: new.provisioner,
                 kind: new.kind,
                 memory_bytes: new.memory_bytes,
+                eviction_policy: new.eviction_policy,
                 status: InstanceStatus::Pending,
                 status_reason: None,
                 created_at: now(),
@@ -952,8 +1000,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO redis_instances \
              (id, org_id, name, provisioner, memory_bytes, status, status_reason, sealed_url, tls_ca_pem, \
-              created_at, kind) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9, ?10)",
+              created_at, kind, eviction_policy) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(i.id.0)
         .bind(i.org_id.0)
@@ -965,6 +1013,7 @@ impl Store for SqliteStore {
         .bind(record.tls_ca_pem.as_deref())
         .bind(ts(i.created_at))
         .bind(i.kind.as_str())
+        .bind(i.eviction_policy.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "instance"))?;
@@ -1033,6 +1082,97 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
+    async fn update_instance(&self, id: InstanceId, change: InstanceChange) -> StoreResult<InstanceRecord> {
+        let mut tx = self.write_tx().await?;
+        if let Some(bytes) = change.memory_bytes {
+            let row = sqlx::query(
+                "SELECT o.max_memory_bytes AS max, \
+                 (SELECT COALESCE(SUM(memory_bytes), 0) FROM redis_instances \
+                  WHERE org_id = i.org_id AND id != i.id) AS others \
+                 FROM redis_instances i JOIN organizations o ON o.id = i.org_id WHERE i.id = ?1",
+            )
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+            let (max, others) = (get_u64(&row, "max")?, get_u64(&row, "others")?);
+            if u128::from(others) + u128::from(bytes) > u128::from(max) {
+                return Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes));
+            }
+        }
+        let done = sqlx::query(
+            "UPDATE redis_instances SET name = COALESCE(?2, name), \
+             memory_bytes = COALESCE(?3, memory_bytes), eviction_policy = COALESCE(?4, eviction_policy) \
+             WHERE id = ?1",
+        )
+        .bind(id.0)
+        .bind(change.name)
+        .bind(change.memory_bytes.map(int))
+        .bind(change.eviction_policy.map(EvictionPolicy::as_str))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let row =
+            sqlx::query(concat!("SELECT ", instance_cols!(), " FROM redis_instances i WHERE i.id = ?1"))
+                .bind(id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        let record = instance_from(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn replace_instance_tokens(
+        &self,
+        instance: InstanceId,
+        tokens: Vec<NewInstanceToken>,
+    ) -> StoreResult<Vec<InstanceToken>> {
+        let mut tx = self.write_tx().await?;
+        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM redis_instances WHERE id = ?1")
+            .bind(instance.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        known.ok_or(StoreError::NotFound)?;
+        sqlx::query("DELETE FROM api_keys WHERE token_instance_id = ?1")
+            .bind(instance.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let mut made = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let ids = Some(serde_json::to_string(&[instance]).map_err(|e| corrupt("instance_ids", e))?);
+            let key = insert_key(&mut tx, t.key, ids, Some((t.kind, instance, &t.sealed_key))).await?;
+            made.push(InstanceToken { key, kind: t.kind, sealed_key: t.sealed_key });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(made)
+    }
+
+    async fn instance_tokens(&self, instance: InstanceId) -> StoreResult<Vec<InstanceToken>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            ", instance_token, sealed_key FROM api_keys WHERE token_instance_id = ?1 ORDER BY instance_token DESC"
+        ))
+        .bind(instance.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, |row| {
+            Ok(InstanceToken {
+                key: key_from(row)?,
+                kind: get_enum(row, "instance_token", TokenKind::parse)?,
+                sealed_key: get(row, "sealed_key")?,
+            })
+        })
+    }
+
     // API keys.
 
     async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey> {
@@ -1050,7 +1190,9 @@ impl Store for SqliteStore {
             .map_err(db)?;
         let max = max.ok_or(StoreError::NotFound)?;
         let live: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND revoked_at IS NULL")
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM api_keys WHERE org_id = ?1 AND revoked_at IS NULL AND instance_token IS NULL",
+            )
                 .bind(new.org_id.0)
                 .fetch_one(&mut *tx)
                 .await
@@ -1058,49 +1200,22 @@ impl Store for SqliteStore {
         if live >= max {
             return Err(StoreError::QuotaExceeded(Limit::MaxApiKeys));
         }
-        let key = ApiKey {
-            id: new.id,
-            org_id: new.org_id,
-            name: new.name,
-            scope: new.scope,
-            instance_ids: new.instance_ids,
-            rate_limit: new.rate_limit,
-            expires_at: new.expires_at.map(stored),
-            revoked_at: None,
-            last_used_at: None,
-            created_at: now(),
-        };
-        sqlx::query(
-            "INSERT INTO api_keys \
-             (id, org_id, name, scope, instance_ids, expires_at, secret_hash, created_by, created_at, \
-              rate_per_second, rate_burst) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(key.id.0)
-        .bind(key.org_id.0)
-        .bind(&key.name)
-        .bind(key.scope.as_str())
-        .bind(instance_ids)
-        .bind(key.expires_at.map(ts))
-        .bind(&new.secret_hash[..])
-        .bind(new.created_by.map(|u| u.0))
-        .bind(ts(key.created_at))
-        .bind(key.rate_limit.map(|r| i64::from(r.per_second)))
-        .bind(key.rate_limit.map(|r| i64::from(r.burst)))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "api key"))?;
+        let key = insert_key(&mut tx, new, instance_ids, None).await?;
         tx.commit().await.map_err(db)?;
         Ok(key)
     }
 
     async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey> {
-        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM api_keys WHERE id = ?1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM api_keys WHERE id = ?1 AND instance_token IS NULL"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
         key_from(&row)
     }
 
@@ -1117,7 +1232,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             key_cols!(),
-            " FROM api_keys WHERE org_id = ?1 ORDER BY created_at, id"
+            " FROM api_keys WHERE org_id = ?1 AND instance_token IS NULL ORDER BY created_at, id"
         ))
         .bind(org.0)
         .fetch_all(&self.pool)
@@ -1129,7 +1244,8 @@ impl Store for SqliteStore {
     async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey> {
         // COALESCE keeps the first revocation time: revoking again is a no-op, not a rewrite.
         let row = sqlx::query(concat!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1 RETURNING ",
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) \
+             WHERE id = ?1 AND instance_token IS NULL RETURNING ",
             key_cols!()
         ))
         .bind(id.0)
@@ -1143,7 +1259,8 @@ impl Store for SqliteStore {
 
     async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey> {
         let row = sqlx::query(concat!(
-            "UPDATE api_keys SET rate_per_second = ?2, rate_burst = ?3 WHERE id = ?1 RETURNING ",
+            "UPDATE api_keys SET rate_per_second = ?2, rate_burst = ?3 \
+             WHERE id = ?1 AND instance_token IS NULL RETURNING ",
             key_cols!()
         ))
         .bind(id.0)

@@ -6,6 +6,7 @@
 //! `redis.conf`; every other line is derived from the spec and rewritten on each start, which
 //! lets a moved root, a resized instance or a re-picked port take effect.
 
+use redisgate_core::instance::EvictionPolicy;
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
 use std::io::{self, ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -87,6 +88,7 @@ pub(crate) struct ConfValues<'a> {
     pub password: &'a str,
     pub port: u16,
     pub memory_bytes: u64,
+    pub eviction_policy: EvictionPolicy,
     pub dir: &'a Path,
     /// The largest reply the gateway encodes (`http.max_response_bytes`).
     pub max_reply_bytes: u64,
@@ -120,7 +122,7 @@ impl ConfValues<'_> {
              supervised no\n\
              requirepass {password}\n\
              maxmemory {memory}\n\
-             maxmemory-policy noeviction\n\
+             maxmemory-policy {policy}\n\
              appendonly yes\n\
              appendfsync everysec\n\
              save \"\"\n\
@@ -140,6 +142,7 @@ impl ConfValues<'_> {
             port = self.port,
             password = self.password,
             memory = self.memory_bytes,
+            policy = self.eviction_policy.as_str(),
             hard = output_buffer_hard_limit(self.max_reply_bytes),
             busy = BUSY_REPLY_THRESHOLD.as_millis(),
         ))
@@ -208,12 +211,19 @@ mod tests {
     #[test]
     fn render_then_parse_round_trips() {
         let dir = Path::new("/data/x y/\"q\"");
-        let text =
-            ConfValues { password: "abcd", port: 7001, memory_bytes: 1 << 20, dir, max_reply_bytes: 1 << 20 }
-                .render()
-                .unwrap();
+        let eviction_policy = EvictionPolicy::AllkeysLfu;
+        let values = ConfValues {
+            password: "abcd",
+            port: 7001,
+            memory_bytes: 1 << 20,
+            eviction_policy,
+            dir,
+            max_reply_bytes: 1 << 20,
+        };
+        let text = values.render().unwrap();
         assert!(text.contains("dir \"/data/x y/\\\"q\\\"\"\n"));
         assert!(text.contains("maxmemory 1048576\n"));
+        assert!(text.contains("maxmemory-policy allkeys-lfu\n"));
         assert!(text.contains("save \"\"\n"));
         assert!(text.contains("client-output-buffer-limit normal 4194304 0 0\n"));
         assert!(text.contains("busy-reply-threshold 1000\n"));

@@ -22,17 +22,38 @@ const TAIL_LINES: usize = 3;
 const TAIL_BYTES: u64 = 64 * 1024;
 const REASON_MAX: usize = 600;
 
-/// How to run one instance's server; fixed for the life of its supervisor, so a restart
-/// comes back on the same port with the same password.
+/// How to run one instance's server, for the life of its supervisor: a restart comes back on
+/// the same port with the password it has then (a credential reset changes it).
 #[derive(Debug)]
 pub(crate) struct Launcher {
     pub binary: PathBuf,
     pub dir: PathBuf,
     pub conf: PathBuf,
     pub port: u16,
+    pub auth: std::sync::RwLock<Auth>,
+    pub start_timeout: Duration,
+}
+
+/// The server's URL (with its password) and the redactor that hides that password.
+#[derive(Debug)]
+pub(crate) struct Auth {
     pub url: RedisUrl,
     pub redactor: Redactor,
-    pub start_timeout: Duration,
+}
+
+impl Launcher {
+    pub(crate) fn url(&self) -> RedisUrl {
+        self.auth.read().unwrap_or_else(std::sync::PoisonError::into_inner).url.clone()
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        self.auth.read().unwrap_or_else(std::sync::PoisonError::into_inner).redactor.redact(text)
+    }
+
+    /// After `requirepass` changed: restarts and probes use the new password.
+    pub(crate) fn set_auth(&self, auth: Auth) {
+        *self.auth.write().unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
+    }
 }
 
 /// Why a launch failed.
@@ -79,9 +100,7 @@ impl Launcher {
             .process_group(0)
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| {
-            LaunchError::Failed(
-                self.redactor.redact(&format!("could not run {}: {e}", self.binary.display())),
-            )
+            LaunchError::Failed(self.redact(&format!("could not run {}: {e}", self.binary.display())))
         })?;
 
         match self.wait_ready(&mut child).await {
@@ -121,7 +140,7 @@ impl Launcher {
                 return Err(NotReady::TimedOut);
             }
             // LOADING (replaying a big AOF) and refused connections both mean "not yet".
-            if probe::ping(self.url.expose(), left.min(PROBE_TIMEOUT), None).await.is_ok() {
+            if probe::ping(self.url().expose(), left.min(PROBE_TIMEOUT), None).await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(POLL_INTERVAL.min(left)).await;
@@ -138,7 +157,7 @@ impl Launcher {
             reason.truncate(cut);
             reason.push('…');
         }
-        self.redactor.redact(&reason)
+        self.redact(&reason)
     }
 
     /// The last lines of what redis-server wrote since `log_offset`: stderr first (config
@@ -149,7 +168,7 @@ impl Launcher {
         let lines: Vec<&str> =
             text.lines().map(strip_log_prefix).map(str::trim).filter(|l| !l.is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join(" / ");
-        self.redactor.redact(&tail)
+        self.redact(&tail)
     }
 }
 

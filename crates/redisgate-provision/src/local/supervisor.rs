@@ -35,7 +35,7 @@ impl Supervisor {
             let exited = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => {
-                    terminate(&mut child, &self.launcher.url, self.options.stop_timeout).await;
+                    terminate(&mut child, &self.launcher.url(), self.options.stop_timeout).await;
                     self.pid.store(0, Ordering::Relaxed);
                     return;
                 }
@@ -105,7 +105,7 @@ impl Supervisor {
     fn report(&self, status: InstanceStatus, reason: Option<String>) {
         // Reasons are built from our own words and redacted log tails; redact once more so
         // a future edit cannot leak the password through here.
-        let reason = reason.map(|r| self.launcher.redactor.redact(&r));
+        let reason = reason.map(|r| self.launcher.redact(&r));
         (self.sink)(self.id, status, reason);
     }
 }

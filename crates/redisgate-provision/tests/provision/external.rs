@@ -14,6 +14,7 @@ fn external(url: &str) -> InstanceSpec {
     InstanceSpec {
         id: InstanceId::new(),
         memory_bytes: 0,
+        eviction_policy: Default::default(),
         external_url: Some(RedisUrl::new(url.to_owned())),
         tls_ca_pem: None,
     }
@@ -87,7 +88,13 @@ async fn unreachable_servers_fail_clearly() {
 #[tokio::test]
 async fn the_url_is_required_and_must_be_redis() {
     let p = ExternalProvisioner::new();
-    let spec = InstanceSpec { id: InstanceId::new(), memory_bytes: 0, external_url: None, tls_ca_pem: None };
+    let spec = InstanceSpec {
+        id: InstanceId::new(),
+        memory_bytes: 0,
+        eviction_policy: Default::default(),
+        external_url: None,
+        tls_ca_pem: None,
+    };
     assert!(matches!(p.start(&spec).await, Err(ProvisionError::Failed(r)) if r.contains("redis://")));
     let bad = reason(&p, &format!("http://:{PASSWORD}@127.0.0.1:1")).await;
     assert!(bad.contains("redis://"), "{bad}");

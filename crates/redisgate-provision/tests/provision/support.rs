@@ -39,7 +39,13 @@ impl Events {
 }
 
 pub fn spec(id: InstanceId, memory_bytes: u64) -> InstanceSpec {
-    InstanceSpec { id, memory_bytes, external_url: None, tls_ca_pem: None }
+    InstanceSpec {
+        id,
+        memory_bytes,
+        eviction_policy: Default::default(),
+        external_url: None,
+        tls_ca_pem: None,
+    }
 }
 
 /// Quick restarts so crash tests finish fast.

@@ -182,6 +182,9 @@ impl From<crate::instances::Refused> for ApiError {
         match r {
             crate::instances::Refused::Host(limit) => ApiError::HostCapacity(limit),
             crate::instances::Refused::Store(e) => e.into(),
+            crate::instances::Refused::Invalid { field, reason } => ApiError::validation(field, reason),
+            crate::instances::Refused::NotRunning => ApiError::NotRunning,
+            crate::instances::Refused::Internal => ApiError::Internal,
         }
     }
 }

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use http::StatusCode;
 use redisgate_core::account::User;
 use redisgate_core::ids::{InstanceId, OrgId};
-use redisgate_core::instance::{BackendKind, Instance, ProvisionerKind};
+use redisgate_core::instance::Instance;
 use redisgate_core::org::Action;
-use redisgate_core::store::{InstanceRecord, NewInstance, StoreError};
-use redisgate_core::topology::{ClusterSpec, SentinelSpec, Topology};
-use serde::Deserialize;
+use redisgate_core::store::{InstanceRecord, StoreError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -18,39 +16,7 @@ use super::audit;
 use super::auth::CurrentUser;
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
-use crate::instances::Stats;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewRedisInstance {
-    /// 1–100 characters.
-    pub name: String,
-    /// `local` (default): a redis-server process run by RedisGate. `external`: your own server.
-    pub provisioner: Option<ProvisionerKind>,
-    /// `maxmemory` of a local instance, in MiB (default 64); counts against the quota.
-    pub memory_mb: Option<u64>,
-    /// External instances: `redis://[user:password@]host:port[/db]` or `rediss://…`.
-    /// Stored sealed; never shown again. `rediss://` servers are verified against the
-    /// platform's roots, or `tls_ca_pem`; `#insecure` (no verification) is refused unless the
-    /// deployment allows it (`instances.external.allow_insecure_tls`).
-    pub url: Option<String>,
-    /// External instances: `standalone` (default: one server at `url`), `sentinel` (give
-    /// `sentinel`) or `cluster` (give `cluster`). See docs/BACKENDS.md.
-    pub kind: Option<BackendKind>,
-    /// A `sentinel` instance's sentinels, master name and credentials; stored sealed, never
-    /// shown again.
-    pub sentinel: Option<SentinelSpec>,
-    /// A `cluster` instance's seed nodes and credentials; stored sealed, never shown again.
-    pub cluster: Option<ClusterSpec>,
-    /// External `rediss://` instances: the CA certificate(s), PEM, that the server's
-    /// certificate is verified against instead of the platform's roots (at most 64 KiB).
-    pub tls_ca_pem: Option<String>,
-}
-
-/// Largest `tls_ca_pem` accepted: a few CA certificates.
-const MAX_CA_PEM_BYTES: usize = 64 * 1024;
-
-const DEFAULT_MEMORY_MB: u64 = 64;
+use crate::instances::{Connect, InstanceUpdate, NewRedisInstance, Stats};
 
 /// An instance with its live health, from the gateway's background health checks.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -77,8 +43,6 @@ fn view(state: &ApiState, user: &User, instance: Instance) -> InstanceView {
     InstanceView { instance, health, status_detail, nodes }
 }
 
-use crate::instances::NOT_ALLOWED;
-
 /// Create an instance (owner, admin, member). It is started before the answer: the status
 /// says whether that worked (`running`) or why not (`error`).
 #[utoipa::path(post, path = "/api/organizations/{org_id}/redis-instances", tag = "redis-instances", security(("session" = [])),
@@ -93,106 +57,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, axum::Json<InstanceView>)> {
     let result = async {
         authorize(&state, user.id, org, Action::ManageInstances).await?;
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(ApiError::validation("name", "must be 1 to 100 characters"));
-        }
-        let provisioner = req.provisioner.unwrap_or(ProvisionerKind::Local);
-        let kind = req.kind.unwrap_or_default();
-        let topology = match (kind, req.sentinel, req.cluster) {
-            (BackendKind::Standalone, None, None) => None,
-            (BackendKind::Sentinel, Some(s), None) => Some(Topology::Sentinel(s)),
-            (BackendKind::Cluster, None, Some(c)) => Some(Topology::Cluster(c)),
-            (BackendKind::Sentinel, ..) => {
-                return Err(ApiError::validation("sentinel", "sentinel instances take `sentinel` only"));
-            }
-            (BackendKind::Cluster, ..) => {
-                return Err(ApiError::validation("cluster", "cluster instances take `cluster` only"));
-            }
-            (BackendKind::Standalone, ..) => {
-                return Err(ApiError::validation("kind", "`sentinel` and `cluster` need their kind"));
-            }
-        };
-        let (memory_bytes, sealed_url) = match (provisioner, topology) {
-            (ProvisionerKind::Local, Some(_)) => {
-                return Err(ApiError::validation("kind", "only external instances are sentinel or cluster"));
-            }
-            (ProvisionerKind::External, Some(topology)) => {
-                if req.url.is_some() {
-                    return Err(ApiError::validation("url", "sentinel and cluster instances take no url"));
-                }
-                if let Err(invalid) = state.instances.check_topology(&topology).await {
-                    return Err(ApiError::validation(invalid.field, invalid.reason));
-                }
-                (0, Some(state.instances.sealer.seal(&serde_json::to_vec(&topology).map_err(|_| ApiError::Internal)?)))
-            }
-            (ProvisionerKind::Local, None) => {
-                if req.url.is_some() {
-                    return Err(ApiError::validation("url", "only external instances take a url"));
-                }
-                if req.tls_ca_pem.is_some() {
-                    return Err(ApiError::validation("tls_ca_pem", "only external instances take a CA"));
-                }
-                let mb = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-                if !(1..=1024 * 1024).contains(&mb) {
-                    return Err(ApiError::validation("memory_mb", "must be between 1 and 1048576"));
-                }
-                (mb * 1024 * 1024, None)
-            }
-            (ProvisionerKind::External, None) => {
-                let url = req
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| ApiError::validation("url", "external instances need a url"))?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://"))
-                    || redis::Client::open(url).is_err()
-                {
-                    return Err(ApiError::validation("url", "must be a redis:// or rediss:// URL"));
-                }
-                if let Err(why) = state.instances.check_tls(url) {
-                    return Err(ApiError::validation("url", why));
-                }
-                if let Some(ca) = &req.tls_ca_pem {
-                    if !url.starts_with("rediss://") || crate::egress::asks_insecure_tls(url) {
-                        return Err(ApiError::validation(
-                            "tls_ca_pem",
-                            "only for a rediss:// URL that verifies the server (no #insecure)",
-                        ));
-                    }
-                    if ca.len() > MAX_CA_PEM_BYTES {
-                        return Err(ApiError::validation("tls_ca_pem", "must be at most 64 KiB"));
-                    }
-                    if let Err(why) = crate::egress::tls_roots(ca) {
-                        return Err(ApiError::validation("tls_ca_pem", why));
-                    }
-                }
-                if let Err(why) = state.instances.egress.check_url(url).await {
-                    tracing::info!(org.id = %org, reason = %why, "external instance URL refused by the egress policy");
-                    return Err(ApiError::validation("url", NOT_ALLOWED));
-                }
-                // An external server's memory is not ours to limit or count.
-                (0, Some(state.instances.sealer.seal(url.as_bytes())))
-            }
-        };
-        let new = NewInstance {
-            id: InstanceId::new(),
-            org_id: org,
-            name: name.to_owned(),
-            provisioner,
-            kind,
-            memory_bytes,
-            sealed_url,
-            tls_ca_pem: req.tls_ca_pem.clone(),
-        };
-        // Host-wide caps on local instances, decided one create at a time.
-        let admitted = match provisioner {
-            ProvisionerKind::Local => Some(state.instances.admit_local(memory_bytes).await?),
-            ProvisionerKind::External => None,
-        };
-        let rec = state.store.create_instance(new).await?;
-        drop(admitted);
-        state.instances.start(&rec).await;
-        Ok(state.store.instance(rec.instance.id).await?.instance)
+        Ok(state.instances.create(org, user.id, req).await?.instance)
     }
     .await;
     let target = result.as_ref().ok().map(|i| i.id.to_string());
@@ -246,6 +111,104 @@ async fn stats(
     state.instances.stats(id).await.map(axum::Json).ok_or(ApiError::Unavailable)
 }
 
+/// Rename, resize (`memory_mb`, within the memory quota) or change the eviction policy of an
+/// instance (owner, admin, member). Memory and eviction apply to a running local instance at
+/// once and after its restarts; external servers keep their own settings (422).
+#[utoipa::path(patch, path = "/api/organizations/{org_id}/redis-instances/{instance_id}", tag = "redis-instances", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("instance_id" = InstanceId, Path)), request_body = InstanceUpdate,
+    responses((status = 200, body = InstanceView), (status = 403, description = "role, quota or host capacity", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the instance is not running", body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update(
+    state: State,
+    meta: RequestMeta,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, InstanceId)>,
+    ApiJson(req): ApiJson<InstanceUpdate>,
+) -> ApiResult<axum::Json<InstanceView>> {
+    let result = async {
+        authorize(&state, user.id, org, Action::ManageInstances).await?;
+        let rec = record_of(&state, org, id).await?;
+        Ok(state.instances.update(&rec, req).await?.instance)
+    }
+    .await;
+    let inst =
+        audit::outcome(&state, &user, Some(org), "instance.update", Some(id.to_string()), &meta, result)
+            .await?;
+    Ok(axum::Json(view(&state, &user, inst)))
+}
+
+/// Reset an instance's credentials (owner, admin, member): new REST tokens (the old ones get
+/// 401 within a second on every replica) and, for a local instance, a new server password,
+/// applied live without dropping connections or data.
+#[utoipa::path(post, path = "/api/organizations/{org_id}/redis-instances/{instance_id}/reset-credentials", tag = "redis-instances", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("instance_id" = InstanceId, Path)),
+    responses((status = 200, body = Connect), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "the instance is not running", body = ErrorBody)))]
+async fn reset_credentials(
+    state: State,
+    meta: RequestMeta,
+    headers: http::HeaderMap,
+    over_tls: Option<axum::Extension<crate::serve::OverTls>>,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, InstanceId)>,
+) -> ApiResult<axum::Json<Connect>> {
+    let result = async {
+        authorize(&state, user.id, org, Action::ManageInstances).await?;
+        let rec = record_of(&state, org, id).await?;
+        state.instances.reset_credentials(&rec, user.id).await?;
+        // The old tokens stop here at once; other replicas follow within their key cache's
+        // freshness (under a second).
+        state.keys.invalidate_all();
+        Ok(rec)
+    }
+    .await;
+    let rec = audit::outcome(
+        &state,
+        &user,
+        Some(org),
+        "instance.reset_credentials",
+        Some(id.to_string()),
+        &meta,
+        result,
+    )
+    .await?;
+    connect_of(&state, &headers, over_tls.is_some(), &rec, &user).await.map(axum::Json)
+}
+
+/// The instance's REST URL and tokens, with a `.env` block and curl, TypeScript and Python
+/// snippets (owner, admin, member: whoever may use it read-write; not viewers).
+#[utoipa::path(get, path = "/api/organizations/{org_id}/redis-instances/{instance_id}/connect", tag = "redis-instances", security(("session" = [])),
+    params(("org_id" = OrgId, Path), ("instance_id" = InstanceId, Path)),
+    responses((status = 200, body = Connect), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn connect(
+    state: State,
+    headers: http::HeaderMap,
+    over_tls: Option<axum::Extension<crate::serve::OverTls>>,
+    CurrentUser(user): CurrentUser,
+    ApiPath((org, id)): ApiPath<(OrgId, InstanceId)>,
+) -> ApiResult<axum::Json<Connect>> {
+    authorize(&state, user.id, org, Action::ViewCredentials).await?;
+    let rec = record_of(&state, org, id).await?;
+    connect_of(&state, &headers, over_tls.is_some(), &rec, &user).await.map(axum::Json)
+}
+
+async fn connect_of(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+    over_tls: bool,
+    rec: &InstanceRecord,
+    user: &User,
+) -> ApiResult<Connect> {
+    let base = match &state.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            format!("{}://{host}", if over_tls { "https" } else { "http" })
+        }
+    };
+    let tokens = state.instances.tokens(rec, user.id).await?;
+    Ok(Connect::new(format!("{base}/redis/{}", rec.instance.id), tokens))
+}
+
 /// Delete an instance (owner, admin, member): a local instance's process stops and its data
 /// is removed; an external server is left alone.
 #[utoipa::path(delete, path = "/api/organizations/{org_id}/redis-instances/{instance_id}", tag = "redis-instances", security(("session" = [])),
@@ -271,5 +234,10 @@ async fn delete(
 }
 
 pub fn routes() -> OpenApiRouter<Arc<ApiState>> {
-    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get, delete)).routes(routes!(stats))
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, update, delete))
+        .routes(routes!(stats))
+        .routes(routes!(connect))
+        .routes(routes!(reset_credentials))
 }

@@ -59,6 +59,8 @@ pub struct ApiState {
     pub max_orgs_per_user: u32,
     /// `http.trusted_proxies`: peers whose forwarding headers name the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `http.public_url`: the base of the REST URLs on connect pages.
+    pub public_url: Option<url::Url>,
 }
 
 pub type State = axum::extract::State<Arc<ApiState>>;

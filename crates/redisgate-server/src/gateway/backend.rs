@@ -71,7 +71,9 @@ pub(super) enum State {
 /// One Redis server as seen by the gateway.
 pub struct Backend {
     label: String,
-    client: Client,
+    /// Read at each connect, so that a credential reset (a new password) applies to the next
+    /// connection while the current ones, already authenticated, carry on.
+    client: std::sync::RwLock<Client>,
     /// An external instance's: every connect resolves through the egress policy, and
     /// failures are told to clients in one uniform reason (details only in the log).
     egress: Option<SharedResolver>,
@@ -129,7 +131,7 @@ impl Backend {
     ) -> Arc<Self> {
         let backend = Arc::new(Self {
             label,
-            client,
+            client: std::sync::RwLock::new(client),
             egress,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             cfg,
@@ -157,7 +159,7 @@ impl Backend {
         let stop = cancel.child_token();
         Arc::new(Self {
             label,
-            client,
+            client: std::sync::RwLock::new(client),
             egress: None,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             cfg,
@@ -168,6 +170,17 @@ impl Backend {
             scope_users: OnceLock::new(),
             stream_roots: OnceLock::new(),
         })
+    }
+
+    /// The client the next connection is opened with.
+    fn client(&self) -> Client {
+        self.client.read().expect("backend client lock").clone()
+    }
+
+    /// Opens future connections with `client` (a credential reset): the shared connection
+    /// and open streams stay as they are, so no request sees the change.
+    pub fn set_client(&self, client: Client) {
+        *self.client.write().expect("backend client lock") = client;
     }
 
     /// The router of a Sentinel or Cluster instance's backend.
@@ -310,7 +323,7 @@ impl Backend {
             None => shared,
             Some(users) => {
                 let opened = users
-                    .connection(access, &self.client, &mut shared, self.state.subscribe(), |c| {
+                    .connection(access, &self.client(), &mut shared, self.state.subscribe(), |c| {
                         self.connect_script_user(c)
                     })
                     .await;
@@ -379,7 +392,7 @@ impl Backend {
     /// carried the script waits behind it), as this backend's (default or URL) user.
     async fn kill_scripts(&self, kinds: Kinds) -> script::Killed {
         tracing::info!(backend = %self.label, "script exceeded backend.script_timeout; killing it");
-        let info = self.client.get_connection_info().clone();
+        let info = self.client().get_connection_info().clone();
         // A busy server answers only a few commands (AUTH, HELLO, the kills): no CLIENT SETINFO.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let Ok(client) = Client::open(info.set_redis_settings(settings)) else {
@@ -430,7 +443,8 @@ impl Backend {
             return Box::pin(routed.stream_node(None).await?.pubsub()).await;
         }
         let permit = self.stream_permit()?;
-        let info = self.client.get_connection_info();
+        let client = self.client();
+        let info = client.get_connection_info();
         let conn = self
             .connect_dedicated(async {
                 match &self.egress {
@@ -442,7 +456,7 @@ impl Backend {
                         )
                         .await
                     }
-                    None => self.client.get_async_pubsub().await,
+                    None => client.get_async_pubsub().await,
                 }
             })
             .await?;
@@ -455,7 +469,8 @@ impl Backend {
             return Box::pin(routed.stream_node(None).await?.monitor()).await;
         }
         let permit = self.stream_permit()?;
-        let info = self.client.get_connection_info();
+        let client = self.client();
+        let info = client.get_connection_info();
         let lines = self
             .connect_dedicated(async {
                 match &self.egress {
@@ -466,7 +481,7 @@ impl Backend {
                         )
                         .await
                     }
-                    None => Ok(self.client.get_async_monitor().await?.into_on_message::<Value>().boxed()),
+                    None => Ok(client.get_async_monitor().await?.into_on_message::<Value>().boxed()),
                 }
             })
             .await?;
@@ -495,8 +510,9 @@ impl Backend {
             if let Some(egress) = &self.egress {
                 cfg = cfg.set_dns_resolver(egress.clone());
             }
+            let client = self.client();
             let attempt = tokio::select! {
-                r = self.client.get_multiplexed_async_connection_with_config(&cfg) => r,
+                r = client.get_multiplexed_async_connection_with_config(&cfg) => r,
                 () = cancel.cancelled() => return,
             };
             match attempt {

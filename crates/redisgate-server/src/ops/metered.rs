@@ -16,8 +16,8 @@ use redisgate_core::org::{Invitation, Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation,
-    SecretHash, Store, StoreError, StoreResult,
+    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
+    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
 use time::OffsetDateTime;
 use tracing::Instrument as _;
@@ -106,6 +106,9 @@ metered! {
     fn all_instances(&self) -> Vec<InstanceRecord>;
     fn set_instance_status(&self, id: InstanceId, status: InstanceStatus, reason: Option<&str>) -> ();
     fn delete_instance(&self, id: InstanceId) -> ();
+    fn update_instance(&self, id: InstanceId, change: InstanceChange) -> InstanceRecord;
+    fn replace_instance_tokens(&self, instance: InstanceId, tokens: Vec<NewInstanceToken>) -> Vec<InstanceToken>;
+    fn instance_tokens(&self, instance: InstanceId) -> Vec<InstanceToken>;
     fn create_api_key(&self, new: NewApiKey) -> ApiKey;
     fn api_key(&self, id: ApiKeyId) -> ApiKey;
     fn api_key_by_hash(&self, hash: &SecretHash) -> Option<ApiKey>;

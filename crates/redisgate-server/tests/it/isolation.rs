@@ -80,6 +80,16 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/redis-instances/{instance}", None, [200, 200, 200, 200]),
         r(Method::GET, "/redis-instances/{instance}/stats", None, [200, 200, 200, 200]),
         r(Method::DELETE, "/redis-instances/{instance}", None, [204, 204, 204, 403]),
+        r(Method::PATCH, "/redis-instances/{instance}", Some(json!({"name": "y"})), [200, 200, 200, 403]),
+        r(
+            Method::PATCH,
+            "/redis-instances/{instance}",
+            Some(json!({"memory_mb": 9, "eviction_policy": "allkeys-lru"})),
+            [200, 200, 200, 403],
+        ),
+        // The tokens: whoever may use the instance read-write may copy them; viewers may not.
+        r(Method::GET, "/redis-instances/{instance}/connect", None, [200, 200, 200, 403]),
+        r(Method::POST, "/redis-instances/{instance}/reset-credentials", None, [200, 200, 200, 403]),
         // The console's command line: the data plane's policy at the role's scope.
         r(
             Method::POST,

@@ -7,6 +7,7 @@ mod cluster;
 mod commands;
 mod common;
 mod console;
+mod credentials;
 mod deploy;
 mod egress;
 mod egress_check;

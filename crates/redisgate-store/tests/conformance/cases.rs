@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redisgate_core::account::{Email, User};
-use redisgate_core::apikey::{ApiKey, Scope};
+use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
-use redisgate_core::instance::{BackendKind, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, EvictionPolicy, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{InvitationError, MAX_PENDING_INVITATIONS};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInvitation, SecretHash, Store, StoreError,
+    Admission, InstanceChange, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInstanceToken,
+    NewInvitation, SecretHash, Store, StoreError,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -63,6 +64,7 @@ fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
         provisioner: ProvisionerKind::Local,
         kind: BackendKind::Standalone,
         memory_bytes,
+        eviction_policy: Default::default(),
         sealed_url: None,
         tls_ca_pem: None,
     }
@@ -1266,4 +1268,84 @@ pub async fn deployment_audit_lists_only_entries_without_an_org(store: S) {
     let second = store.deployment_audit_logs(&next).await.unwrap();
     assert_eq!(second.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["auth.register", "auth.login"]);
     assert_eq!(store.audit_logs(org.id, &AuditQuery::default()).await.unwrap().len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// Instance configuration and tokens.
+
+pub async fn instances_are_renamed_resized_within_quota_and_reconfigured(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = org_with(&store, ann.id, quota(10, 100, 10)).await;
+    let a = store.create_instance(new_instance(org.id, 40)).await.unwrap();
+    store.create_instance(new_instance(org.id, 40)).await.unwrap();
+    assert_eq!(a.instance.eviction_policy, EvictionPolicy::Noeviction);
+    let change = InstanceChange {
+        name: Some("sessions".into()),
+        memory_bytes: Some(60),
+        eviction_policy: Some(EvictionPolicy::AllkeysLfu),
+    };
+    let updated = store.update_instance(a.instance.id, change).await.unwrap();
+    assert_eq!(
+        (updated.instance.name.as_str(), updated.instance.memory_bytes, updated.instance.eviction_policy),
+        ("sessions", 60, EvictionPolicy::AllkeysLfu)
+    );
+    assert_eq!(store.instance(a.instance.id).await.unwrap(), updated);
+    // The quota counts the new size in place of the old one: 60 + 40 fits 100, 61 + 40 does not.
+    let over =
+        store.update_instance(a.instance.id, InstanceChange { memory_bytes: Some(61), ..Default::default() });
+    assert_eq!(over.await, Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes)));
+    let grow = InstanceChange { memory_bytes: Some(u64::MAX), ..Default::default() };
+    assert_eq!(
+        store.update_instance(a.instance.id, grow).await,
+        Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes))
+    );
+    assert_eq!(store.instance(a.instance.id).await.unwrap(), updated, "a refused change changes nothing");
+    // Nothing to change is a no-op; an unknown instance is not found.
+    assert_eq!(store.update_instance(a.instance.id, InstanceChange::default()).await.unwrap(), updated);
+    let missing = store.update_instance(InstanceId::new(), InstanceChange::default()).await;
+    assert_eq!(missing, Err(StoreError::NotFound));
+}
+
+fn new_token(org: OrgId, instance: InstanceId, kind: TokenKind) -> NewInstanceToken {
+    let key = NewApiKey { scope: kind.scope(), instance_ids: Some(vec![instance]), ..new_key(org) };
+    NewInstanceToken { key, kind, sealed_key: format!("sealed {}", kind.as_str()).into_bytes() }
+}
+
+pub async fn instance_tokens_are_replaced_whole_and_kept_apart_from_api_keys(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = org_with(&store, ann.id, quota(10, GIB, 1)).await;
+    let inst = store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id;
+    assert!(store.instance_tokens(inst).await.unwrap().is_empty());
+    let pair = |org, inst| TokenKind::BOTH.map(|k| new_token(org, inst, k)).to_vec();
+    let first = store.replace_instance_tokens(inst, pair(org.id, inst)).await.unwrap();
+    let listed = store.instance_tokens(inst).await.unwrap();
+    assert_eq!(listed, first);
+    assert_eq!(listed.iter().map(|t| t.kind).collect::<Vec<_>>(), TokenKind::BOTH);
+    assert_eq!(listed[1].sealed_key, b"sealed read-only");
+    assert_eq!(listed[0].key.instance_ids, Some(vec![inst]));
+
+    // Not API keys to manage: not listed, found, revoked or counted; the data plane finds them.
+    assert!(store.api_keys(org.id).await.unwrap().is_empty());
+    let token = &first[0].key;
+    assert_eq!(store.api_key(token.id).await, Err(StoreError::NotFound));
+    assert_eq!(store.revoke_api_key(token.id, OffsetDateTime::now_utc()).await, Err(StoreError::NotFound));
+    store.create_api_key(new_key(org.id)).await.expect("tokens take no room in the key quota");
+    let hash = hash();
+    let mut minted = pair(org.id, inst);
+    minted[0].key.secret_hash = hash;
+    let second = store.replace_instance_tokens(inst, minted).await.unwrap();
+    assert_eq!(store.api_key_by_hash(&hash).await.unwrap().as_ref(), Some(&second[0].key));
+
+    // Replacing leaves only the new pair: the old keys are gone for the data plane too.
+    let ids: BTreeSet<ApiKeyId> =
+        store.instance_tokens(inst).await.unwrap().iter().map(|t| t.key.id).collect();
+    assert_eq!(ids, second.iter().map(|t| t.key.id).collect());
+    assert!(!ids.contains(&token.id));
+    let unknown = store.replace_instance_tokens(InstanceId::new(), pair(org.id, inst)).await;
+    assert_eq!(unknown, Err(StoreError::NotFound));
+
+    // They go with their instance.
+    store.delete_instance(inst).await.unwrap();
+    assert!(store.instance_tokens(inst).await.unwrap().is_empty());
+    assert_eq!(store.api_key_by_hash(&hash).await.unwrap(), None);
 }

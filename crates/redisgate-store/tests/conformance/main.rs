@@ -99,6 +99,9 @@ conformance!(
     existing_users_accept_and_revoked_or_expired_invitations_are_refused,
     pending_invitations_are_capped_per_org,
     deployment_audit_lists_only_entries_without_an_org,
+    // Instance configuration and tokens.
+    instances_are_renamed_resized_within_quota_and_reconfigured,
+    instance_tokens_are_replaced_whole_and_kept_apart_from_api_keys,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
