@@ -99,6 +99,10 @@ conformance!(
     existing_users_accept_and_revoked_or_expired_invitations_are_refused,
     pending_invitations_are_capped_per_org,
     deployment_audit_lists_only_entries_without_an_org,
+    // Usage history.
+    usage_rows_round_trip_per_instance_time_and_resolution,
+    usage_roll_up_merges_old_rows_in_batches_and_prune_deletes_them,
+    usage_rows_per_instance_stay_bounded,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
@@ -183,6 +187,7 @@ mod sqlite_only {
                 "plan_rate_limits",
                 "redis_instances",
                 "sessions",
+                "usage_samples",
                 "users"
             ]
         );
