@@ -27,3 +27,4 @@ mod sse;
 mod tls;
 mod topo;
 mod upstash_libs;
+mod usage;
