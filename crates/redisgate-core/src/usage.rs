@@ -447,7 +447,7 @@ impl Meter {
 
     /// The counts since the last take, reset; `None` (and nothing else touched) when there
     /// were no commands and nobody is looking at `now` (unix seconds): an idle instance costs
-    /// the sampler two loads.
+    /// the sampler three loads.
     pub fn take(&self, now: i64) -> Option<Taken> {
         let idle = self.reads.load(Relaxed) == 0 && self.writes.load(Relaxed) == 0;
         if idle && self.watched_until.load(Relaxed) < now {

@@ -4,7 +4,7 @@
 //! had traffic or whose usage a member is looking at, and writes one row each; and, every
 //! minute, the down-sampling and pruning of [`usage::TIERS`].
 //!
-//! Idle instances cost the sampler two atomic loads each and nothing else: no INFO, no row.
+//! Idle instances cost the sampler three atomic loads each and nothing else: no INFO, no row.
 //! Every replica samples the instances it serves and writes its own rows; reads combine them.
 
 use std::sync::Arc;
