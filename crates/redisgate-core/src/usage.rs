@@ -320,14 +320,15 @@ pub struct UsageRow {
 
 impl UsageRow {
     /// Adds `o` in: counts and histograms add up (replicas count different requests), the
-    /// server figures are the latest (replicas read the same server).
+    /// server figures are the latest (replicas read the same server). Times are stored to the
+    /// second, so on a tie the row absorbed last (rows are read in insertion order) wins.
     pub fn absorb(&mut self, o: &UsageRow) {
         self.reads = self.reads.saturating_add(o.reads);
         self.writes = self.writes.saturating_add(o.writes);
         self.errors = self.errors.saturating_add(o.errors);
         self.latency.add(&o.latency);
         self.server = match (self.server, o.server) {
-            (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
+            (Some(a), Some(b)) => Some(if b.at >= a.at { b } else { a }),
             (a, b) => a.or(b),
         };
     }
@@ -570,6 +571,11 @@ mod tests {
         assert_eq!(first.latency.0[2], 3);
         assert_eq!(first.server.unwrap().keys, 10, "the later reading wins, whichever row has it");
         assert!(merged.iter().any(|r| r.instance_id == b && r.reads == 100));
+        // Two readings within one second: the later row's.
+        let (mut x, mut y) = (row(a, t, 1), row(a, t, 1));
+        x.server = Some(figures(t, 1));
+        y.server = Some(figures(t, 2));
+        assert_eq!(merge(&[x, y], Resolution::Minute)[0].server.unwrap().keys, 2);
     }
 
     #[test]

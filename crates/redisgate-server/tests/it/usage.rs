@@ -47,6 +47,17 @@ async fn traffic_shows_in_the_usage_history() {
     let t = Tenant::new(&g, "ann@example.com").await;
     let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
     let path = format!("/api/organizations/{}/redis-instances/{}/usage", t.org, t.instance);
+    // A second instance nobody sends anything to.
+    let (s, idle) = t
+        .api
+        .post(
+            &format!("/api/organizations/{}/redis-instances", t.org),
+            json!({"name": "idle", "memory_mb": 8}),
+        )
+        .await;
+    assert_eq!(s, 201, "{idle}");
+    let idle_path =
+        format!("/api/organizations/{}/redis-instances/{}/usage", t.org, idle["id"].as_str().unwrap());
     for i in 0..3 {
         assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", format!("k{i}"), "v"])).await.0, 200);
     }
@@ -70,6 +81,16 @@ async fn traffic_shows_in_the_usage_history() {
     })
     .await;
     assert_eq!((usage["period"].as_str(), usage["resolution_seconds"].as_i64()), (Some("1h"), Some(10)));
+    // Meanwhile the idle instance was not sampled at all (no INFO, no row); once a member
+    // looks at its usage, it is, with its server's figures and no requests.
+    let (s, quiet) = t.api.get(&idle_path).await;
+    assert_eq!((s, quiet["points"].as_array().map(Vec::len)), (200, Some(0)), "{quiet}");
+    let watched = usage_until(&t.api, &idle_path, |u| {
+        u["points"].as_array().unwrap().iter().any(|p| p["memory_bytes"].as_u64().is_some_and(|m| m > 0))
+    })
+    .await;
+    assert_eq!(totals(&watched), (0, 0, 0), "{watched}");
+    assert!(watched["points"].as_array().unwrap().iter().all(|p| p["p50_ms"].is_null()), "{watched}");
     let points = usage["points"].as_array().unwrap();
     let served = points.iter().find(|p| p["p50_ms"].is_number()).expect("a point with requests");
     let (p50, p99) = (served["p50_ms"].as_f64().unwrap(), served["p99_ms"].as_f64().unwrap());
