@@ -48,16 +48,8 @@ async fn traffic_shows_in_the_usage_history() {
     let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
     let path = format!("/api/organizations/{}/redis-instances/{}/usage", t.org, t.instance);
     // A second instance nobody sends anything to.
-    let (s, idle) = t
-        .api
-        .post(
-            &format!("/api/organizations/{}/redis-instances", t.org),
-            json!({"name": "idle", "memory_mb": 8}),
-        )
-        .await;
-    assert_eq!(s, 201, "{idle}");
-    let idle_path =
-        format!("/api/organizations/{}/redis-instances/{}/usage", t.org, idle["id"].as_str().unwrap());
+    let idle = t.another_instance("idle").await;
+    let idle_path = format!("/api/organizations/{}/redis-instances/{idle}/usage", t.org);
     for i in 0..3 {
         assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["SET", format!("k{i}"), "v"])).await.0, 200);
     }
