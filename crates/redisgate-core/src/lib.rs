@@ -15,6 +15,8 @@
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 //! - [`egress`]: which resolved addresses an external instance's URL may reach.
 //! - [`topology`]: Sentinel and Cluster instances' servers, and the cluster's slot rules.
+//! - [`usage`]: instances' usage history: the data plane's per-instance counters, latency
+//!   buckets, retention tiers and down-sampling.
 #![forbid(unsafe_code)]
 
 pub mod account;
@@ -36,5 +38,6 @@ pub mod ratelimit;
 pub mod request;
 pub mod store;
 pub mod topology;
+pub mod usage;
 
 pub use redis::Value;

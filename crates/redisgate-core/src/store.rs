@@ -21,6 +21,7 @@ use crate::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, Pro
 use crate::org::{Invitation, InvitationError, Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
 use crate::ratelimit::Rate;
+use crate::usage::{Resolution, UsageRow};
 
 /// A SHA-256 digest of a secret (session token, API key).
 pub type SecretHash = [u8; 32];
@@ -299,4 +300,36 @@ pub trait Store: Send + Sync + 'static {
     // Counters for metrics.
     /// How many users, organizations and instances exist, in one round trip.
     async fn counts(&self) -> StoreResult<Counts>;
+
+    // Usage history (see `crate::usage`).
+    /// Records samples in one transaction. A row of an instance deleted meanwhile is dropped,
+    /// not an error.
+    async fn append_usage(&self, rows: &[UsageRow]) -> StoreResult<()>;
+    /// The rows of `instance` starting at or after `since` at `finest_to` or a finer
+    /// resolution, oldest first.
+    async fn usage(
+        &self,
+        instance: InstanceId,
+        since: OffsetDateTime,
+        finest_to: Resolution,
+    ) -> StoreResult<Vec<UsageRow>>;
+    /// Down-sampling: replaces at most `limit` of the oldest `from` rows starting before
+    /// `before` (of every instance) by their [`crate::usage::merge`] into `to` rows, in one
+    /// transaction, and answers how many rows it took. Concurrent callers (replicas) never
+    /// take the same row.
+    async fn roll_up_usage(
+        &self,
+        from: Resolution,
+        to: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64>;
+    /// Deletes at most `limit` of the oldest `resolution` rows starting before `before`, and
+    /// answers how many went.
+    async fn prune_usage(
+        &self,
+        resolution: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64>;
 }

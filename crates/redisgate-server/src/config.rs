@@ -50,6 +50,7 @@ pub struct Settings {
     pub quota: QuotaSettings,
     pub audit: AuditSettings,
     pub tls: TlsSettings,
+    pub usage: UsageSettings,
 }
 
 /// HTTPS on `listen` (see [`crate::tls`]). Off unless `cert_file` and `key_file` are set.
@@ -140,6 +141,22 @@ impl Default for AuditSettings {
         // wants them immediately available); it also caps what a flood that gets past
         // `auth.anonymous_rate` can leave behind. Longer is the administrator's choice.
         Self { retention: Duration::from_secs(90 * 24 * 3600) }
+    }
+}
+
+/// The instances' usage history (see [`crate::usage`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageSettings {
+    /// How often instances with traffic (or a member looking) are sampled: at most 10 s, the
+    /// finest resolution kept; shorter only makes several samples per 10 s row (tests).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(10) }
     }
 }
 
@@ -318,6 +335,7 @@ impl Default for Settings {
             quota: QuotaSettings::default(),
             audit: AuditSettings::default(),
             tls: TlsSettings::default(),
+            usage: UsageSettings::default(),
         }
     }
 }
@@ -782,6 +800,9 @@ impl Settings {
         {
             return Err(invalid("audit.retention", "must be at least 1 day (and below ~292 billion years)"));
         }
+        if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.usage.interval) {
+            return Err(invalid("usage.interval", "must be between 10ms and 10s"));
+        }
         if self.cors.allow_credentials && self.cors.any_origin() {
             return Err(invalid("cors.allow_credentials", "cannot be combined with the `*` origin"));
         }
@@ -817,6 +838,7 @@ mod tests {
         assert!(s.http.trusted_proxies.is_empty());
         assert_eq!(s.auth.anonymous_rate(), Rate { per_second: 1, burst: 30 });
         assert_eq!(s.audit.retention, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(s.usage.interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -945,6 +967,8 @@ mod tests {
         assert_eq!(Settings::default().auth.cookie_secure, CookieSecure::Auto);
         let e = Settings::load(None, &env(&[("REDISGATE_AUDIT__RETENTION", "23h")])).unwrap_err();
         assert!(e.to_string().contains("audit.retention"), "{e}");
+        let e = Settings::load(None, &env(&[("REDISGATE_USAGE__INTERVAL", "1m")])).unwrap_err();
+        assert!(e.to_string().contains("usage.interval"), "{e}");
         let e = Settings::load(None, &env(&[("REDISGATE_AUTH__ANONYMOUS_RATE__BURST", "0")])).unwrap_err();
         assert!(e.to_string().contains("auth.anonymous_rate"), "{e}");
         // One half of the rate alone keeps the default of the other.

@@ -203,6 +203,14 @@ impl Instances {
         self.backends.read().expect("backends lock").get(&id).map(|s| (s.org, Arc::clone(&s.backend)))
     }
 
+    /// Calls `f` with every served instance's backend, under the read lock: keep it short
+    /// (the usage sampler only takes each meter's counts).
+    pub fn each_served(&self, mut f: impl FnMut(InstanceId, &Arc<Backend>)) {
+        for (id, served) in self.backends.read().expect("backends lock").iter() {
+            f(*id, &served.backend);
+        }
+    }
+
     /// `healthy` when its Redis answers the backend's health checks, `unhealthy` when the
     /// gateway holds a backend that does not, `not_running` when there is none.
     pub fn health(&self, id: InstanceId) -> &'static str {

@@ -9,6 +9,7 @@
 //! - [`serve`]: the HTTP listener (timeouts, graceful shutdown), which sends data-plane requests
 //!   straight to the gateway and the rest through the router.
 //! - [`tls`]: HTTPS on that listener (certificates reloaded when they change, mutual TLS).
+//! - [`usage`]: the instances' usage history: the sampler and the down-sampling of its rows.
 //!
 //! [`launch`] builds and runs the whole application the same way in production and in tests:
 //! tests bind port 0 and pass the listener in.
@@ -25,6 +26,7 @@ pub mod ops;
 pub mod secrets;
 pub mod serve;
 pub mod tls;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -167,6 +169,12 @@ pub async fn launch(
         public_url: settings.http.public_url.clone(),
     });
     tracker.spawn(forget_idle_addresses(Arc::clone(&api), cancel.clone()));
+    tracker.spawn(usage::run(
+        Arc::clone(&api.store),
+        Arc::clone(&instances),
+        settings.usage.interval,
+        cancel.clone(),
+    ));
     tracker.spawn(api::audit::retention(Arc::clone(&api.store), settings.audit.retention, cancel.clone()));
     // A separate metrics listener, when configured, is bound before serving starts so that a
     // taken port fails start-up instead of silently dropping the metrics.

@@ -11,6 +11,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod usage;
 
 use std::sync::Arc;
 

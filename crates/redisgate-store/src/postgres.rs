@@ -20,12 +20,14 @@ use redisgate_core::store::{
     Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
     NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
+use redisgate_core::usage::{self, Resolution, UsageRow};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Decode, Postgres, Row, Type};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::db_error;
+use crate::usage::{Values, usage_cols, usage_from};
 
 const MAX_CONNECTIONS: u32 = 10;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1291,4 +1293,132 @@ impl Store for PgStore {
             instances: to_u64("instance count", instances)?,
         })
     }
+
+    // Usage history.
+
+    async fn append_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match insert_usage(&self.pool, rows).await {
+            // An instance deleted between the EXISTS and the foreign key's check: once more,
+            // and the EXISTS leaves its rows out.
+            Err(StoreError::NotFound) => insert_usage(&self.pool, rows).await,
+            other => other,
+        }
+    }
+
+    async fn usage(
+        &self,
+        instance: InstanceId,
+        since: OffsetDateTime,
+        finest_to: Resolution,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            usage_cols!(),
+            " FROM usage_samples WHERE instance_id = $1 AND start_unix >= $2 AND resolution <= $3 \
+             ORDER BY start_unix, id"
+        ))
+        .bind(instance.0)
+        .bind(since.unix_timestamp())
+        .bind(finest_to.seconds())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(usage_from).collect()
+    }
+
+    async fn roll_up_usage(
+        &self,
+        from: Resolution,
+        to: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Rows another replica is rolling up right now are skipped, not counted twice.
+        let rows = sqlx::query(concat!(
+            "SELECT id, ",
+            usage_cols!(),
+            " FROM usage_samples WHERE resolution = $1 AND start_unix < $2 ORDER BY start_unix, id \
+             LIMIT $3 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(from.seconds())
+        .bind(before.unix_timestamp())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids = rows.iter().map(|r| get::<i64>(r, "id")).collect::<StoreResult<Vec<_>>>()?;
+        let taken = rows.iter().map(usage_from).collect::<StoreResult<Vec<_>>>()?;
+        sqlx::query("DELETE FROM usage_samples WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        insert_usage(&mut *tx, &usage::merge(&taken, to)).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn prune_usage(
+        &self,
+        resolution: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM usage_samples WHERE id IN (SELECT id FROM usage_samples \
+             WHERE resolution = $1 AND start_unix < $2 ORDER BY start_unix, id LIMIT $3 \
+             FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(resolution.seconds())
+        .bind(before.unix_timestamp())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Inserts usage rows in one statement (one array per column), leaving out those of
+/// instances that are gone (deleted since they were sampled).
+async fn insert_usage<'c, E>(conn: E, rows: &[UsageRow]) -> StoreResult<()>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    let values: Vec<Values> = rows.iter().map(Values::of).collect();
+    let column = |f: fn(&Values) -> i64| values.iter().map(f).collect::<Vec<i64>>();
+    let server = |i: usize| values.iter().map(|v| v.server[i]).collect::<Vec<Option<i64>>>();
+    sqlx::query(concat!(
+        "INSERT INTO usage_samples (",
+        usage_cols!(),
+        ") SELECT u.* FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+         $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+         $13::bigint[]) AS u (",
+        usage_cols!(),
+        ") WHERE EXISTS (SELECT 1 FROM redis_instances i WHERE i.id = u.instance_id)"
+    ))
+    .bind(values.iter().map(|v| v.instance_id).collect::<Vec<Uuid>>())
+    .bind(column(|v| v.resolution))
+    .bind(column(|v| v.start))
+    .bind(column(|v| v.reads))
+    .bind(column(|v| v.writes))
+    .bind(column(|v| v.errors))
+    .bind(values.iter().map(|v| v.latency.clone()).collect::<Vec<String>>())
+    .bind(server(0))
+    .bind(server(1))
+    .bind(server(2))
+    .bind(server(3))
+    .bind(server(4))
+    .bind(server(5))
+    .execute(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
 }

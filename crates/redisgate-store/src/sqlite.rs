@@ -24,6 +24,7 @@ use redisgate_core::store::{
     Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
     NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
+use redisgate_core::usage::{self, Resolution, UsageRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -32,6 +33,7 @@ use time::{OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
 use crate::db_error;
+use crate::usage::{Values, usage_cols, usage_from};
 
 /// Long enough to ride out a burst of queued writers, short enough that a stuck lock
 /// surfaces as an error rather than a hung request.
@@ -1385,4 +1387,125 @@ impl Store for SqliteStore {
             instances: count("instance count", instances)?,
         })
     }
+
+    // Usage history.
+
+    async fn append_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One transaction for the sampler's whole tick: one fsync.
+        let mut tx = self.write_tx().await?;
+        for r in rows {
+            insert_usage(&mut tx, r).await?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn usage(
+        &self,
+        instance: InstanceId,
+        since: OffsetDateTime,
+        finest_to: Resolution,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            usage_cols!(),
+            " FROM usage_samples WHERE instance_id = ?1 AND start_unix >= ?2 AND resolution <= ?3 \
+             ORDER BY start_unix, id"
+        ))
+        .bind(instance.0)
+        .bind(since.unix_timestamp())
+        .bind(finest_to.seconds())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(usage_from).collect()
+    }
+
+    async fn roll_up_usage(
+        &self,
+        from: Resolution,
+        to: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        // The write lock from the first statement: no other caller takes these rows.
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query(concat!(
+            "SELECT id, ",
+            usage_cols!(),
+            " FROM usage_samples WHERE resolution = ?1 AND start_unix < ?2 ORDER BY start_unix, id LIMIT ?3"
+        ))
+        .bind(from.seconds())
+        .bind(before.unix_timestamp())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids = rows.iter().map(|r| get::<i64>(r, "id")).collect::<StoreResult<Vec<_>>>()?;
+        let taken = rows.iter().map(usage_from).collect::<StoreResult<Vec<_>>>()?;
+        let ids_json = serde_json::to_string(&ids).map_err(|e| corrupt("usage ids", e))?;
+        sqlx::query("DELETE FROM usage_samples WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(ids_json)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for r in usage::merge(&taken, to) {
+            insert_usage(&mut tx, &r).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn prune_usage(
+        &self,
+        resolution: Resolution,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM usage_samples WHERE id IN (SELECT id FROM usage_samples \
+             WHERE resolution = ?1 AND start_unix < ?2 ORDER BY start_unix, id LIMIT ?3)",
+        )
+        .bind(resolution.seconds())
+        .bind(before.unix_timestamp())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Inserts one usage row unless its instance is gone (deleted since it was sampled).
+async fn insert_usage(tx: &mut Transaction<'static, Sqlite>, r: &UsageRow) -> StoreResult<()> {
+    let v = Values::of(r);
+    let [server_unix, keys, memory, hits, misses, connections] = v.server;
+    sqlx::query(concat!(
+        "INSERT INTO usage_samples (",
+        usage_cols!(),
+        ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
+         WHERE EXISTS (SELECT 1 FROM redis_instances WHERE id = ?1)"
+    ))
+    .bind(v.instance_id)
+    .bind(v.resolution)
+    .bind(v.start)
+    .bind(v.reads)
+    .bind(v.writes)
+    .bind(v.errors)
+    .bind(v.latency)
+    .bind(server_unix)
+    .bind(keys)
+    .bind(memory)
+    .bind(hits)
+    .bind(misses)
+    .bind(connections)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }

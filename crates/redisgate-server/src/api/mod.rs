@@ -12,6 +12,7 @@
 //! - [`commands`]: running Redis commands from a member's session (the console), through the
 //!   gateway's own path.
 //! - [`plans`]: plans, their quotas and rate limits.
+//! - [`usage`]: an instance's usage history.
 //!
 //! Handlers are thin: extract, authorize, call the store or a service, map to a response.
 //! Every route is registered through `utoipa_axum`, so `/openapi.json` is generated from the
@@ -26,6 +27,7 @@ pub mod invitations;
 pub mod keys;
 pub mod orgs;
 pub mod plans;
+pub mod usage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -198,6 +200,7 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(keys::routes())
         .merge(commands::routes())
         .merge(plans::routes())
+        .merge(usage::routes())
         .split_for_parts();
     let mut api = api;
     qualify_operation_ids(&mut api);

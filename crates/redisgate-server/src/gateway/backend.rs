@@ -92,6 +92,9 @@ pub struct Backend {
     /// Set for an external instance with a CA of its own: the roots its stream connections'
     /// TLS is verified against (the shared connection has them in its client).
     stream_roots: OnceLock<Arc<rustls::ClientConfig>>,
+    /// What the data plane counted for this instance since the usage sampler last looked
+    /// ([`crate::usage`]): reached through the backend the request already holds.
+    usage: redisgate_core::usage::Meter,
 }
 
 impl Backend {
@@ -141,6 +144,7 @@ impl Backend {
             scope_users: OnceLock::new(),
             routed: None,
             stream_roots: OnceLock::new(),
+            usage: Default::default(),
         });
         tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
         backend
@@ -169,6 +173,7 @@ impl Backend {
             stop,
             scope_users: OnceLock::new(),
             stream_roots: OnceLock::new(),
+            usage: Default::default(),
         })
     }
 
@@ -198,6 +203,11 @@ impl Backend {
     /// Resolves once the backend is stopped (or the application shuts down).
     pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.stop.clone().cancelled_owned()
+    }
+
+    /// The requests counted for the usage history since the sampler last took them.
+    pub fn usage(&self) -> &redisgate_core::usage::Meter {
+        &self.usage
     }
 
     pub fn label(&self) -> &str {

@@ -247,12 +247,22 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
 }
 
 /// Records a batch's commands (by catalog position): each gets its own outcome and an equal
-/// share of the time.
-fn record_commands(commands: &[Option<usize>], started: std::time::Instant, outcomes: Option<&[Value]>) {
-    let share = started.elapsed().as_secs_f64() / commands.len().max(1) as f64;
+/// share of the time in the metrics; the instance's usage meter counts each command as a read
+/// or a write (and failed or not), and the request's time once.
+fn record_commands(
+    backend: &backend::Backend,
+    commands: &[Option<usize>],
+    started: std::time::Instant,
+    outcomes: Option<&[Value]>,
+) {
+    let elapsed = started.elapsed();
+    let share = elapsed.as_secs_f64() / commands.len().max(1) as f64;
+    let usage = backend.usage();
+    usage.request(elapsed);
     for (i, command) in commands.iter().enumerate() {
         let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
         crate::ops::metrics::redis_command(*command, share, failed);
+        usage.command(crate::usage::is_read(*command), failed);
     }
 }
 
@@ -291,7 +301,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 if let Some(fix) = fix {
                     fix.apply(&mut v);
                 }
-                record_commands(commands, started, Some(std::slice::from_ref(&v)));
+                record_commands(backend, commands, started, Some(std::slice::from_ref(&v)));
                 single_reply(&v, fmt, max_reply, sync)
             })
         }
@@ -299,7 +309,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
             let (cmds, fixes) = prepare_batch(&gw.scripts, cmds);
             exec::pipeline(backend, cmds, p.access).await.map(|mut vs| {
                 apply_fixes(&mut vs, fixes);
-                record_commands(commands, started, Some(&vs));
+                record_commands(backend, commands, started, Some(&vs));
                 batch_reply(&vs, fmt, max_reply, sync)
             })
         }
@@ -309,11 +319,11 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
                 // The docs: resp2 does not apply to /multi-exec, which always answers JSON.
                 TxOutcome::Committed(mut vs) => {
                     apply_fixes(&mut vs, fixes);
-                    record_commands(commands, started, Some(&vs));
+                    record_commands(backend, commands, started, Some(&vs));
                     batch_reply(&vs, Format { resp2: false, ..fmt }, max_reply, sync)
                 }
                 TxOutcome::Discarded(text) => {
-                    record_commands(commands, started, None);
+                    record_commands(backend, commands, started, None);
                     reply::error(StatusCode::BAD_REQUEST, &text, sync)
                 }
             })
@@ -328,7 +338,7 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         Rq::Monitor => Box::pin(sse::monitor(backend, keepalive, shutdown, slot)).await,
     };
     result.unwrap_or_else(|e| {
-        record_commands(commands, started, None);
+        record_commands(backend, commands, started, None);
         tracing::warn!(backend = backend.label(), error = %e, "backend request failed");
         reply::backend_error(&e, sync)
     })

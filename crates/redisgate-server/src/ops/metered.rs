@@ -19,6 +19,7 @@ use redisgate_core::store::{
     Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
     NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
+use redisgate_core::usage::{Resolution, UsageRow};
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 
@@ -123,4 +124,8 @@ metered! {
     fn plan_rates(&self) -> Vec<(Plan, Rate)>;
     fn set_plan_rate(&self, plan: Plan, rate: Option<Rate>) -> ();
     fn counts(&self) -> Counts;
+    fn append_usage(&self, rows: &[UsageRow]) -> ();
+    fn usage(&self, instance: InstanceId, since: OffsetDateTime, finest_to: Resolution) -> Vec<UsageRow>;
+    fn roll_up_usage(&self, from: Resolution, to: Resolution, before: OffsetDateTime, limit: u32) -> u64;
+    fn prune_usage(&self, resolution: Resolution, before: OffsetDateTime, limit: u32) -> u64;
 }

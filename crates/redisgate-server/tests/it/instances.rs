@@ -38,6 +38,14 @@ impl<'a> Tenant<'a> {
         Tenant { api, org, instance }
     }
 
+    /// Another running local instance in the tenant's organization; its id.
+    pub async fn another_instance(&self, name: &str) -> String {
+        let path = format!("/api/organizations/{}/redis-instances", self.org);
+        let (s, inst) = self.api.post(&path, json!({"name": name, "memory_mb": 8})).await;
+        assert_eq!((s, inst["status"].as_str()), (201, Some("running")), "{inst}");
+        inst["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn key(&self, body: Value) -> (String, String) {
         let (s, k) = self.api.post(&format!("/api/organizations/{}/api-keys", self.org), body).await;
         assert_eq!(s, 201, "{k}");

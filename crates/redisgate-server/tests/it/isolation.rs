@@ -79,6 +79,8 @@ fn routes() -> Vec<Route> {
         r(Method::POST, "/redis-instances", Some(json!({"name": "x", "memory_mb": 8})), [201, 201, 201, 403]),
         r(Method::GET, "/redis-instances/{instance}", None, [200, 200, 200, 200]),
         r(Method::GET, "/redis-instances/{instance}/stats", None, [200, 200, 200, 200]),
+        r(Method::GET, "/redis-instances/{instance}/usage", None, [200, 200, 200, 200]),
+        r(Method::GET, "/redis-instances/{instance}/usage?period=7d", None, [200, 200, 200, 200]),
         r(Method::DELETE, "/redis-instances/{instance}", None, [204, 204, 204, 403]),
         r(Method::PATCH, "/redis-instances/{instance}", Some(json!({"name": "y"})), [200, 200, 200, 403]),
         r(

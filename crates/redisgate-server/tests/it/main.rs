@@ -28,3 +28,4 @@ mod sse;
 mod tls;
 mod topo;
 mod upstash_libs;
+mod usage;

@@ -1349,3 +1349,163 @@ pub async fn instance_tokens_are_replaced_whole_and_kept_apart_from_api_keys(sto
     assert!(store.instance_tokens(inst).await.unwrap().is_empty());
     assert_eq!(store.api_key_by_hash(&hash).await.unwrap(), None);
 }
+// Usage history.
+
+mod usage_cases {
+    use redisgate_core::ids::InstanceId;
+    use redisgate_core::usage::{self, Histogram, Resolution, ServerFigures, UsageRow};
+    use time::OffsetDateTime;
+    use time::macros::datetime;
+
+    use super::*;
+
+    /// An organization with two instances.
+    async fn two_instances(store: &S) -> (InstanceId, InstanceId) {
+        let ann = user(store, "ann").await;
+        let org = store.create_org("Acme", Plan::Pro, ann.id, u32::MAX).await.unwrap();
+        let a = store.create_instance(new_instance(org.id, 0)).await.unwrap().instance.id;
+        let b = store.create_instance(new_instance(org.id, 0)).await.unwrap().instance.id;
+        (a, b)
+    }
+
+    fn sample(instance: InstanceId, start: OffsetDateTime, reads: u64) -> UsageRow {
+        let mut latency = Histogram::default();
+        latency.0[usage::bucket_of(900)] = reads;
+        UsageRow {
+            instance_id: instance,
+            resolution: Resolution::TenSeconds,
+            start,
+            reads,
+            writes: 1,
+            errors: 0,
+            latency,
+            server: Some(ServerFigures {
+                at: start + time::Duration::seconds(9),
+                keys: reads,
+                memory_bytes: 1 << 40,
+                hits: 3,
+                misses: 4,
+                connections: 5,
+            }),
+        }
+    }
+
+    const T0: OffsetDateTime = datetime!(2026-03-01 00:00:00 UTC);
+
+    fn secs(n: i64) -> time::Duration {
+        time::Duration::seconds(n)
+    }
+
+    pub async fn usage_rows_round_trip_per_instance_time_and_resolution(store: S) {
+        let (a, b) = two_instances(&store).await;
+        let mut quiet = sample(a, T0 + secs(10), 0);
+        quiet.server = None;
+        quiet.latency = Histogram::default();
+        let mut huge = sample(a, T0, 7);
+        huge.server.as_mut().unwrap().memory_bytes = u64::MAX;
+        store.append_usage(&[huge.clone(), quiet.clone(), sample(b, T0, 1)]).await.unwrap();
+        store.append_usage(&[]).await.unwrap();
+        let mut back = store.usage(a, T0, Resolution::TenMinutes).await.unwrap();
+        // The largest count a column holds is kept, not wrapped.
+        huge.server.as_mut().unwrap().memory_bytes = i64::MAX as u64;
+        assert_eq!(back, [huge, quiet]);
+        assert_eq!(store.usage(a, T0 + secs(1), Resolution::TenSeconds).await.unwrap().len(), 1, "since");
+        assert_eq!(store.usage(b, T0, Resolution::TenSeconds).await.unwrap().len(), 1, "per instance");
+        // A minute row is left out of a ten-second read.
+        let mut minute = sample(a, T0 + secs(60), 2);
+        minute.resolution = Resolution::Minute;
+        store.append_usage(std::slice::from_ref(&minute)).await.unwrap();
+        assert_eq!(store.usage(a, T0, Resolution::TenSeconds).await.unwrap().len(), 2);
+        back = store.usage(a, T0, Resolution::Minute).await.unwrap();
+        assert_eq!(back.last(), Some(&minute));
+        // Rows of an instance that is gone (or never was) are dropped, the others kept.
+        let ghost = sample(InstanceId::new(), T0, 9);
+        store.append_usage(&[ghost, sample(b, T0 + secs(10), 1)]).await.unwrap();
+        assert_eq!(store.usage(b, T0, Resolution::TenSeconds).await.unwrap().len(), 2);
+        // And they go with their instance.
+        store.delete_instance(a).await.unwrap();
+        assert!(store.usage(a, T0, Resolution::TenMinutes).await.unwrap().is_empty());
+    }
+
+    pub async fn usage_roll_up_merges_old_rows_in_batches_and_prune_deletes_them(store: S) {
+        let (a, b) = two_instances(&store).await;
+        // Two replicas' samples of `a` for the first minute, one of `b`, and a recent one.
+        let mut rows: Vec<UsageRow> = (0..6).map(|i| sample(a, T0 + secs(10 * i), 1)).collect();
+        rows.extend((0..6).map(|i| sample(a, T0 + secs(10 * i), 2)));
+        rows.push(sample(b, T0, 5));
+        rows.push(sample(a, T0 + secs(600), 100));
+        store.append_usage(&rows).await.unwrap();
+        let cutoff = T0 + secs(60);
+        let ten_minutes = Resolution::TenMinutes;
+        assert_eq!(
+            store.roll_up_usage(Resolution::TenSeconds, Resolution::Minute, cutoff, 5).await.unwrap(),
+            5
+        );
+        assert_eq!(
+            store.roll_up_usage(Resolution::TenSeconds, Resolution::Minute, cutoff, 100).await.unwrap(),
+            8
+        );
+        assert_eq!(
+            store.roll_up_usage(Resolution::TenSeconds, Resolution::Minute, cutoff, 100).await.unwrap(),
+            0
+        );
+        let back = store.usage(a, T0, ten_minutes).await.unwrap();
+        let minutes: Vec<&UsageRow> = back.iter().filter(|r| r.resolution == Resolution::Minute).collect();
+        // The batch boundary may split a minute in two rows; together they hold every count.
+        assert!((1..=2).contains(&minutes.len()), "{minutes:?}");
+        assert!(minutes.iter().all(|r| r.start == T0));
+        assert_eq!(minutes.iter().map(|r| r.reads).sum::<u64>(), 18);
+        assert_eq!(minutes.iter().map(|r| r.writes).sum::<u64>(), 12);
+        assert_eq!(minutes.iter().map(|r| r.latency.count()).sum::<u64>(), 18);
+        let latest = minutes.iter().filter_map(|r| r.server).max_by_key(|s| s.at).unwrap();
+        assert_eq!(latest.at, T0 + secs(59), "the latest reading of the minute");
+        assert_eq!(back.last().unwrap().resolution, Resolution::TenSeconds, "the recent row stays");
+        let b_rows = store.usage(b, T0, ten_minutes).await.unwrap();
+        assert_eq!((b_rows.len(), b_rows[0].resolution, b_rows[0].reads), (1, Resolution::Minute, 5));
+        // Pruning: only the resolution asked, only before the cutoff, in batches.
+        assert_eq!(store.prune_usage(Resolution::Minute, T0, 10).await.unwrap(), 0);
+        let n = store.prune_usage(Resolution::Minute, cutoff, 1).await.unwrap();
+        assert_eq!(n, 1);
+        while store.prune_usage(Resolution::Minute, cutoff, 1).await.unwrap() > 0 {}
+        let left = store.usage(a, T0, ten_minutes).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].reads, 100);
+        assert!(store.usage(b, T0, ten_minutes).await.unwrap().is_empty());
+    }
+
+    /// Eight days of one sample every 10 s, with down-sampling every simulated hour: the rows
+    /// of the instance stay under `usage::max_rows`, and down-sampling loses no count.
+    pub async fn usage_rows_per_instance_stay_bounded(store: S) {
+        let (a, _) = two_instances(&store).await;
+        let every = std::time::Duration::from_secs(3600);
+        let bound = usage::max_rows(1, std::time::Duration::from_secs(10), every);
+        let mut now = T0;
+        let mut most = 0;
+        for hour in 1..=8 * 24 {
+            let samples: Vec<UsageRow> = (0..360).map(|i| sample(a, now + secs(10 * i), 2)).collect();
+            store.append_usage(&samples).await.unwrap();
+            now += secs(3600);
+            usage::maintain(store.as_ref(), now, 1000).await.unwrap();
+            // Read back every fourth hour only: reading is what costs here.
+            if hour % 4 != 0 {
+                continue;
+            }
+            let rows = store.usage(a, T0, Resolution::TenMinutes).await.unwrap();
+            most = most.max(rows.len() as u64);
+            assert!(rows.len() as u64 <= bound, "{} rows at {now}, above {bound}", rows.len());
+        }
+        let rows = store.usage(a, T0, Resolution::TenMinutes).await.unwrap();
+        assert!(rows.iter().all(|r| r.start >= now - time::Duration::days(7) - secs(600)), "7 days kept");
+        // Full tiers: 3 h of 10 s rows, then minutes to a day, then 10 minutes to 7 days.
+        assert!(most > 1080 + 1260 + 864 - 10, "only {most} rows: the tiers never filled");
+        let count = |r: Resolution| rows.iter().filter(|x| x.resolution == r).count();
+        assert!(count(Resolution::TenSeconds) <= 1080 + 360, "{}", count(Resolution::TenSeconds));
+        // The last 20 hours, read back from 10 s and minute rows, hold every read sampled.
+        let since = now - time::Duration::hours(20);
+        let recent = store.usage(a, since, Resolution::TenMinutes).await.unwrap();
+        assert!(recent.iter().all(|r| r.resolution != Resolution::TenMinutes));
+        assert_eq!(recent.iter().map(|r| r.reads).sum::<u64>(), 20 * 360 * 2);
+    }
+}
+
+pub use usage_cases::*;

@@ -102,6 +102,10 @@ conformance!(
     // Instance configuration and tokens.
     instances_are_renamed_resized_within_quota_and_reconfigured,
     instance_tokens_are_replaced_whole_and_kept_apart_from_api_keys,
+    // Usage history.
+    usage_rows_round_trip_per_instance_time_and_resolution,
+    usage_roll_up_merges_old_rows_in_batches_and_prune_deletes_them,
+    usage_rows_per_instance_stay_bounded,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
@@ -186,6 +190,7 @@ mod sqlite_only {
                 "plan_rate_limits",
                 "redis_instances",
                 "sessions",
+                "usage_samples",
                 "users"
             ]
         );

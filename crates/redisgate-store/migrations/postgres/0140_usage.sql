@@ -1,0 +1,27 @@
+-- Usage history (redisgate_core::usage): one row per sample a replica took of an instance
+-- (resolution 10), or per merge of older rows into minutes (60) and ten minutes (600).
+-- Rows are additive: several replicas' rows for one interval are combined when read, so no
+-- replica coordinates with another when writing. Times are unix seconds: compact, and compared
+-- as numbers in both stores.
+CREATE TABLE usage_samples (
+    id               bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id      uuid    NOT NULL REFERENCES redis_instances (id) ON DELETE CASCADE,
+    resolution       bigint  NOT NULL CHECK (resolution IN (10, 60, 600)),
+    start_unix       bigint  NOT NULL,
+    reads            bigint  NOT NULL CHECK (reads >= 0),
+    writes           bigint  NOT NULL CHECK (writes >= 0),
+    errors           bigint  NOT NULL CHECK (errors >= 0),
+    -- Sparse latency histogram: `bucket:count,…` (see usage::Histogram::encode).
+    latency          text    NOT NULL,
+    -- The latest INFO figures read in the interval; all NULL when none was read.
+    server_unix      bigint,
+    keys             bigint,
+    memory_bytes     bigint,
+    hits             bigint,
+    misses           bigint,
+    connections      bigint
+);
+-- Reading one instance's period; and the cascade when an instance goes.
+CREATE INDEX usage_samples_instance ON usage_samples (instance_id, start_unix);
+-- Down-sampling and pruning take the oldest rows of one resolution.
+CREATE INDEX usage_samples_age ON usage_samples (resolution, start_unix);
