@@ -31,7 +31,7 @@ use super::slots::Slot;
 
 /// One SSE event carrying `text`. Line breaks inside it become further `data:` lines, so a
 /// payload can never break the framing.
-fn event(text: &[u8]) -> Bytes {
+pub(super) fn event(text: &[u8]) -> Bytes {
     let text = String::from_utf8_lossy(text);
     let mut out = BytesMut::with_capacity(text.len() + 8);
     for line in text.split(['\n', '\r']) {
@@ -43,13 +43,13 @@ fn event(text: &[u8]) -> Bytes {
     out.freeze()
 }
 
-fn joined(parts: &[&[u8]]) -> Bytes {
+pub(super) fn joined(parts: &[&[u8]]) -> Bytes {
     event(&parts.join(&b","[..]))
 }
 
 /// The streamed response: `first` events, then `rest`, with keep-alive comments in between,
 /// ending when the backend stream ends, the backend stops or the server shuts down.
-fn respond(
+pub(super) fn respond(
     first: Vec<Bytes>,
     rest: impl Stream<Item = Bytes> + Send + 'static,
     keepalive: Duration,
