@@ -27,6 +27,7 @@ use http::{HeaderValue, header};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BackendError};
+use super::ha::Routed;
 use super::slots::Slot;
 
 /// One SSE event carrying `text`. Line breaks inside it become further `data:` lines, so a
@@ -122,14 +123,32 @@ pub async fn subscribe(
     Ok(respond(first, messages, keepalive, backend, shutdown))
 }
 
-/// MONITOR as a stream: `"OK"` first, then one line per command Redis runs.
+/// MONITOR as a stream: `"OK"` first, then one line per command Redis runs. On a Cluster
+/// instance, the lines of every primary there is when the stream opens, merged as they come
+/// (a primary that goes away ends its part only).
 pub async fn monitor(
     backend: &Backend,
     keepalive: Duration,
     shutdown: CancellationToken,
     slot: Option<Slot>,
 ) -> Result<Response, BackendError> {
-    let (mon, permit) = backend.monitor().await?;
+    let primaries = match backend.routed() {
+        Some(Routed::Cluster(cluster)) => cluster.primaries(),
+        _ => Vec::new(),
+    };
+    let (mon, permit) = if primaries.len() > 1 {
+        let mut all = Vec::with_capacity(primaries.len());
+        let mut permits = Vec::with_capacity(primaries.len());
+        for node in &primaries {
+            let (lines, permit) = node.monitor().await?;
+            all.push(lines);
+            permits.push(permit);
+        }
+        (stream::select_all(all).boxed(), permits)
+    } else {
+        let (lines, permit) = backend.monitor().await?;
+        (lines, vec![permit])
+    };
     let lines = mon.map(move |line| {
         let _held = (&permit, &slot);
         match line {

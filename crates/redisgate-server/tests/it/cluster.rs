@@ -80,6 +80,23 @@ impl TestCluster {
         panic!("no primary serves {key}");
     }
 
+    /// `{prefix}{n}` names, one served by each primary, with their owner.
+    async fn one_per_primary(&self, prefix: &str) -> Vec<(String, usize)> {
+        let count = self.primaries().await.len();
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for i in 0.. {
+            let name = format!("{prefix}{i}");
+            let owner = self.owner(&name).await;
+            if out.iter().all(|(_, o)| *o != owner) {
+                out.push((name, owner));
+            }
+            if out.len() == count {
+                break;
+            }
+        }
+        out
+    }
+
     async fn primaries(&self) -> Vec<usize> {
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -384,9 +401,10 @@ async fn upstash_redis_python_sdk_through_a_cluster() {
     crate::python_sdk::run_pytest_one_slot(&format!("{}/redis/{}", g.base, t.instance), &key).await;
 }
 
-/// `/ssubscribe` on a cluster: each stream on its channel's primary, for channels of
-/// different primaries; then one channel's slot moves and another's primary is killed, and
-/// each stream subscribes again on the new owner (docs/BACKENDS.md, "Sharded pub/sub").
+/// `/monitor` on a cluster shows every primary's commands. `/ssubscribe`: each stream on its
+/// channel's primary, for channels of different primaries; then one channel's slot moves and
+/// another's primary is killed, and each stream subscribes again on the new owner
+/// (docs/BACKENDS.md, "Sharded pub/sub").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pubsub_follows_slot_moves_and_failovers() {
     let mut c = TestCluster::start(&[]).await;
@@ -394,18 +412,22 @@ async fn sharded_pubsub_follows_slot_moves_and_failovers() {
     let (t, admin) = cluster_instance(&g, &c).await;
     let id = t.instance.clone();
     let (reader, _) = t.key(json!({"name": "reader", "scope": "read-only"})).await;
-    // One channel per primary.
-    let mut channels: Vec<(String, usize)> = Vec::new();
-    for i in 0.. {
-        let name = format!("ch:{i}");
-        let owner = c.owner(&name).await;
-        if channels.iter().all(|(_, o)| *o != owner) {
-            channels.push((name, owner));
-        }
-        if channels.len() == 3 {
-            break;
-        }
+    let channels = c.one_per_primary("ch:").await;
+
+    // `/monitor` merges the MONITOR lines of every primary.
+    let keys: Vec<String> = c.one_per_primary("mon:").await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 3);
+    let mut m = Events::open_as(&g, &format!("/redis/{id}/monitor"), &admin).await;
+    assert_eq!(m.next().await, "\"OK\"");
+    for k in &keys {
+        assert_eq!(ok(&g, &id, &admin, json!(["SET", k, "seen"])).await, json!("OK"));
     }
+    let mut unseen: BTreeSet<String> = keys.iter().map(|k| format!(r#""SET" "{k}" "seen""#)).collect();
+    while !unseen.is_empty() {
+        let line = m.next().await;
+        unseen.retain(|want| !line.contains(want.as_str()));
+    }
+
     // Subscribing reads: a read-only key may.
     let mut streams = Vec::new();
     for (name, _) in &channels {
