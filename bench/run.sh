@@ -39,6 +39,9 @@
 #                         with --callgrind: B counted the same way after A
 #   --https               afterwards, the HTTPS row: bench/https.sh with the same binary,
 #                         --duration and --pin (HTTPS vs plain HTTP of one RedisGate; ~45 s more)
+#   --cluster             afterwards, the Cluster row: bench/cluster.sh with the same binary,
+#                         --duration and --pin (a 3-primary Cluster instance vs a single-Redis
+#                         one through one RedisGate; ~50 s more)
 #   -h, --help            this text
 #
 # Columns (results.tsv): target, test, conns, rps (wrk Requests/sec; redis-benchmark rps),
@@ -57,7 +60,7 @@ set -u
 SELF=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 
-BUILD=1; BIN=""; DURATION=8; MODE=sweep; ROUNDS=""; BIN_B=""; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""; HTTPS=0
+BUILD=1; BIN=""; DURATION=8; MODE=sweep; ROUNDS=""; BIN_B=""; CONNS_LIST="1 50 256"; PIN=0; WEBDIS_THREADS=2; OUT=""; HTTPS=0; CLUSTER=0
 MAIN_CONNS=50          # concurrency of the POST and pipeline tests and of the target check
 PIPE_N=100             # commands per pipeline
 while [ $# -gt 0 ]; do
@@ -73,6 +76,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; MODE=rounds; shift 2;;
     --ab) BIN_B=$2; shift 2;;
     --https) HTTPS=1; shift;;
+    --cluster) CLUSTER=1; shift;;
     -h|--help) awk 'NR>1 && /^set -u/{exit} NR>1' "$SELF"; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
   esac
@@ -535,8 +539,14 @@ echo " RG/wd, RG/redis = RedisGate req/s over theirs, > 1 is better; p99 RG/wd =
 echo " RSS sampled mid-run; the redis column is redis-benchmark -P 1 of the same command at the same concurrency)"
 echo "results: $OUT/results.tsv  $OUT/results.md  (raw wrk/redis-benchmark outputs and commands.txt alongside)"
 echo "measuring took $(( SECONDS - T_START ))s"
+if [ "$HTTPS" = 1 ] || [ "$CLUSTER" = 1 ]; then
+  cleanup  # the comparison's servers are done; the extra rows start their own
+fi
 if [ "$HTTPS" = 1 ]; then
   echo
-  cleanup  # the comparison's servers are done; the HTTPS row starts its own
   "$REPO/bench/https.sh" --binary "$BIN" --duration "$DURATION" --out "$OUT/https" $([ "$PIN" = 1 ] && echo --pin)
+fi
+if [ "$CLUSTER" = 1 ]; then
+  echo
+  "$REPO/bench/cluster.sh" --binary "$BIN" --duration "$DURATION" --out "$OUT/cluster" $([ "$PIN" = 1 ] && echo --pin)
 fi

@@ -43,7 +43,8 @@ pub enum Class {
 /// Why commands of a class are refused: the sentence shown to clients.
 pub const CONNECTION_STATE: &str = "it changes the state of the shared backend connection";
 pub const TRANSACTION: &str = "send the whole transaction to the /multi-exec endpoint instead";
-pub const PUBSUB: &str = "use the /subscribe, /psubscribe or /monitor streaming endpoints instead";
+pub const PUBSUB: &str =
+    "use the /subscribe, /psubscribe, /ssubscribe or /monitor streaming endpoints instead";
 pub const BLOCKING: &str = "blocking commands would hold the shared backend connection";
 pub const ADMIN: &str = "server administration is not exposed to tokens";
 pub const REPLICATION: &str = "replication commands are not exposed to tokens";

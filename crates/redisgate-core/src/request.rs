@@ -8,6 +8,7 @@
 //! POST /multi-exec       [["INCR","n"],["GET","n"]]    -> Transaction
 //! POST /subscribe/a/b    (body ignored)            -> Subscribe [a, b]
 //! POST /psubscribe/p*    (body ignored)            -> PSubscribe [p*]
+//! POST /ssubscribe/a     (body ignored)            -> SSubscribe [a]
 //! POST /monitor          (body ignored)            -> Monitor
 //! ```
 
@@ -25,6 +26,8 @@ pub enum Request {
     Transaction(Vec<Command>),
     Subscribe(Vec<Vec<u8>>),
     PSubscribe(Vec<Vec<u8>>),
+    /// Sharded pub/sub: SSUBSCRIBE on the server owning the channels' slot.
+    SSubscribe(Vec<Vec<u8>>),
     Monitor,
 }
 
@@ -104,18 +107,19 @@ pub fn parse(
         }
         return Ok(Request::Monitor);
     }
-    if reserved("subscribe") || reserved("psubscribe") {
+    type Stream = (&'static str, &'static str, fn(Vec<Vec<u8>>) -> Request);
+    let streams: [Stream; 3] = [
+        ("subscribe", "/subscribe", Request::Subscribe),
+        ("psubscribe", "/psubscribe", Request::PSubscribe),
+        ("ssubscribe", "/ssubscribe", Request::SSubscribe),
+    ];
+    if let Some((_, endpoint, build)) = streams.iter().find(|(name, ..)| reserved(name)) {
         // The body is ignored on purpose: the JS SDK always sends `[]` (PROTOCOL.md §3.2).
         let names: Vec<Vec<u8>> = segments.map(percent_decode).collect();
-        let endpoint = if reserved("subscribe") { "/subscribe" } else { "/psubscribe" };
         if names.is_empty() {
             return Err(ParseError::NoChannels { endpoint });
         }
-        return Ok(if endpoint == "/subscribe" {
-            Request::Subscribe(names)
-        } else {
-            Request::PSubscribe(names)
-        });
+        return Ok(build(names));
     }
 
     // Path form: segments, then the body as one argument, then the query parameters.
@@ -277,6 +281,14 @@ mod tests {
         );
         assert_eq!(parse("/subscribe/a/b", None, b"[]", L), Ok(Request::Subscribe(b(&["a", "b"]))));
         assert_eq!(parse("/psubscribe/p*", None, b"", L), Ok(Request::PSubscribe(b(&["p*"]))));
+        assert_eq!(
+            parse("/SSubscribe/{u}a/{u}b", None, b"[]", L),
+            Ok(Request::SSubscribe(b(&["{u}a", "{u}b"])))
+        );
+        assert_eq!(
+            parse("/ssubscribe", None, b"", L),
+            Err(ParseError::NoChannels { endpoint: "/ssubscribe" })
+        );
         assert_eq!(parse("/monitor", None, b"[]", L), Ok(Request::Monitor));
         assert_eq!(parse("/subscribe", None, b"", L), Err(ParseError::NoChannels { endpoint: "/subscribe" }));
     }

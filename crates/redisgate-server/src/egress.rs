@@ -205,11 +205,35 @@ pub async fn dial(
     resolver: &SharedResolver,
     roots: Option<&Arc<ClientConfig>>,
 ) -> redis::RedisResult<Box<dyn Io>> {
-    let refused = |why: &str| redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")));
     let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| refused("not a TCP address"))?;
-    // Each admitted address in turn, as the redis crate tries every one it resolved.
+    let admitted: Vec<SocketAddr> = resolver.resolve(&host, port).await?.collect();
+    connect(info, &host, admitted, roots).await
+}
+
+/// [`dial`] for a server of our own (a local instance, a standalone token's), resolved
+/// plainly: no policy applies.
+pub async fn dial_own(info: &redis::ConnectionInfo) -> redis::RedisResult<Box<dyn Io>> {
+    let (host, port) = tcp_endpoint(info.addr()).ok_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a TCP address"))
+    })?;
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((unbracketed(&host), port)).await?.collect();
+    connect(info, &host, found, None).await
+}
+
+fn refused(why: &str) -> redis::RedisError {
+    redis::RedisError::from(io::Error::other(format!("{REFUSED_PREFIX}: {why}")))
+}
+
+/// TCP to the first of `addrs` that answers, then TLS for `info`'s `rediss://`.
+async fn connect(
+    info: &redis::ConnectionInfo,
+    host: &str,
+    addrs: Vec<SocketAddr>,
+    roots: Option<&Arc<ClientConfig>>,
+) -> redis::RedisResult<Box<dyn Io>> {
+    // Each address in turn, as the redis crate tries every one it resolved.
     let mut tcp = Err(refused("no address"));
-    for checked in resolver.resolve(&host, port).await? {
+    for checked in addrs {
         tcp = TcpStream::connect(checked).await.map_err(redis::RedisError::from);
         if tcp.is_ok() {
             break;
@@ -221,7 +245,7 @@ pub async fn dial(
         // The redis crate's `tls_params` cannot be read back, so the instance's own roots come
         // as `roots`; otherwise the URL's `#insecure` (admitted by `check_tls`) is honoured.
         redis::ConnectionAddr::TcpTls { insecure, .. } => {
-            let name = ServerName::try_from(unbracketed(&host).to_owned()).map_err(|_| {
+            let name = ServerName::try_from(unbracketed(host).to_owned()).map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a TLS server name"))
             })?;
             let config = match roots {

@@ -214,6 +214,11 @@ impl Backend {
         &self.label
     }
 
+    /// The `backend.*` settings it runs under.
+    pub fn settings(&self) -> &BackendSettings {
+        &self.cfg
+    }
+
     /// `true` while the shared connection is up.
     pub fn is_up(&self) -> bool {
         if let Some(routed) = &self.routed {
@@ -498,6 +503,29 @@ impl Backend {
         Ok((lines, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
     }
 
+    /// A dedicated connection with its session set up (AUTH, SELECT) and nothing else, for a
+    /// stream the redis crate has no type for (sharded pub/sub, [`super::sharded`]). Dialled
+    /// through the egress policy for a tenant's server; the guard as for [`Backend::pubsub`].
+    /// A Sentinel or Cluster instance's backend has no server of its own: route first.
+    pub async fn session(&self) -> Result<(Session, StreamGuard), BackendError> {
+        if self.routed.is_some() {
+            return Err(BackendError::Protocol("a routed backend has no session of its own".into()));
+        }
+        let permit = self.stream_permit()?;
+        let info = self.client.get_connection_info();
+        let session = self
+            .connect_dedicated(async {
+                let stream = match &self.egress {
+                    Some(egress) => crate::egress::dial(info, egress, self.stream_roots.get()).await?,
+                    // Our own server (a local instance, a standalone token's): resolved plainly.
+                    None => crate::egress::dial_own(info).await?,
+                };
+                set_up(stream, info.redis_settings(), None).await
+            })
+            .await?;
+        Ok((session, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
+    }
+
     /// Asks the supervisor to check the connection now: a request just saw it fail.
     fn report_broken(&self) {
         self.check_now.notify_one();
@@ -612,14 +640,31 @@ pub struct StreamGuard {
 pub type MonitorLines = BoxStream<'static, Value>;
 
 /// MONITOR over `stream`, a connection [`crate::egress::dial`] opened: the redis crate builds
-/// its `Monitor` only over connections it dials itself. The session is set up as its connect
-/// does (AUTH with the URL's user and password, SELECT of its database), pipelined; every
-/// reply up to MONITOR's must be `+OK`. Redis writes each monitored command as one simple
-/// string line (it escapes the arguments), so lines are all there is to parse.
+/// its `Monitor` only over connections it dials itself. Redis writes each monitored command as
+/// one simple string line (it escapes the arguments), so lines are all there is to parse.
 async fn monitor_over(
     stream: Box<dyn crate::egress::Io>,
     info: &redis::RedisConnectionInfo,
 ) -> redis::RedisResult<MonitorLines> {
+    let conn = set_up(stream, info, Some(redis::cmd("MONITOR"))).await?;
+    let lines = futures_util::stream::unfold(conn, |mut conn| async move {
+        let text = line(&mut conn).await.ok()??;
+        Some((Value::BulkString(text.strip_prefix(b"+").unwrap_or(&text).to_vec()), conn))
+    });
+    Ok(lines.boxed())
+}
+
+/// A connection [`crate::egress::dial`] opened, its session set up.
+pub type Session = BufReader<Box<dyn crate::egress::Io>>;
+
+/// Sets the session up as the redis crate's connect does (AUTH with the URL's user and
+/// password, SELECT of its database), then sends `last` if given, pipelined; every reply up to
+/// the last must be `+OK`.
+async fn set_up(
+    stream: Box<dyn crate::egress::Io>,
+    info: &redis::RedisConnectionInfo,
+    last: Option<redis::Cmd>,
+) -> redis::RedisResult<Session> {
     let mut setup = Vec::new();
     if let Some(password) = info.password() {
         setup.push(redis::cmd("AUTH").arg(info.username()).arg(password).clone());
@@ -627,7 +672,7 @@ async fn monitor_over(
     if info.db() != 0 {
         setup.push(redis::cmd("SELECT").arg(info.db()).clone());
     }
-    setup.push(redis::cmd("MONITOR"));
+    setup.extend(last);
     let mut conn = BufReader::new(stream);
     let packed: Vec<u8> = setup.iter().flat_map(redis::Cmd::get_packed_command).collect();
     conn.write_all(&packed).await?;
@@ -639,14 +684,10 @@ async fn monitor_over(
             } else {
                 redis::ErrorKind::Io
             };
-            return Err(redis::RedisError::from((kind, "the server refused the MONITOR session")));
+            return Err(redis::RedisError::from((kind, "the server refused the session")));
         }
     }
-    let lines = futures_util::stream::unfold(conn, |mut conn| async move {
-        let text = line(&mut conn).await.ok()??;
-        Some((Value::BulkString(text.strip_prefix(b"+").unwrap_or(&text).to_vec()), conn))
-    });
-    Ok(lines.boxed())
+    Ok(conn)
 }
 
 /// The longest MONITOR line read: the server is a tenant's, and a line without its end would

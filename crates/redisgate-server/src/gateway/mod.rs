@@ -10,6 +10,7 @@
 //! - [`lua`]: Upstash's script shebang over plain Redis, under the SHAs clients computed.
 //! - [`script`]: scripts' time bound (SCRIPT KILL) and per-scope ACL users.
 //! - [`sse`]: `/subscribe`, `/psubscribe`, `/monitor` as Server-Sent Events.
+//! - [`sharded`]: `/ssubscribe` (sharded pub/sub) as Server-Sent Events, following its slot.
 //! - [`reply`]: response envelopes, status codes, `upstash-sync-token`.
 //! - [`slots`]: requests in flight and SSE streams per caller.
 //!
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod lua;
 pub mod reply;
 pub mod script;
+pub mod sharded;
 pub mod slots;
 pub mod sse;
 
@@ -241,7 +243,7 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
     match req {
         Rq::Monitor if access == Access::ReadOnly => Err(Refusal::NoPermission { command: "monitor".into() }),
         // Subscribing reads; the SSE endpoints are the only way to do it.
-        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => Ok(()),
+        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::SSubscribe(_) | Rq::Monitor => Ok(()),
         _ => req.commands().iter().try_for_each(|c| policy::check(c, access)),
     }
 }
@@ -287,7 +289,10 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
     };
     // A stream holds its caller's stream slot for as long as it lasts.
     let slot = match &req {
-        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::Monitor => match gw.slots.stream(p.caller) {
+        Rq::Subscribe(_) | Rq::PSubscribe(_) | Rq::SSubscribe(_) | Rq::Monitor => match gw
+            .slots
+            .stream(p.caller)
+        {
             Some(slot) => Some(slot),
             None => return reply::error(StatusCode::TOO_MANY_REQUESTS, &gw.slots.too_many_streams(), sync),
         },
@@ -334,6 +339,15 @@ async fn dispatch(gw: &Gateway, p: &Principal, req: Rq, fmt: Format) -> Response
         }
         Rq::PSubscribe(names) => {
             Box::pin(sse::subscribe(backend, names, true, keepalive, shutdown, slot)).await
+        }
+        Rq::SSubscribe(names) => {
+            match Box::pin(sharded::ssubscribe(backend, names, keepalive, shutdown, slot, max_reply)).await {
+                Ok(r) => Ok(r),
+                Err(sharded::Refused::Redis(text)) => {
+                    return reply::error(StatusCode::BAD_REQUEST, &text, sync);
+                }
+                Err(sharded::Refused::Backend(e)) => Err(e),
+            }
         }
         Rq::Monitor => Box::pin(sse::monitor(backend, keepalive, shutdown, slot)).await,
     };

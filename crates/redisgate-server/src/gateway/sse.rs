@@ -27,11 +27,12 @@ use http::{HeaderValue, header};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, BackendError};
+use super::ha::Routed;
 use super::slots::Slot;
 
 /// One SSE event carrying `text`. Line breaks inside it become further `data:` lines, so a
 /// payload can never break the framing.
-fn event(text: &[u8]) -> Bytes {
+pub(super) fn event(text: &[u8]) -> Bytes {
     let text = String::from_utf8_lossy(text);
     let mut out = BytesMut::with_capacity(text.len() + 8);
     for line in text.split(['\n', '\r']) {
@@ -43,13 +44,13 @@ fn event(text: &[u8]) -> Bytes {
     out.freeze()
 }
 
-fn joined(parts: &[&[u8]]) -> Bytes {
+pub(super) fn joined(parts: &[&[u8]]) -> Bytes {
     event(&parts.join(&b","[..]))
 }
 
 /// The streamed response: `first` events, then `rest`, with keep-alive comments in between,
 /// ending when the backend stream ends, the backend stops or the server shuts down.
-fn respond(
+pub(super) fn respond(
     first: Vec<Bytes>,
     rest: impl Stream<Item = Bytes> + Send + 'static,
     keepalive: Duration,
@@ -122,14 +123,32 @@ pub async fn subscribe(
     Ok(respond(first, messages, keepalive, backend, shutdown))
 }
 
-/// MONITOR as a stream: `"OK"` first, then one line per command Redis runs.
+/// MONITOR as a stream: `"OK"` first, then one line per command Redis runs. On a Cluster
+/// instance, the lines of every primary there is when the stream opens, merged as they come
+/// (a primary that goes away ends its part only).
 pub async fn monitor(
     backend: &Backend,
     keepalive: Duration,
     shutdown: CancellationToken,
     slot: Option<Slot>,
 ) -> Result<Response, BackendError> {
-    let (mon, permit) = backend.monitor().await?;
+    let primaries = match backend.routed() {
+        Some(Routed::Cluster(cluster)) => cluster.primaries(),
+        _ => Vec::new(),
+    };
+    let (mon, permit) = if primaries.len() > 1 {
+        let mut all = Vec::with_capacity(primaries.len());
+        let mut permits = Vec::with_capacity(primaries.len());
+        for node in &primaries {
+            let (lines, permit) = node.monitor().await?;
+            all.push(lines);
+            permits.push(permit);
+        }
+        (stream::select_all(all).boxed(), permits)
+    } else {
+        let (lines, permit) = backend.monitor().await?;
+        (lines, vec![permit])
+    };
     let lines = mon.map(move |line| {
         let _held = (&permit, &slot);
         match line {

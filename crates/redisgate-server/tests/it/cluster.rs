@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::Gate;
 use crate::instances::{Tenant, redis_cmd};
+use crate::sse::Events;
 use crate::topo::{
     Proc, assert_primary, clients_on, fast, ok, only_127_0_0_1, promotion, tenant_org, until, writer,
 };
@@ -77,6 +78,23 @@ impl TestCluster {
             }
         }
         panic!("no primary serves {key}");
+    }
+
+    /// `{prefix}{n}` names, one served by each primary, with their owner.
+    async fn one_per_primary(&self, prefix: &str) -> Vec<(String, usize)> {
+        let count = self.primaries().await.len();
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for i in 0.. {
+            let name = format!("{prefix}{i}");
+            let owner = self.owner(&name).await;
+            if out.iter().all(|(_, o)| *o != owner) {
+                out.push((name, owner));
+            }
+            if out.len() == count {
+                break;
+            }
+        }
+        out
     }
 
     async fn primaries(&self) -> Vec<usize> {
@@ -381,4 +399,112 @@ async fn upstash_redis_python_sdk_through_a_cluster() {
     let (t, _) = cluster_instance(&g, &c).await;
     let (key, _) = t.key(json!({"name": "sdk", "scope": "read-write"})).await;
     crate::python_sdk::run_pytest_one_slot(&format!("{}/redis/{}", g.base, t.instance), &key).await;
+}
+
+/// `/monitor` on a cluster shows every primary's commands. `/ssubscribe`: each stream on its
+/// channel's primary, for channels of different primaries; then one channel's slot moves and
+/// another's primary is killed, and each stream subscribes again on the new owner
+/// (docs/BACKENDS.md, "Sharded pub/sub").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_follows_slot_moves_and_failovers() {
+    let mut c = TestCluster::start(&[]).await;
+    let g = Gate::start_unchecked(fast()).await;
+    let (t, admin) = cluster_instance(&g, &c).await;
+    let id = t.instance.clone();
+    let (reader, _) = t.key(json!({"name": "reader", "scope": "read-only"})).await;
+    let channels = c.one_per_primary("ch:").await;
+
+    // `/monitor` merges the MONITOR lines of every primary.
+    let keys: Vec<String> = c.one_per_primary("mon:").await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 3);
+    let mut m = Events::open_as(&g, &format!("/redis/{id}/monitor"), &admin).await;
+    assert_eq!(m.next().await, "\"OK\"");
+    for k in &keys {
+        assert_eq!(ok(&g, &id, &admin, json!(["SET", k, "seen"])).await, json!("OK"));
+    }
+    let mut unseen: BTreeSet<String> = keys.iter().map(|k| format!(r#""SET" "{k}" "seen""#)).collect();
+    while !unseen.is_empty() {
+        let line = m.next().await;
+        unseen.retain(|want| !line.contains(want.as_str()));
+    }
+
+    // Subscribing reads: a read-only key may.
+    let mut streams = Vec::new();
+    for (name, _) in &channels {
+        let mut s = Events::open_as(&g, &format!("/redis/{id}/ssubscribe/{name}"), &reader).await;
+        assert_eq!(s.next().await, format!("ssubscribe,{name},1"));
+        streams.push(s);
+    }
+    for ((name, owner), s) in channels.iter().zip(&mut streams) {
+        let numsub = c.nodes[*owner].text(&["PUBSUB", "SHARDNUMSUB", name]).await;
+        assert!(numsub.ends_with("int(1)])"), "{name} on node {owner}: {numsub}");
+        // Through the gateway (SPUBLISH is routed by the channel's slot), and on the node.
+        assert_eq!(ok(&g, &id, &admin, json!(["SPUBLISH", name, "via gateway"])).await, json!(1));
+        assert_eq!(s.next().await, format!("smessage,{name},via gateway"));
+        c.nodes[*owner].try_cmd(&["SPUBLISH", name, "on the node"]).await.unwrap();
+        assert_eq!(s.next().await, format!("smessage,{name},on the node"));
+    }
+
+    // Channels of different slots: Redis' own CROSSSLOT, as a 400.
+    let (a, b) = (&channels[0].0, &channels[1].0);
+    let r = g
+        .http
+        .post(g.url(&format!("/redis/{id}/ssubscribe/{a}/{b}")))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().starts_with("CROSSSLOT"), "{body}");
+    // Another organization's key, and no key: 401, as for every data-plane request.
+    let (other_api, other) = tenant_org(&g, "mallory@example.com").await;
+    let other_org = other.trim_start_matches("/api/organizations/").trim_end_matches("/redis-instances");
+    let (st, k) = other_api
+        .post(&format!("/api/organizations/{other_org}/api-keys"), json!({"name": "m", "scope": "admin"}))
+        .await;
+    assert_eq!(st, 201, "{k}");
+    let path = format!("/redis/{id}/ssubscribe/{a}");
+    for key in [k["key"].as_str().unwrap(), ""] {
+        let r = g.http.post(g.url(&path)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(r.status(), 401, "key {key:?}");
+        assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    }
+
+    // The first channel's slot moves to another primary: Redis unsubscribes the stream there,
+    // and it subscribes again on the new owner.
+    let (moved, from) = channels[0].clone();
+    let to = channels[1].1;
+    let (from_id, to_id) = (c.id(from).await, c.id(to).await);
+    let slot = key_slot(moved.as_bytes()).to_string();
+    c.nodes[to].try_cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]).await.unwrap();
+    c.nodes[from].try_cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]).await.unwrap();
+    for (_, p) in &channels {
+        c.nodes[*p].try_cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).await.unwrap();
+    }
+    assert_eq!(streams[0].next().await, format!("ssubscribe,{moved},1"));
+    assert!(c.nodes[to].text(&["PUBSUB", "SHARDNUMSUB", &moved]).await.ends_with("int(1)])"));
+    assert_eq!(ok(&g, &id, &admin, json!(["SPUBLISH", &moved, "after the move"])).await, json!(1));
+    assert_eq!(streams[0].next().await, format!("smessage,{moved},after the move"));
+
+    // The third channel's primary dies: once its replica is promoted, the stream is there.
+    let (orphan, victim) = channels[2].clone();
+    let victim_port = format!("master_port:{}", c.nodes[victim].port);
+    let mut replica = None;
+    for (i, n) in c.nodes.iter().enumerate() {
+        if n.text(&["INFO", "replication"]).await.contains(&victim_port) {
+            replica = Some(i);
+        }
+    }
+    let replica = replica.expect("the victim has a replica");
+    let killed = Instant::now();
+    c.nodes[victim].kill();
+    assert_eq!(streams[2].next_within(Duration::from_secs(20)).await, format!("ssubscribe,{orphan},1"));
+    eprintln!("sharded subscription back {:?} after its primary was killed", killed.elapsed());
+    assert_eq!(c.nodes[replica].role().await.as_deref(), Some("master"));
+    assert_eq!(ok(&g, &id, &admin, json!(["SPUBLISH", &orphan, "after the failover"])).await, json!(1));
+    assert_eq!(streams[2].next().await, format!("smessage,{orphan},after the failover"));
+    // The stream on the untouched primary saw nothing of it.
+    assert_eq!(ok(&g, &id, &admin, json!(["SPUBLISH", &channels[1].0, "still here"])).await, json!(1));
+    assert_eq!(streams[1].next().await, format!("smessage,{},still here", channels[1].0));
 }

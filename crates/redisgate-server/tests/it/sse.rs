@@ -1,23 +1,28 @@
-//! Server-Sent Events: `/subscribe`, `/psubscribe`, `/monitor` (PROTOCOL.md §9).
+//! Server-Sent Events: `/subscribe`, `/psubscribe`, `/ssubscribe`, `/monitor` (PROTOCOL.md §9).
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::common::{Gate, Redis, TOKEN, settings};
+use crate::common::{Gate, RO_TOKEN, Redis, TOKEN, settings};
 
 /// Reads SSE frames from a streaming response, skipping `:` keep-alive comments.
-struct Events {
+pub struct Events {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
 }
 
 impl Events {
     async fn open(g: &Gate, path: &str) -> Events {
+        Events::open_as(g, path, TOKEN).await
+    }
+
+    /// The stream at `path` (under the gateway's base URL), opened with `token`.
+    pub async fn open_as(g: &Gate, path: &str, token: &str) -> Events {
         let r = g
             .http
             .post(g.url(path))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token)
             .header("Accept", "text/event-stream")
             .body("[]")
             .send()
@@ -30,6 +35,11 @@ impl Events {
 
     /// The next event's raw bytes, `\n\n` included.
     async fn next_raw(&mut self) -> String {
+        self.next_raw_within(Duration::from_secs(5)).await
+    }
+
+    /// [`Events::next_raw`], waiting up to `limit` for each chunk.
+    async fn next_raw_within(&mut self, limit: Duration) -> String {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let frame: Vec<u8> = self.buf.drain(..end + 2).collect();
@@ -38,9 +48,9 @@ impl Events {
                 }
                 return String::from_utf8(frame).unwrap();
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+            let chunk = tokio::time::timeout(limit, self.stream.next())
                 .await
-                .expect("an event within 5 s")
+                .unwrap_or_else(|_| panic!("an event within {limit:?}"))
                 .expect("stream still open")
                 .unwrap();
             self.buf.extend_from_slice(&chunk);
@@ -48,8 +58,13 @@ impl Events {
     }
 
     /// The next event's data, without the `data: ` prefix and framing.
-    async fn next(&mut self) -> String {
-        let raw = self.next_raw().await;
+    pub async fn next(&mut self) -> String {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    /// [`Events::next`], waiting up to `limit` for each chunk (across a failover).
+    pub async fn next_within(&mut self, limit: Duration) -> String {
+        let raw = self.next_raw_within(limit).await;
         raw.strip_prefix("data: ").unwrap().trim_end_matches('\n').to_owned()
     }
 }
@@ -138,4 +153,47 @@ async fn shutdown_ends_open_streams() {
         while let Some(Ok(_)) = s.stream.next().await {}
     });
     rest.await.expect("stream closed by shutdown");
+}
+
+async fn shard_numsub(redis: &Redis, channel: &str) -> i64 {
+    let v: Vec<redis::Value> = redis.cmd(&["PUBSUB", "SHARDNUMSUB", channel]).await;
+    redis::from_redis_value(v[1].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn sharded_subscribe_on_one_server_survives_its_restart() {
+    let mut redis = Redis::start().await;
+    let g = Gate::start(settings(&redis)).await;
+    // Subscribing reads: a read-only token may, as on /subscribe.
+    let mut s = Events::open_as(&g, "/ssubscribe/orders/audit", RO_TOKEN).await;
+    assert_eq!([s.next().await, s.next().await], ["ssubscribe,orders,1", "ssubscribe,audit,2"]);
+    assert_eq!(g.post_json("/", r#"["SPUBLISH","orders","o-1"]"#).await.1["result"], 1);
+    assert_eq!(s.next().await, "smessage,orders,o-1");
+    // Published on the server itself; line breaks cannot break the framing.
+    redis.cmd::<i64>(&["SPUBLISH", "audit", "line1\nline2"]).await;
+    assert_eq!(s.next_raw().await, "data: smessage,audit,line1\ndata: line2\n\n");
+
+    // The server restarts: the stream subscribes again and says so with the confirmations.
+    redis.restart().await;
+    assert_eq!([s.next().await, s.next().await], ["ssubscribe,orders,1", "ssubscribe,audit,2"]);
+    assert_eq!(shard_numsub(&redis, "orders").await, 1);
+    redis.cmd::<i64>(&["SPUBLISH", "orders", "o-2"]).await;
+    assert_eq!(s.next().await, "smessage,orders,o-2");
+
+    // A channel is required; SSUBSCRIBE as a command points to the endpoint.
+    let (st, body) = g.post_json("/ssubscribe", "").await;
+    assert_eq!((st, body["error"].as_str().unwrap().contains("at least one channel")), (400, true), "{body}");
+    let (st, body) = g.post_json("/", r#"["SSUBSCRIBE","orders"]"#).await;
+    assert_eq!((st, body["error"].as_str().unwrap().contains("/ssubscribe")), (400, true), "{body}");
+    // A wrong token is refused before anything reaches Redis.
+    let r = g.http.post(g.url("/ssubscribe/orders")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The client goes away: the subscription is released.
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shard_numsub(&redis, "orders").await != 0 {
+        assert!(Instant::now() < deadline, "sharded subscription not released after the client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -232,6 +232,14 @@ impl Cluster {
         self.target(channel.map_or(Route::Any, |c| Route::Slot(key_slot(c))))
     }
 
+    /// The node a `MOVED` answer to a stream's command (sharded SSUBSCRIBE) names; the map is
+    /// refreshed, as after any MOVED.
+    pub fn moved_to(&self, host: &str, port: u16) -> Result<Arc<Backend>, BackendError> {
+        metrics::counter!(CLUSTER_REDIRECTS, "kind" => "moved").increment(1);
+        self.refresh.notify_one();
+        self.node(host, port)
+    }
+
     pub async fn run(&self, cmd: &redis::Cmd, script: Script) -> Result<Value, BackendError> {
         match route(&parts(cmd)) {
             Route::Spread(spread) => self.spread(cmd, spread).await,
