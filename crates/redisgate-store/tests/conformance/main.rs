@@ -8,6 +8,7 @@
 //! cargo test -p redisgate-store --test conformance postgres
 //! ```
 
+mod backups;
 mod cases;
 mod support;
 
@@ -99,6 +100,12 @@ conformance!(
     existing_users_accept_and_revoked_or_expired_invitations_are_refused,
     pending_invitations_are_capped_per_org,
     deployment_audit_lists_only_entries_without_an_org,
+    // Backups.
+    backups_round_trip_finish_and_delete,
+    a_backup_of_another_orgs_instance_is_not_found,
+    backup_caps_count_every_backup_and_ready_bytes,
+    schedules_are_set_replaced_and_removed,
+    a_due_schedule_is_claimed_once_even_when_racing,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
@@ -177,6 +184,8 @@ mod sqlite_only {
             [
                 "api_keys",
                 "audit_logs",
+                "backup_schedules",
+                "backups",
                 "invitations",
                 "memberships",
                 "organizations",
