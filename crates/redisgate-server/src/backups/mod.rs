@@ -267,9 +267,11 @@ impl Backups {
         Ok(())
     }
 
-    /// Deletes a backup's object and record. One being taken cannot be deleted yet.
+    /// Deletes a backup's object and record. One being taken cannot be deleted yet; one left
+    /// `pending` by a crash can, once older than any take may run (`backups.timeout`).
     pub async fn delete(&self, backup: &Backup) -> Result<(), BackupError> {
-        if backup.state == BackupState::Pending {
+        let stale = time::OffsetDateTime::now_utc() - self.settings.timeout;
+        if backup.state == BackupState::Pending && backup.created_at > stale {
             return Err(BackupError::NotReady);
         }
         self.storage.delete(&backup.object_key).await.map_err(BackupError::Internal)?;

@@ -474,3 +474,81 @@ async fn wait_for(api: &Api<'_>, backups: &str, start: OffsetDateTime, runs: i64
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// moto's S3 server on a free loopback port, stopped when dropped.
+struct Moto {
+    _child: crate::common::KillOnDrop,
+    url: String,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let port = crate::common::free_port();
+        let child = std::process::Command::new(crate::python_sdk::python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto's server (pip install 'moto[server]', see tests/python/requirements.txt)");
+        let moto = Moto { _child: crate::common::KillOnDrop(child), url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(&moto.url).await.is_err() {
+            assert!(Instant::now() < deadline, "moto's server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        moto
+    }
+
+    /// The keys in `bucket` (moto lists without checking signatures).
+    async fn keys(&self, bucket: &str) -> String {
+        reqwest::get(format!("{}/{bucket}?list-type=2", self.url)).await.unwrap().text().await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_in_s3_compatible_storage() {
+    let moto = Moto::start().await;
+    let bucket = "redisgate-backups";
+    let made = reqwest::Client::new().put(format!("{}/{bucket}", moto.url)).send().await.unwrap();
+    assert!(made.status().is_success(), "{made:?}");
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings { data_dir: data.path().to_owned(), ..Settings::default() };
+    settings.backups.s3 = Some(redisgate_server::config::S3Settings {
+        endpoint: Some(moto.url.clone()),
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".to_owned().into(),
+    });
+    let g = Gate::start_with_data_dir(settings).await;
+    let t = Tenant::new(&g, "ann@example.com").await;
+    let mut c = local_conn(data.path(), &t.instance).await;
+    fill(&mut c).await;
+    let backed_up = dataset(&mut c).await;
+    let taken = Instant::now();
+    let backup = backup_now(&t.api, &t.org, &t.instance, "to s3").await;
+    let id = backup["id"].as_str().unwrap();
+    let key = format!("{}/{}/{id}.rdb", t.org, t.instance);
+    let listing = moto.keys(bucket).await;
+    assert!(listing.contains(&key), "{listing}");
+    assert!(listing.contains(&format!("<Size>{}</Size>", backup["size_bytes"])), "{listing}");
+    assert!(!data.path().join("backups/objects").exists(), "nothing stored locally");
+
+    scribble(&mut c).await;
+    let path = format!("/api/organizations/{}/redis-instances/{}/backups/{id}", t.org, t.instance);
+    let (s, r) = t.api.post(&format!("{path}/restore"), json!({"confirm": true})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_same(&dataset(&mut c).await, &backed_up, taken.elapsed());
+    let r = g
+        .http
+        .get(g.url(&format!("{path}/download")))
+        .bearer_auth(t.api.token.as_ref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len() as u64, backup["size_bytes"].as_u64().unwrap());
+
+    assert_eq!(t.api.delete(&path).await.0, 204);
+    assert!(!moto.keys(bucket).await.contains(&key), "deleted from the bucket");
+}
