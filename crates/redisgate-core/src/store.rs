@@ -283,12 +283,14 @@ pub trait Store: Send + Sync + 'static {
         schedule: Option<(u32, OffsetDateTime)>,
     ) -> StoreResult<Option<BackupSchedule>>;
     async fn backup_schedule(&self, instance: InstanceId) -> StoreResult<Option<BackupSchedule>>;
-    /// Claims one schedule due at `now` (`next_run_at <= now`), moving its `next_run_at` to
-    /// `next` in the same atomic step, and answers it as it was before the move. Replicas
-    /// racing for the same due run: exactly one gets it.
+    /// Claims one schedule of an instance in `among` (the instances the caller serves) due at
+    /// `now` (`next_run_at <= now`), moving its `next_run_at` to `next` in the same atomic
+    /// step, and answers it as it was before the move. Replicas racing for the same due run:
+    /// exactly one gets it.
     async fn claim_due_backup(
         &self,
         now: OffsetDateTime,
         next: OffsetDateTime,
+        among: &[InstanceId],
     ) -> StoreResult<Option<BackupSchedule>>;
 }

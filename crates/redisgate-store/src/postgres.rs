@@ -1353,19 +1353,23 @@ impl Store for PgStore {
         &self,
         now: OffsetDateTime,
         next: OffsetDateTime,
+        among: &[InstanceId],
     ) -> StoreResult<Option<BackupSchedule>> {
+        let among: Vec<Uuid> = among.iter().map(|i| i.0).collect();
         // SKIP LOCKED: a row another replica is claiming right now is not waited for; once
         // that claim commits, the row's new next_run_at fails the re-checked `<= $1`.
         let row = sqlx::query(
             "UPDATE backup_schedules s SET next_run_at = $2 \
              FROM (SELECT instance_id, next_run_at AS was FROM backup_schedules \
-                   WHERE next_run_at <= $1 ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED) d, \
+                   WHERE next_run_at <= $1 AND instance_id = ANY($3) \
+                   ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED) d, \
                   redis_instances i \
              WHERE s.instance_id = d.instance_id AND i.id = s.instance_id AND s.next_run_at <= $1 \
              RETURNING s.instance_id, i.org_id, s.retention_days, d.was AS next_run_at",
         )
         .bind(now)
         .bind(next)
+        .bind(&among)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -1454,13 +1454,21 @@ impl Store for SqliteStore {
         &self,
         now: OffsetDateTime,
         next: OffsetDateTime,
+        among: &[InstanceId],
     ) -> StoreResult<Option<BackupSchedule>> {
+        // Ids are 16-byte blobs: the list goes in as a JSON array of their hex forms.
+        let among = serde_json::to_string(
+            &among.iter().map(|i| i.0.simple().to_string().to_uppercase()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Unavailable(format!("encoding instance ids: {e}")))?;
         // One writer at a time: the read and the move cannot interleave with another claim.
         let mut tx = self.write_tx().await?;
         let due: Option<Uuid> = sqlx::query_scalar(
-            "SELECT instance_id FROM backup_schedules WHERE next_run_at <= ?1 ORDER BY next_run_at LIMIT 1",
+            "SELECT instance_id FROM backup_schedules WHERE next_run_at <= ?1 \
+             AND hex(instance_id) IN (SELECT value FROM json_each(?2)) ORDER BY next_run_at LIMIT 1",
         )
         .bind(ts(now))
+        .bind(among)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

@@ -1,7 +1,9 @@
 //! Daily backups. The schedule is in the metadata store (one row per instance with its
 //! `next_run_at`), so it survives restarts; every replica runs this loop, and a due run goes
 //! to whichever claims it first (`Store::claim_due_backup` moves `next_run_at` a day on in the
-//! same atomic step), so it is taken once however many replicas there are.
+//! same atomic step), so it is taken once however many replicas there are. A replica claims
+//! only instances it serves: a local instance's backups are taken by the replica running its
+//! `redis-server`.
 //!
 //! Retention keeps an instance's newest `retention_days` ready daily backups (one a day, so
 //! that many days) and deletes the daily backups older than those; manual backups are kept
@@ -46,9 +48,16 @@ impl Backups {
 
     /// Takes every daily backup due now (by the configured clock), one after another.
     pub async fn run_due(self: &Arc<Self>) {
+        // Only instances served here: another replica's local instance is its own to back up.
+        let served: Vec<InstanceId> = match self.store.all_instances().await {
+            Ok(all) => {
+                all.iter().map(|r| r.instance.id).filter(|id| self.instances.backend(*id).is_some()).collect()
+            }
+            Err(e) => return tracing::warn!(error = %e, "could not list instances for daily backups"),
+        };
         loop {
             let now = self.settings.clock.now();
-            let due = match self.store.claim_due_backup(now, now + PERIOD).await {
+            let due = match self.store.claim_due_backup(now, now + PERIOD, &served).await {
                 Ok(Some(due)) => due,
                 Ok(None) => return,
                 Err(e) => return tracing::warn!(error = %e, "could not claim due daily backups"),

@@ -128,5 +128,5 @@ metered! {
     fn delete_backup(&self, id: BackupId) -> ();
     fn set_backup_schedule(&self, instance: InstanceId, schedule: Option<(u32, OffsetDateTime)>) -> Option<BackupSchedule>;
     fn backup_schedule(&self, instance: InstanceId) -> Option<BackupSchedule>;
-    fn claim_due_backup(&self, now: OffsetDateTime, next: OffsetDateTime) -> Option<BackupSchedule>;
+    fn claim_due_backup(&self, now: OffsetDateTime, next: OffsetDateTime, among: &[InstanceId]) -> Option<BackupSchedule>;
 }

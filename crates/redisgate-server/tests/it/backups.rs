@@ -552,3 +552,51 @@ async fn backups_in_s3_compatible_storage() {
     assert_eq!(t.api.delete(&path).await.0, 204);
     assert!(!moto.keys(bucket).await.contains(&key), "deleted from the bucket");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_take_each_daily_backup_once() {
+    let db = crate::common::PgDatabase::create().await;
+    let redis = Redis::start().await;
+    let days = Arc::new(AtomicI64::new(0));
+    let start = OffsetDateTime::now_utc();
+    let replica = || {
+        let days = Arc::clone(&days);
+        let mut s = db.replica();
+        s.backups.clock = Clock::fixed_by(move || start + time::Duration::days(days.load(Ordering::SeqCst)));
+        s.backups.scheduler_interval = Duration::from_millis(10);
+        s
+    };
+    let a = Gate::start_unchecked(replica()).await;
+    let b = Gate::start_unchecked(replica()).await;
+    // An external instance: both replicas serve it, so both schedulers may take its backups.
+    let t = Tenant::external(&a, "ann@example.com", &redis.url()).await;
+    let _: () = redis.cmd(&["SET", "k", "v"]).await;
+    let backups = format!("/api/organizations/{}/redis-instances/{}/backups", t.org, t.instance);
+    let on_b = Api { g: &b, token: t.api.token.clone() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_b.get(&format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance)).await.1["health"]
+        != "healthy"
+    {
+        assert!(Instant::now() < deadline, "the other replica never served the instance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let schedule = format!("/api/organizations/{}/redis-instances/{}/backup-schedule", t.org, t.instance);
+    assert_eq!(t.api.put(&schedule, json!({"retention_days": 30})).await.0, 200);
+    for day in 0..4 {
+        days.store(day, Ordering::SeqCst);
+        let list = wait_for(&t.api, &backups, start, day + 1).await;
+        let mut names: Vec<&str> = list.iter().filter_map(|b| b["name"].as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            (list.len(), names.len()),
+            (day as usize + 1, day as usize + 1),
+            "one backup a day: {list:?}"
+        );
+    }
+    drop(on_b);
+    drop(t);
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_now().await;
+}

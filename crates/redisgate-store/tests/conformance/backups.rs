@@ -148,9 +148,12 @@ pub async fn a_due_schedule_is_claimed_once_even_when_racing(store: S) {
     let next = now + Duration::days(1);
     store.set_backup_schedule(instance, Some((3, now - Duration::minutes(5)))).await.unwrap();
     store.set_backup_schedule(later, Some((3, now + Duration::minutes(5)))).await.unwrap();
+    // Only among the instances the caller serves.
+    assert_eq!(store.claim_due_backup(now, next, &[later]).await.unwrap(), None);
+    assert_eq!(store.claim_due_backup(now, next, &[]).await.unwrap(), None);
     let claims = (0..8).map(|_| {
         let store = Arc::clone(&store);
-        tokio::spawn(async move { store.claim_due_backup(now, next).await.unwrap() })
+        tokio::spawn(async move { store.claim_due_backup(now, next, &[instance, later]).await.unwrap() })
     });
     let mut won = Vec::new();
     for c in claims {
@@ -161,16 +164,24 @@ pub async fn a_due_schedule_is_claimed_once_even_when_racing(store: S) {
     // Answered as it was claimed; the row moved on.
     assert_eq!(won[0].next_run_at, now - Duration::minutes(5));
     assert_eq!(store.backup_schedule(instance).await.unwrap().unwrap().next_run_at, next);
-    assert_eq!(store.claim_due_backup(now, next).await.unwrap(), None);
+    assert_eq!(store.claim_due_backup(now, next, &[instance, later]).await.unwrap(), None);
     // The later one is due later.
-    let claimed = store.claim_due_backup(now + Duration::minutes(5), next).await.unwrap().unwrap();
+    let claimed =
+        store.claim_due_backup(now + Duration::minutes(5), next, &[instance, later]).await.unwrap().unwrap();
     assert_eq!(claimed.instance_id, later);
     // Schedules go with their instance.
     store.delete_instance(instance).await.unwrap();
     assert_eq!(
-        store.claim_due_backup(next + Duration::days(9), next).await.unwrap().map(|s| s.instance_id),
+        store
+            .claim_due_backup(next + Duration::days(9), next, &[instance, later])
+            .await
+            .unwrap()
+            .map(|s| s.instance_id),
         Some(later)
     );
     // …and moved on to `next` again, not due before it.
-    assert_eq!(store.claim_due_backup(next - Duration::seconds(1), next).await.unwrap(), None);
+    assert_eq!(
+        store.claim_due_backup(next - Duration::seconds(1), next, &[instance, later]).await.unwrap(),
+        None
+    );
 }
