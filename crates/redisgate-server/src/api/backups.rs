@@ -338,12 +338,13 @@ async fn import(
         if !(1..=1024 * 1024).contains(&mb) {
             return Err(ApiError::validation("memory_mb", "must be between 1 and 1048576"));
         }
+        let _turn = state.backups.turn().await?;
         let dir = state.backups.work_dir()?;
         let file = dir.path().join("upload.rdb");
         receive(body, &file, state.backups.settings().max_upload_mb).await?;
         state.backups.check_rdb(&file).await?;
         let rec = create_local(&state, org, name, mb * 1024 * 1024).await?;
-        if let Err(e) = state.backups.import(&file, &rec).await {
+        if let Err(e) = state.backups.restore_file(&file, &rec).await {
             // No half-made instance stays behind.
             let _ = state.instances.delete(&rec).await;
             let _ = state.store.delete_instance(rec.instance.id).await;

@@ -343,10 +343,10 @@ impl Backups {
         }
     }
 
-    /// Restores into `target` under the concurrency bound (uploads).
-    pub async fn import(&self, file: &Path, target: &InstanceRecord) -> Result<u64, BackupError> {
-        let _slot = self.slots.acquire().await.map_err(|_| BackupError::Internal("shutting down".into()))?;
-        self.restore_file(file, target).await
+    /// One of the `backups.max_concurrent` turns: an upload holds it from its first byte to
+    /// the end of its restore, so uploads in flight (and their files) are bounded too.
+    pub async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BackupError> {
+        self.slots.acquire().await.map_err(|_| BackupError::Internal("shutting down".into()))
     }
 }
 

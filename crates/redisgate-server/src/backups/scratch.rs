@@ -77,8 +77,10 @@ impl Scratch {
                     None => format!("the scratch redis-server exited with {status}"),
                 });
             }
+            // SAVE and big keys take their time: only the operation's own timeout applies.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
             if socket.exists()
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && let Ok(mut conn) = client.get_multiplexed_async_connection_with_config(&config).await
             {
                 // LOADING while it reads the RDB: wait on.
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
@@ -135,10 +137,12 @@ impl Side<'_> {
         }
     }
 
-    /// FLUSHALL on every server.
+    /// FLUSHALL on every server; ASYNC, so a big dataset is freed in the background instead of
+    /// blocking the server (and outlasting the connection's response timeout).
     pub async fn flush_all(&self) -> Result<(), String> {
         for server in self.servers() {
-            server.side().run(&redis::cmd("FLUSHALL")).await.map_err(|e| format!("FLUSHALL: {e}"))?;
+            let flush = redis::cmd("FLUSHALL").arg("ASYNC").to_owned();
+            server.side().run(&flush).await.map_err(|e| format!("FLUSHALL: {e}"))?;
         }
         Ok(())
     }

@@ -382,10 +382,23 @@ async fn daily_backups_run_on_the_clock_once_a_day_and_keep_the_retention() {
         let mut s = Settings { data_dir: data.path().to_owned(), ..Settings::default() };
         s.backups.clock = clock.clone();
         s.backups.scheduler_interval = Duration::from_millis(50);
+        s.backups.max_upload_mb = 1;
         s
     };
     let g = Gate::start_with_data_dir(settings()).await;
     let t = Tenant::new(&g, "ann@example.com").await;
+    // (An upload over `backups.max_upload_mb` is refused before it is checked.)
+    let import = g.url(&format!("/api/organizations/{}/redis-instances/import?name=big", t.org));
+    let r = g
+        .http
+        .post(import)
+        .bearer_auth(t.api.token.as_ref().unwrap())
+        .body(vec![0u8; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("max_upload_mb"));
     let schedule = format!("/api/organizations/{}/redis-instances/{}/backup-schedule", t.org, t.instance);
     let backups = format!("/api/organizations/{}/redis-instances/{}/backups", t.org, t.instance);
     for bad in [0, 31] {
