@@ -126,6 +126,30 @@ impl Side<'_> {
         })
     }
 
+    /// Runs `cmds` as one pipelined write where one server takes them all, else each on its
+    /// own (a routed instance: each key to its node); every reply, error replies included.
+    async fn batch(&self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, String> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone());
+        }
+        match self {
+            Side::Conn(c) => {
+                c.clone().send_packed_commands(&pipe, 0, cmds.len()).await.map_err(|e| e.to_string())
+            }
+            Side::Backend(b) if b.routed().is_none() => {
+                b.run_batch(&pipe, cmds.len()).await.map_err(|e| e.to_string())
+            }
+            Side::Backend(b) => {
+                let each = futures_util::future::join_all(cmds.iter().map(|c| b.run(c))).await;
+                each.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+            }
+        }
+    }
+
     /// The servers holding the keys: itself, or a routed instance's primaries.
     fn servers(&self) -> Vec<ServerRef<'_>> {
         match self {
@@ -179,24 +203,30 @@ pub async fn copy_keys(from: &Side<'_>, to: &Side<'_>) -> Result<u64, String> {
                 .await
                 .map_err(|e| format!("SCAN: {e}"))?;
             let (next, keys) = scan_reply(reply)?;
-            let dumped = futures_util::future::join_all(keys.iter().map(|k| dump(&source, k))).await;
-            let restores = keys.iter().zip(dumped).filter_map(|(key, d)| match d {
-                Ok(Some((payload, ttl))) => Some(Ok((key, payload, ttl))),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            });
-            let restores: Vec<redis::Cmd> = restores
-                .map(|r| {
-                    r.map(|(key, payload, ttl)| {
-                        let mut cmd = redis::cmd("RESTORE");
-                        cmd.arg(key.as_slice()).arg(ttl).arg(payload).arg("REPLACE");
-                        cmd
-                    })
+            // DUMP and PTTL of each key side by side in one pipeline: the TTL is read right
+            // after the value, on the same connection.
+            let reads: Vec<redis::Cmd> = keys
+                .iter()
+                .flat_map(|k| {
+                    [
+                        redis::cmd("DUMP").arg(k.as_slice()).to_owned(),
+                        redis::cmd("PTTL").arg(k.as_slice()).to_owned(),
+                    ]
                 })
-                .collect::<Result<_, _>>()?;
-            let results = futures_util::future::join_all(restores.iter().map(|cmd| to.run(cmd))).await;
-            for r in results {
-                r.map_err(|e| format!("RESTORE: {e}"))?;
+                .collect();
+            let replies = source.batch(&reads).await.map_err(|e| format!("DUMP: {e}"))?;
+            let mut restores = Vec::with_capacity(keys.len());
+            for (key, pair) in keys.iter().zip(replies.chunks(2)) {
+                if let Some((payload, ttl)) = dumped(pair)? {
+                    let mut cmd = redis::cmd("RESTORE");
+                    cmd.arg(key.as_slice()).arg(ttl).arg(payload).arg("REPLACE");
+                    restores.push(cmd);
+                }
+            }
+            for r in to.batch(&restores).await.map_err(|e| format!("RESTORE: {e}"))? {
+                if let Value::ServerError(e) = r {
+                    return Err(format!("RESTORE: {e}"));
+                }
                 copied += 1;
             }
             cursor = next;
@@ -233,18 +263,19 @@ fn scan_reply(reply: Value) -> Result<(u64, Vec<Vec<u8>>), String> {
     Ok((cursor, keys))
 }
 
-/// A key's DUMP payload and the TTL RESTORE takes (0: none); `None` when the key is gone or
-/// about to expire.
-async fn dump(source: &Side<'_>, key: &[u8]) -> Result<Option<(Vec<u8>, i64)>, String> {
-    let payload = match source.run(redis::cmd("DUMP").arg(key)).await.map_err(|e| format!("DUMP: {e}"))? {
-        Value::BulkString(b) => b,
-        Value::Nil => return Ok(None),
+/// A key's DUMP payload and the TTL RESTORE takes (0: none) from its DUMP and PTTL replies;
+/// `None` when the key is gone or about to expire.
+fn dumped(pair: &[Value]) -> Result<Option<(&[u8], i64)>, String> {
+    let payload = match pair.first() {
+        Some(Value::BulkString(b)) => b.as_slice(),
+        Some(Value::Nil) => return Ok(None),
+        Some(Value::ServerError(e)) => return Err(format!("DUMP: {e}")),
         _ => return Err("an unexpected DUMP reply".into()),
     };
-    match source.run(redis::cmd("PTTL").arg(key)).await.map_err(|e| format!("PTTL: {e}"))? {
-        Value::Int(-1) => Ok(Some((payload, 0))),
-        Value::Int(ms) if ms > 0 => Ok(Some((payload, ms))),
-        Value::Int(_) => Ok(None),
+    match pair.get(1) {
+        Some(Value::Int(-1)) => Ok(Some((payload, 0))),
+        Some(Value::Int(ms)) if *ms > 0 => Ok(Some((payload, *ms))),
+        Some(Value::Int(_)) => Ok(None),
         _ => Err("an unexpected PTTL reply".into()),
     }
 }
