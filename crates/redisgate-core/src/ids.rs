@@ -71,3 +71,7 @@ id_type!(
     /// An invitation to join an organization.
     InvitationId
 );
+id_type!(
+    /// One backup of an instance.
+    BackupId
+);

@@ -10,7 +10,8 @@
 //! - [`codec`]: Redis replies written as Upstash JSON (plain or base64) or as raw RESP2.
 //! - Tenancy, one module per noun: [`ids`], [`account`] (users), [`org`] (organizations,
 //!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`capacity`]
-//!   (host-wide caps on local instances), [`audit`].
+//!   (host-wide caps on local instances), [`audit`], [`backup`] (instances' backups and their
+//!   daily schedule).
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 //! - [`egress`]: which resolved addresses an external instance's URL may reach.
@@ -22,6 +23,7 @@
 pub mod account;
 pub mod apikey;
 pub mod audit;
+pub mod backup;
 pub mod capacity;
 pub mod catalog;
 pub mod codec;

@@ -58,6 +58,10 @@ pub enum Limit {
     MaxOrganizations,
     /// Pending invitations of one organization ([`crate::org::MAX_PENDING_INVITATIONS`]).
     MaxInvitations,
+    /// Backups one organization keeps (`backups.max_per_org`).
+    MaxBackups,
+    /// Bytes of backups one organization keeps (`backups.max_bytes_per_org_mb`).
+    MaxBackupBytes,
 }
 
 impl Limit {
@@ -68,6 +72,8 @@ impl Limit {
             Limit::MaxApiKeys => "max_api_keys",
             Limit::MaxOrganizations => "max_organizations",
             Limit::MaxInvitations => "max_invitations",
+            Limit::MaxBackups => "max_backups",
+            Limit::MaxBackupBytes => "max_backup_bytes",
         }
     }
 }

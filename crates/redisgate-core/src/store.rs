@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 use crate::account::{Email, User};
 use crate::apikey::{ApiKey, Scope, TokenKind};
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
-use crate::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
+use crate::backup::{Backup, BackupCaps, BackupSchedule, BackupState, NewBackup};
+use crate::ids::{ApiKeyId, BackupId, InstanceId, InvitationId, OrgId, UserId};
 use crate::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use crate::org::{Invitation, InvitationError, Member, Organization, Role};
 use crate::quota::{Limit, Plan, Quota};
@@ -332,4 +333,40 @@ pub trait Store: Send + Sync + 'static {
         before: OffsetDateTime,
         limit: u32,
     ) -> StoreResult<u64>;
+    // Backups.
+    /// Records a `pending` backup unless the organization already keeps `caps.max_count`
+    /// backups (`QuotaExceeded(MaxBackups)`) or its ready backups add up to `caps.max_bytes`
+    /// (`QuotaExceeded(MaxBackupBytes)`), decided atomically with the insert; `NotFound` for
+    /// an unknown instance.
+    async fn create_backup(&self, new: NewBackup, caps: BackupCaps) -> StoreResult<Backup>;
+    /// Ends a backup: `ready` with its size, or `failed` with a reason.
+    async fn finish_backup(
+        &self,
+        id: BackupId,
+        state: BackupState,
+        size_bytes: u64,
+        error: Option<&str>,
+    ) -> StoreResult<Backup>;
+    async fn backup(&self, id: BackupId) -> StoreResult<Backup>;
+    /// An instance's backups, newest first.
+    async fn backups(&self, instance: InstanceId) -> StoreResult<Vec<Backup>>;
+    async fn delete_backup(&self, id: BackupId) -> StoreResult<()>;
+    /// Sets an instance's daily schedule (`Some((retention_days, first_run_at))`, replacing
+    /// one it has) or removes it (`None`); `NotFound` for an unknown instance.
+    async fn set_backup_schedule(
+        &self,
+        instance: InstanceId,
+        schedule: Option<(u32, OffsetDateTime)>,
+    ) -> StoreResult<Option<BackupSchedule>>;
+    async fn backup_schedule(&self, instance: InstanceId) -> StoreResult<Option<BackupSchedule>>;
+    /// Claims one schedule of an instance in `among` (the instances the caller serves) due at
+    /// `now` (`next_run_at <= now`), moving its `next_run_at` to `next` in the same atomic
+    /// step, and answers it as it was before the move. Replicas racing for the same due run:
+    /// exactly one gets it.
+    async fn claim_due_backup(
+        &self,
+        now: OffsetDateTime,
+        next: OffsetDateTime,
+        among: &[InstanceId],
+    ) -> StoreResult<Option<BackupSchedule>>;
 }

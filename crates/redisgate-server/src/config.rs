@@ -51,6 +51,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub tls: TlsSettings,
     pub usage: UsageSettings,
+    pub backups: BackupSettings,
 }
 
 /// HTTPS on `listen` (see [`crate::tls`]). Off unless `cert_file` and `key_file` are set.
@@ -336,6 +337,7 @@ impl Default for Settings {
             audit: AuditSettings::default(),
             tls: TlsSettings::default(),
             usage: UsageSettings::default(),
+            backups: BackupSettings::default(),
         }
     }
 }
@@ -808,6 +810,125 @@ impl Settings {
         }
         self.instances.external.policy()?;
         self.tls.validate()?;
+        self.backups.validate()?;
+        Ok(())
+    }
+}
+
+/// Backups of instances (docs/BACKUPS.md): where they are kept and what bounds them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Backups one organization keeps, of every state and kind. Past it, a create (manual
+    /// or daily) is refused until some are deleted.
+    pub max_per_org: u32,
+    /// MiB of ready backups one organization keeps: once reached, new backups are refused.
+    pub max_mb_per_org: u64,
+    /// The largest RDB file an instance may be created from (upload), in MiB.
+    pub max_upload_mb: u64,
+    /// The memory the scratch `redis-server` of an external instance's backup may hold, in
+    /// MiB: a bigger dataset fails the backup instead of growing this host's memory.
+    pub max_scratch_memory_mb: u64,
+    /// Backups and restores running at once on this replica; more wait their turn.
+    pub max_concurrent: usize,
+    /// How long one backup or restore may take before it fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the scheduler looks for due daily backups.
+    #[serde(with = "humantime_serde")]
+    pub scheduler_interval: Duration,
+    /// `redis-check-rdb`, which checks uploaded RDB files; a bare name is looked up in `PATH`.
+    pub redis_check_rdb: PathBuf,
+    /// S3-compatible object storage; unset: `data_dir/backups`.
+    pub s3: Option<S3Settings>,
+    /// What the scheduler takes for "now": the wall clock, unless a test injects its own.
+    #[serde(skip)]
+    pub clock: Clock,
+}
+
+/// A bucket on S3 or an S3-compatible server (MinIO, Ceph, moto).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Unset: AWS S3 itself. Otherwise the server's URL (`http://` is allowed for a server
+    /// on a private network); buckets are addressed by path.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// The scheduler's notion of now; [`Clock::default`] is the wall clock.
+#[derive(Clone, Default)]
+pub struct Clock(Option<std::sync::Arc<dyn Fn() -> time::OffsetDateTime + Send + Sync>>);
+
+impl Clock {
+    /// A clock that answers `now()` (tests: a time they move by hand).
+    pub fn fixed_by(now: impl Fn() -> time::OffsetDateTime + Send + Sync + 'static) -> Clock {
+        Clock(Some(std::sync::Arc::new(now)))
+    }
+
+    pub fn now(&self) -> time::OffsetDateTime {
+        match &self.0 {
+            Some(f) => f(),
+            None => time::OffsetDateTime::now_utc(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Clock(injected)" } else { "Clock(wall)" })
+    }
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            max_per_org: 100,
+            max_mb_per_org: 10 * 1024,
+            max_upload_mb: 1024,
+            max_scratch_memory_mb: 1024,
+            max_concurrent: 2,
+            timeout: Duration::from_secs(30 * 60),
+            scheduler_interval: Duration::from_secs(60),
+            redis_check_rdb: PathBuf::from("redis-check-rdb"),
+            s3: None,
+            clock: Clock::default(),
+        }
+    }
+}
+
+impl BackupSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = [
+            ("backups.max_per_org", u64::from(self.max_per_org)),
+            ("backups.max_mb_per_org", self.max_mb_per_org),
+            ("backups.max_upload_mb", self.max_upload_mb),
+            ("backups.max_scratch_memory_mb", self.max_scratch_memory_mb),
+            ("backups.max_concurrent", self.max_concurrent as u64),
+            ("backups.timeout", self.timeout.as_millis() as u64),
+            ("backups.scheduler_interval", self.scheduler_interval.as_millis() as u64),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.is_empty() {
+                return Err(invalid("backups.s3.bucket", "must not be empty"));
+            }
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(invalid("backups.s3.endpoint", "must be an http:// or https:// URL"));
+            }
+        }
         Ok(())
     }
 }

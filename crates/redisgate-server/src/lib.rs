@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the typed configuration tree (defaults → TOML → environment, SRH variables).
 //! - [`api`]: the control plane, a JSON management API with its OpenAPI document.
+//! - [`backups`]: instances' backups (local directory or S3), restores and daily schedules.
 //! - [`gateway`]: the data plane, the Upstash REST protocol over real Redis.
 //! - [`console`]: the web console's embedded assets, served at `/console/` under a strict CSP.
 //! - [`egress`]: where external instances may connect (the policy as the redis DNS resolver).
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backups;
 pub mod check;
 pub mod config;
 pub mod console;
@@ -88,6 +90,7 @@ pub async fn launch(
             ..LocalOptions::default()
         },
     );
+    let local_instances = Arc::clone(&local);
     let egress = {
         let local = Arc::clone(&local);
         let listen = listener.local_addr().context("listener address")?;
@@ -102,6 +105,18 @@ pub async fn launch(
         tracker.clone(),
         cancel.clone(),
     ));
+    let backups = backups::Backups::new(
+        Arc::clone(&store),
+        Arc::clone(&instances),
+        local_instances,
+        backups::storage::Storage::open(&settings.backups, &settings.data_dir)?,
+        &settings.data_dir,
+        settings.instances.redis_server.clone(),
+        settings.backups.clone(),
+        tracker.clone(),
+        cancel.clone(),
+    )?;
+    tracker.spawn(Arc::clone(&backups).run_schedule(cancel.clone()));
     let rate_limit = settings.rate_limit.enabled.then(|| settings.rate_limit.clone());
     let keys = Arc::new(KeyAuth::new(
         Arc::clone(&store),
@@ -154,6 +169,7 @@ pub async fn launch(
     let api = Arc::new(ApiState {
         store,
         instances: Arc::clone(&instances),
+        backups,
         keys,
         gateway: Arc::clone(&gateway),
         rate_limit: settings.rate_limit.clone(),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
-use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
+use redisgate_core::backup::{Backup, BackupCaps, BackupKind, BackupSchedule, BackupState, NewBackup};
+use redisgate_core::ids::{ApiKeyId, AuditId, BackupId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
@@ -359,6 +360,42 @@ async fn insert_key(
     .await
     .map_err(|e| db_error(e, "api key"))?;
     key_from(&row)
+}
+
+macro_rules! backup_cols {
+    () => {
+        "b.id, b.instance_id, b.org_id, b.name, b.kind, b.state, b.size_bytes, b.error, b.object_key, b.created_at"
+    };
+}
+
+fn backup_from(row: &PgRow) -> StoreResult<Backup> {
+    let kind: String = get(row, "kind")?;
+    let state: String = get(row, "state")?;
+    Ok(Backup {
+        id: BackupId(get(row, "id")?),
+        instance_id: InstanceId(get(row, "instance_id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        name: get(row, "name")?,
+        kind: BackupKind::parse(&kind).ok_or_else(|| corrupt("backup kind", &kind))?,
+        state: BackupState::parse(&state).ok_or_else(|| corrupt("backup state", &state))?,
+        size_bytes: to_u64("backup size", get(row, "size_bytes")?)?,
+        error: get(row, "error")?,
+        object_key: get(row, "object_key")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+/// A schedule row joined with its instance's organization.
+const SCHEDULE_SELECT: &str = "SELECT s.instance_id, i.org_id, s.retention_days, s.next_run_at \
+     FROM backup_schedules s JOIN redis_instances i ON i.id = s.instance_id WHERE s.instance_id = $1";
+
+fn schedule_from(row: &PgRow) -> StoreResult<BackupSchedule> {
+    Ok(BackupSchedule {
+        instance_id: InstanceId(get(row, "instance_id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        retention_days: to_u32("retention days", get(row, "retention_days")?)?,
+        next_run_at: get(row, "next_run_at")?,
+    })
 }
 
 async fn lock_org(conn: &mut PgConnection, org: OrgId) -> StoreResult<Quota> {
@@ -1383,6 +1420,178 @@ impl Store for PgStore {
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected())
+    }
+
+    // Backups.
+
+    async fn create_backup(&self, new: NewBackup, caps: BackupCaps) -> StoreResult<Backup> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The organization's row is the lock every create of its backups takes.
+        lock_org(&mut tx, new.org_id).await?;
+        let owner: Option<Uuid> = sqlx::query_scalar("SELECT org_id FROM redis_instances WHERE id = $1")
+            .bind(new.instance_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if owner != Some(new.org_id.0) {
+            return Err(StoreError::NotFound);
+        }
+        let usage = sqlx::query(
+            "SELECT count(*) AS n, COALESCE(sum(size_bytes) FILTER (WHERE state = 'ready'), 0)::bigint AS bytes \
+             FROM backups WHERE org_id = $1",
+        )
+        .bind(new.org_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if to_u64("backup count", get(&usage, "n")?)? >= u64::from(caps.max_count) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxBackups));
+        }
+        if to_u64("backup bytes", get(&usage, "bytes")?)? >= caps.max_bytes {
+            return Err(StoreError::QuotaExceeded(Limit::MaxBackupBytes));
+        }
+        let row = sqlx::query(concat!(
+            "INSERT INTO backups AS b (id, instance_id, org_id, name, kind, state, size_bytes, error, object_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, NULL, $6, $7) RETURNING ",
+            backup_cols!()
+        ))
+        .bind(new.id.0)
+        .bind(new.instance_id.0)
+        .bind(new.org_id.0)
+        .bind(&new.name)
+        .bind(new.kind.as_str())
+        .bind(&new.object_key)
+        .bind(OffsetDateTime::now_utc())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "backup"))?;
+        let backup = backup_from(&row)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(backup)
+    }
+
+    async fn finish_backup(
+        &self,
+        id: BackupId,
+        state: BackupState,
+        size_bytes: u64,
+        error: Option<&str>,
+    ) -> StoreResult<Backup> {
+        let row = sqlx::query(concat!(
+            "UPDATE backups AS b SET state = $2, size_bytes = $3, error = $4 WHERE b.id = $1 RETURNING ",
+            backup_cols!()
+        ))
+        .bind(id.0)
+        .bind(state.as_str())
+        .bind(to_i64("backup size", size_bytes)?)
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        backup_from(&row)
+    }
+
+    async fn backup(&self, id: BackupId) -> StoreResult<Backup> {
+        let row = sqlx::query(concat!("SELECT ", backup_cols!(), " FROM backups b WHERE b.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        backup_from(&row)
+    }
+
+    async fn backups(&self, instance: InstanceId) -> StoreResult<Vec<Backup>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            backup_cols!(),
+            " FROM backups b WHERE b.instance_id = $1 ORDER BY b.created_at DESC, b.id DESC"
+        ))
+        .bind(instance.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(backup_from).collect()
+    }
+
+    async fn delete_backup(&self, id: BackupId) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM backups WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn set_backup_schedule(
+        &self,
+        instance: InstanceId,
+        schedule: Option<(u32, OffsetDateTime)>,
+    ) -> StoreResult<Option<BackupSchedule>> {
+        let Some((retention_days, first_run_at)) = schedule else {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM redis_instances WHERE id = $1")
+                .bind(instance.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            exists.ok_or(StoreError::NotFound)?;
+            sqlx::query("DELETE FROM backup_schedules WHERE instance_id = $1")
+                .bind(instance.0)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            return Ok(None);
+        };
+        // A foreign-key violation (no such instance) maps to NotFound.
+        sqlx::query(
+            "INSERT INTO backup_schedules (instance_id, retention_days, next_run_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (instance_id) DO UPDATE SET retention_days = excluded.retention_days, \
+             next_run_at = excluded.next_run_at",
+        )
+        .bind(instance.0)
+        .bind(to_i32("retention days", retention_days)?)
+        .bind(first_run_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.backup_schedule(instance).await
+    }
+
+    async fn backup_schedule(&self, instance: InstanceId) -> StoreResult<Option<BackupSchedule>> {
+        let row = sqlx::query(SCHEDULE_SELECT)
+            .bind(instance.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(schedule_from).transpose()
+    }
+
+    async fn claim_due_backup(
+        &self,
+        now: OffsetDateTime,
+        next: OffsetDateTime,
+        among: &[InstanceId],
+    ) -> StoreResult<Option<BackupSchedule>> {
+        let among: Vec<Uuid> = among.iter().map(|i| i.0).collect();
+        // SKIP LOCKED: a row another replica is claiming right now is not waited for; once
+        // that claim commits, the row's new next_run_at fails the re-checked `<= $1`.
+        let row = sqlx::query(
+            "UPDATE backup_schedules s SET next_run_at = $2 \
+             FROM (SELECT instance_id, next_run_at AS was FROM backup_schedules \
+                   WHERE next_run_at <= $1 AND instance_id = ANY($3) \
+                   ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED) d, \
+                  redis_instances i \
+             WHERE s.instance_id = d.instance_id AND i.id = s.instance_id AND s.next_run_at <= $1 \
+             RETURNING s.instance_id, i.org_id, s.retention_days, d.was AS next_run_at",
+        )
+        .bind(now)
+        .bind(next)
+        .bind(&among)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(schedule_from).transpose()
     }
 }
 

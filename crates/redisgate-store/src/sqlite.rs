@@ -15,7 +15,8 @@ use std::time::Duration;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
-use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, InvitationId, OrgId, UserId};
+use redisgate_core::backup::{Backup, BackupCaps, BackupKind, BackupSchedule, BackupState, NewBackup};
+use redisgate_core::ids::{ApiKeyId, AuditId, BackupId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
@@ -398,6 +399,40 @@ fn audit_from(row: &SqliteRow) -> StoreResult<AuditEntry> {
         outcome: get_enum(row, "outcome", Outcome::parse)?,
         detail: get(row, "detail")?,
         created_at: get(row, "created_at")?,
+    })
+}
+
+macro_rules! backup_cols {
+    () => {
+        "id, instance_id, org_id, name, kind, state, size_bytes, error, object_key, created_at"
+    };
+}
+
+fn backup_from(row: &SqliteRow) -> StoreResult<Backup> {
+    Ok(Backup {
+        id: BackupId(get(row, "id")?),
+        instance_id: InstanceId(get(row, "instance_id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        name: get(row, "name")?,
+        kind: get_enum(row, "kind", BackupKind::parse)?,
+        state: get_enum(row, "state", BackupState::parse)?,
+        size_bytes: get_u64(row, "size_bytes")?,
+        error: get(row, "error")?,
+        object_key: get(row, "object_key")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+/// A schedule row joined with its instance's organization.
+const SCHEDULE_SELECT: &str = "SELECT s.instance_id, i.org_id, s.retention_days, s.next_run_at \
+     FROM backup_schedules s JOIN redis_instances i ON i.id = s.instance_id WHERE s.instance_id = ?1";
+
+fn schedule_from(row: &SqliteRow) -> StoreResult<BackupSchedule> {
+    Ok(BackupSchedule {
+        instance_id: InstanceId(get(row, "instance_id")?),
+        org_id: OrgId(get(row, "org_id")?),
+        retention_days: get_u32(row, "retention_days")?,
+        next_run_at: get(row, "next_run_at")?,
     })
 }
 
@@ -1478,6 +1513,187 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         Ok(done.rows_affected())
+    }
+
+    // Backups.
+
+    async fn create_backup(&self, new: NewBackup, caps: BackupCaps) -> StoreResult<Backup> {
+        let mut tx = self.write_tx().await?;
+        let owner: Option<Uuid> = sqlx::query_scalar("SELECT org_id FROM redis_instances WHERE id = ?1")
+            .bind(new.instance_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if owner != Some(new.org_id.0) {
+            return Err(StoreError::NotFound);
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN state = 'ready' THEN size_bytes ELSE 0 END), 0) AS bytes \
+             FROM backups WHERE org_id = ?1",
+        )
+        .bind(new.org_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if get_u64(&row, "n")? >= u64::from(caps.max_count) {
+            return Err(StoreError::QuotaExceeded(Limit::MaxBackups));
+        }
+        if get_u64(&row, "bytes")? >= caps.max_bytes {
+            return Err(StoreError::QuotaExceeded(Limit::MaxBackupBytes));
+        }
+        let row = sqlx::query(concat!(
+            "INSERT INTO backups (id, instance_id, org_id, name, kind, state, size_bytes, error, object_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, NULL, ?6, ?7) RETURNING ",
+            backup_cols!()
+        ))
+        .bind(new.id.0)
+        .bind(new.instance_id.0)
+        .bind(new.org_id.0)
+        .bind(&new.name)
+        .bind(new.kind.as_str())
+        .bind(&new.object_key)
+        .bind(ts(now()))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "backup"))?;
+        let backup = backup_from(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(backup)
+    }
+
+    async fn finish_backup(
+        &self,
+        id: BackupId,
+        state: BackupState,
+        size_bytes: u64,
+        error: Option<&str>,
+    ) -> StoreResult<Backup> {
+        let row = sqlx::query(concat!(
+            "UPDATE backups SET state = ?2, size_bytes = ?3, error = ?4 WHERE id = ?1 RETURNING ",
+            backup_cols!()
+        ))
+        .bind(id.0)
+        .bind(state.as_str())
+        .bind(int(size_bytes))
+        .bind(error)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        backup_from(&row)
+    }
+
+    async fn backup(&self, id: BackupId) -> StoreResult<Backup> {
+        let row = sqlx::query(concat!("SELECT ", backup_cols!(), " FROM backups WHERE id = ?1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        backup_from(&row)
+    }
+
+    async fn backups(&self, instance: InstanceId) -> StoreResult<Vec<Backup>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            backup_cols!(),
+            " FROM backups WHERE instance_id = ?1 ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(instance.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        all(rows, backup_from)
+    }
+
+    async fn delete_backup(&self, id: BackupId) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM backups WHERE id = ?1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn set_backup_schedule(
+        &self,
+        instance: InstanceId,
+        schedule: Option<(u32, OffsetDateTime)>,
+    ) -> StoreResult<Option<BackupSchedule>> {
+        let mut tx = self.write_tx().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM redis_instances WHERE id = ?1")
+            .bind(instance.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let Some((retention_days, first_run_at)) = schedule else {
+            sqlx::query("DELETE FROM backup_schedules WHERE instance_id = ?1")
+                .bind(instance.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO backup_schedules (instance_id, retention_days, next_run_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (instance_id) DO UPDATE SET retention_days = excluded.retention_days, \
+             next_run_at = excluded.next_run_at",
+        )
+        .bind(instance.0)
+        .bind(i64::from(retention_days))
+        .bind(ts(first_run_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let row = sqlx::query(SCHEDULE_SELECT).bind(instance.0).fetch_one(&mut *tx).await.map_err(db)?;
+        let schedule = schedule_from(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(schedule))
+    }
+
+    async fn backup_schedule(&self, instance: InstanceId) -> StoreResult<Option<BackupSchedule>> {
+        let row =
+            sqlx::query(SCHEDULE_SELECT).bind(instance.0).fetch_optional(&self.pool).await.map_err(db)?;
+        row.as_ref().map(schedule_from).transpose()
+    }
+
+    async fn claim_due_backup(
+        &self,
+        now: OffsetDateTime,
+        next: OffsetDateTime,
+        among: &[InstanceId],
+    ) -> StoreResult<Option<BackupSchedule>> {
+        // Ids are 16-byte blobs: the list goes in as a JSON array of their hex forms.
+        let among = serde_json::to_string(
+            &among.iter().map(|i| i.0.simple().to_string().to_uppercase()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::Unavailable(format!("encoding instance ids: {e}")))?;
+        // One writer at a time: the read and the move cannot interleave with another claim.
+        let mut tx = self.write_tx().await?;
+        let due: Option<Uuid> = sqlx::query_scalar(
+            "SELECT instance_id FROM backup_schedules WHERE next_run_at <= ?1 \
+             AND hex(instance_id) IN (SELECT value FROM json_each(?2)) ORDER BY next_run_at LIMIT 1",
+        )
+        .bind(ts(now))
+        .bind(among)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(instance) = due else { return Ok(None) };
+        let row = sqlx::query(SCHEDULE_SELECT).bind(instance).fetch_one(&mut *tx).await.map_err(db)?;
+        let schedule = schedule_from(&row)?;
+        sqlx::query("UPDATE backup_schedules SET next_run_at = ?2 WHERE instance_id = ?1")
+            .bind(instance)
+            .bind(ts(next))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(schedule))
     }
 }
 

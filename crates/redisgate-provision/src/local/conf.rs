@@ -126,6 +126,8 @@ impl ConfValues<'_> {
              appendonly yes\n\
              appendfsync everysec\n\
              save \"\"\n\
+             # Written only when RedisGate asks for a backup (BGSAVE), and moved away then.\n\
+             dbfilename dump.rdb\n\
              dir {dir}\n\
              logfile {log}\n\
              always-show-logo no\n\

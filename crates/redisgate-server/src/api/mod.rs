@@ -8,6 +8,7 @@
 //! - [`invitations`]: inviting people into an organization by e-mail, single-use tokens.
 //! - [`audit`]: recording and listing the audit log.
 //! - [`instances`]: Redis instances (provisioned by RedisGate or brought by the user).
+//! - [`backups`]: instances' backups, restores, daily schedules and RDB imports.
 //! - [`keys`]: API keys for the data plane.
 //! - [`commands`]: running Redis commands from a member's session (the console), through the
 //!   gateway's own path.
@@ -20,6 +21,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod commands;
 pub mod error;
 pub mod instances;
@@ -47,6 +49,7 @@ use crate::config::AuthSettings;
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub instances: Arc<crate::instances::Instances>,
+    pub backups: Arc<crate::backups::Backups>,
     /// For revocations to take effect at once on this server.
     pub keys: Arc<crate::gateway::keys::KeyAuth>,
     /// The data plane, for the commands members run from the console.
@@ -197,6 +200,7 @@ pub fn router(state: Arc<ApiState>) -> (axum::Router, utoipa::openapi::OpenApi) 
         .merge(invitations::routes())
         .merge(audit::routes())
         .merge(instances::routes())
+        .merge(backups::routes())
         .merge(keys::routes())
         .merge(commands::routes())
         .merge(plans::routes())

@@ -512,7 +512,8 @@ impl Backend {
             return Err(BackendError::Protocol("a routed backend has no session of its own".into()));
         }
         let permit = self.stream_permit()?;
-        let info = self.client.get_connection_info();
+        let client = self.client();
+        let info = client.get_connection_info();
         let session = self
             .connect_dedicated(async {
                 let stream = match &self.egress {

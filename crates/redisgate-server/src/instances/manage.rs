@@ -53,6 +53,23 @@ pub struct NewRedisInstance {
     pub tls_ca_pem: Option<String>,
 }
 
+impl NewRedisInstance {
+    /// A local instance of `memory_mb` with the defaults otherwise (an RDB import).
+    pub fn local(name: String, memory_mb: u64) -> Self {
+        NewRedisInstance {
+            name,
+            provisioner: Some(ProvisionerKind::Local),
+            memory_mb: Some(memory_mb),
+            eviction_policy: None,
+            url: None,
+            kind: None,
+            sentinel: None,
+            cluster: None,
+            tls_ca_pem: None,
+        }
+    }
+}
+
 /// A change to an instance; absent fields stay as they are.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

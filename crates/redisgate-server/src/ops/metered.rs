@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::ApiKey;
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry};
-use redisgate_core::ids::{ApiKeyId, InstanceId, InvitationId, OrgId, UserId};
+use redisgate_core::backup::{Backup, BackupCaps, BackupSchedule, BackupState, NewBackup};
+use redisgate_core::ids::{ApiKeyId, BackupId, InstanceId, InvitationId, OrgId, UserId};
 use redisgate_core::instance::{Instance, InstanceStatus};
 use redisgate_core::org::{Invitation, Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
@@ -128,4 +129,12 @@ metered! {
     fn usage(&self, instance: InstanceId, since: OffsetDateTime, finest_to: Resolution) -> Vec<UsageRow>;
     fn roll_up_usage(&self, from: Resolution, to: Resolution, before: OffsetDateTime, limit: u32) -> u64;
     fn prune_usage(&self, resolution: Resolution, before: OffsetDateTime, limit: u32) -> u64;
+    fn create_backup(&self, new: NewBackup, caps: BackupCaps) -> Backup;
+    fn finish_backup(&self, id: BackupId, state: BackupState, size_bytes: u64, error: Option<&str>) -> Backup;
+    fn backup(&self, id: BackupId) -> Backup;
+    fn backups(&self, instance: InstanceId) -> Vec<Backup>;
+    fn delete_backup(&self, id: BackupId) -> ();
+    fn set_backup_schedule(&self, instance: InstanceId, schedule: Option<(u32, OffsetDateTime)>) -> Option<BackupSchedule>;
+    fn backup_schedule(&self, instance: InstanceId) -> Option<BackupSchedule>;
+    fn claim_due_backup(&self, now: OffsetDateTime, next: OffsetDateTime, among: &[InstanceId]) -> Option<BackupSchedule>;
 }

@@ -112,6 +112,34 @@ fn routes() -> Vec<Route> {
             Some(json!({"command": ["FLUSHDB"]})),
             [200, 200, 400, 400],
         ),
+        // Backups: taking, deleting, restoring and downloading (it holds the data) need
+        // ManageInstances; listing and reading ViewInstances.
+        r(Method::GET, "/redis-instances/{instance}/backups", None, [200, 200, 200, 200]),
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/backups",
+            Some(json!({"name": "b"})),
+            [202, 202, 202, 403],
+        ),
+        r(Method::GET, "/redis-instances/{instance}/backups/{backup}", None, [200, 200, 200, 200]),
+        r(Method::GET, "/redis-instances/{instance}/backups/{backup}/download", None, [200, 200, 200, 403]),
+        r(
+            Method::POST,
+            "/redis-instances/{instance}/backups/{backup}/restore",
+            Some(json!({"confirm": true})),
+            [200, 200, 200, 403],
+        ),
+        r(Method::DELETE, "/redis-instances/{instance}/backups/{backup}", None, [204, 204, 204, 403]),
+        r(Method::GET, "/redis-instances/{instance}/backup-schedule", None, [200, 200, 200, 200]),
+        r(
+            Method::PUT,
+            "/redis-instances/{instance}/backup-schedule",
+            Some(json!({"retention_days": 3})),
+            [200, 200, 200, 403],
+        ),
+        r(Method::DELETE, "/redis-instances/{instance}/backup-schedule", None, [204, 204, 204, 403]),
+        // An upload that is no RDB file: refused after the role is checked.
+        r(Method::POST, "/redis-instances/import?name=up", Some(json!({})), [422, 422, 422, 403]),
         r(Method::GET, "/api-keys", None, [200, 200, 200, 200]),
         r(Method::POST, "/api-keys", Some(json!({"name": "k", "scope": "read-only"})), [201, 201, 201, 403]),
         // Admin-scope keys may flush and script: owners and admins only (Action::MintAdminKeys).
@@ -194,6 +222,14 @@ async fn every_route_by_every_role_and_outsiders() {
                 assert_eq!(s, 201, "{i}");
                 instance = i["id"].as_str().unwrap().to_owned();
             }
+            let mut backup = String::new();
+            if route.path.contains("{backup}") {
+                let backups = format!("{base}/redis-instances/{instance}/backups");
+                let (s, b) = owner.post(&backups, json!({"name": "b"})).await;
+                assert_eq!(s, 202, "{b}");
+                backup = b["id"].as_str().unwrap().to_owned();
+                crate::backups::wait_ready(&owner, &format!("{backups}/{backup}")).await;
+            }
             let mut key = String::new();
             if route.path.contains("{key}") {
                 let (s, k) =
@@ -216,6 +252,7 @@ async fn every_route_by_every_role_and_outsiders() {
                 p.replace("{target}", &target_id)
                     .replace("{instance}", &instance)
                     .replace("{key}", &key)
+                    .replace("{backup}", &backup)
                     .replace("{invitation}", &invitation)
             };
             let path = format!("{base}{}", fill(route.path));

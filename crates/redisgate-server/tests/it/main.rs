@@ -3,6 +3,7 @@
 
 mod accounts;
 mod api;
+mod backups;
 mod cluster;
 mod commands;
 mod common;

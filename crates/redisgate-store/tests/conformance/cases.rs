@@ -21,6 +21,8 @@ use redisgate_core::store::{
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+pub use crate::backups::*;
+
 type S = Arc<dyn Store>;
 
 const GIB: u64 = 1024 * 1024 * 1024;

@@ -8,6 +8,7 @@
 //! cargo test -p redisgate-store --test conformance postgres
 //! ```
 
+mod backups;
 mod cases;
 mod support;
 
@@ -106,6 +107,12 @@ conformance!(
     usage_rows_round_trip_per_instance_time_and_resolution,
     usage_roll_up_merges_old_rows_in_batches_and_prune_deletes_them,
     usage_rows_per_instance_stay_bounded,
+    // Backups.
+    backups_round_trip_finish_and_delete,
+    a_backup_of_another_orgs_instance_is_not_found,
+    backup_caps_count_every_backup_and_ready_bytes,
+    schedules_are_set_replaced_and_removed,
+    a_due_schedule_is_claimed_once_even_when_racing,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
@@ -184,6 +191,8 @@ mod sqlite_only {
             [
                 "api_keys",
                 "audit_logs",
+                "backup_schedules",
+                "backups",
                 "invitations",
                 "memberships",
                 "organizations",
