@@ -217,6 +217,17 @@ fn json_arg(raw: &RawValue) -> Result<Vec<u8>, &'static str> {
     }
 }
 
+/// The token of an `Authorization` header value `Bearer <token>` (the scheme in any case,
+/// surrounding spaces trimmed); shared by the data plane, the management API's sessions and
+/// `/health`.
+pub fn bearer_token(value: &[u8]) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(b"bearer ".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    std::str::from_utf8(token).ok().map(str::trim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,13 +33,13 @@ use redisgate_provision::ExternalProvisioner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::Backend;
+use crate::backend::ha::cluster::Cluster;
+use crate::backend::ha::sentinel::Sentinel;
+use crate::backend::ha::{Dialer, NodeStatus, Routed};
+use crate::backend::script::ScopeUsers;
 use crate::config::{BackendSettings, Settings};
 use crate::egress::Egress;
-use crate::gateway::backend::Backend;
-use crate::gateway::ha::cluster::Cluster;
-use crate::gateway::ha::sentinel::Sentinel;
-use crate::gateway::ha::{Dialer, NodeStatus, Routed};
-use crate::gateway::script::ScopeUsers;
 use crate::secrets::Sealer;
 
 /// Live instance stats, from Redis' own INFO.

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backend;
 pub mod backups;
 pub mod check;
 pub mod config;
@@ -51,9 +52,9 @@ use redisgate_provision::{LocalOptions, LocalProvisioner};
 
 use crate::api::ApiState;
 use crate::api::auth::{AnonymousLimit, LoginThrottle};
+use crate::backend::Backend;
 use crate::config::{BackendSettings, CorsSettings, RateLimitMode, Settings};
 use crate::gateway::auth::{Principal, Tokens};
-use crate::gateway::backend::Backend;
 use crate::gateway::keys::KeyAuth;
 use crate::gateway::{Gateway, reply::SyncTokens};
 use crate::instances::Instances;

@@ -107,6 +107,11 @@ fn parse_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The SHA-256 of a secret token, as the store keeps it.
+pub fn hash_secret(secret: &str) -> redisgate_core::store::SecretHash {
+    <sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

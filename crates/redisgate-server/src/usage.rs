@@ -18,7 +18,7 @@ use redisgate_core::usage::{self, Meter, Period, Point, Resolution, ServerFigure
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::backend::Backend;
+use crate::backend::Backend;
 use crate::instances::Instances;
 
 /// How long after a member last asked for an instance's usage it is sampled even when idle,

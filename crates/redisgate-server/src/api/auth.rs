@@ -27,7 +27,7 @@ use redisgate_core::audit::Outcome;
 use redisgate_core::org::Role;
 use redisgate_core::quota::Plan;
 use redisgate_core::ratelimit::Rate;
-use redisgate_core::store::{Admission, Invitee, SecretHash, StoreError};
+use redisgate_core::store::{Admission, Invitee, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -213,10 +213,7 @@ impl LoginThrottle {
     }
 }
 
-/// The SHA-256 of a secret token, as the store keeps it.
-pub fn hash_secret(secret: &str) -> SecretHash {
-    Sha256::digest(secret.as_bytes()).into()
-}
+pub use crate::secrets::hash_secret;
 
 /// `prefix` + 256 random bits, base64url.
 pub fn random_token(prefix: &str) -> String {

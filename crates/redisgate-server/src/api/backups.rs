@@ -348,8 +348,7 @@ async fn import(
         let rec = state.instances.create(org, user.id, NewRedisInstance::local(name, mb)).await?;
         if let Err(e) = state.backups.restore_file(&file, &rec).await {
             // No half-made instance stays behind.
-            let _ = state.instances.delete(&rec).await;
-            let _ = state.store.delete_instance(rec.instance.id).await;
+            let _ = state.instances.remove(&rec).await;
             return Err(e.into());
         }
         Ok(state.store.instance(rec.instance.id).await?.instance)

@@ -33,7 +33,7 @@ pub struct InstanceView {
     /// Sentinel and Cluster instances: each server known now, its role and whether the
     /// gateway is connected to it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<Vec<crate::gateway::ha::NodeStatus>>,
+    pub nodes: Option<Vec<crate::backend::ha::NodeStatus>>,
 }
 
 fn view(state: &ApiState, user: &User, instance: Instance) -> InstanceView {
@@ -222,11 +222,7 @@ async fn delete(
     let result = async {
         authorize(&state, user.id, org, Action::ManageInstances).await?;
         let rec = record_of(&state, org, id).await?;
-        if let Err(reason) = state.instances.delete(&rec).await {
-            tracing::error!(instance.id = %id, %reason, "could not destroy an instance's server");
-            return Err(ApiError::Internal);
-        }
-        Ok(state.store.delete_instance(id).await?)
+        Ok(state.instances.remove(&rec).await?)
     }
     .await;
     audit::outcome(&state, &user, Some(org), "instance.delete", Some(id.to_string()), &meta, result).await?;

@@ -34,8 +34,8 @@ use tokio_util::task::TaskTracker;
 
 use self::scratch::{Scratch, Side};
 use self::storage::Storage;
+use crate::backend::Backend;
 use crate::config::BackupSettings;
-use crate::gateway::backend::Backend;
 use crate::instances::Instances;
 
 /// Why a backup operation did not happen.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use crate::gateway::backend::Backend;
+use crate::backend::Backend;
 
 /// The RDB file the scratch server loads and saves.
 const RDB_FILE: &str = "dump.rdb";

@@ -16,7 +16,7 @@ use redisgate_core::policy::Access;
 use secrecy::{ExposeSecret, SecretBox};
 use subtle::ConstantTimeEq;
 
-use super::backend::Backend;
+use crate::backend::Backend;
 
 /// Who is calling, once the token checked out.
 #[derive(Clone)]
@@ -69,12 +69,7 @@ pub fn token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Option<Cow<'a, 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case); shared by
 /// the data plane and the management API's sessions.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = v.split_at_checked(b"bearer ".len())?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    std::str::from_utf8(token).ok().map(str::trim)
+    redisgate_core::request::bearer_token(headers.get(http::header::AUTHORIZATION)?.as_bytes())
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {

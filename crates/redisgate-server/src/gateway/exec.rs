@@ -10,8 +10,8 @@ use tracing::{Instrument as _, Span};
 
 use redisgate_core::policy::Access;
 
-use super::backend::{Backend, BackendError};
-use super::script::Kinds;
+use crate::backend::script::Kinds;
+use crate::backend::{Backend, BackendError};
 use crate::ops::metrics::command_label;
 
 fn packed(cmd: &Command) -> redis::Cmd {

@@ -18,13 +18,10 @@
 //! (size and time bounded) → parse → policy for every command → backend → encode.
 
 pub mod auth;
-pub mod backend;
 pub mod exec;
-pub mod ha;
 pub mod keys;
 pub mod lua;
 pub mod reply;
-pub mod script;
 pub mod sharded;
 pub mod slots;
 pub mod sse;
@@ -151,7 +148,7 @@ pub async fn handle_instance(State(gw): State<Arc<Gateway>>, req: Request) -> Re
             unauthorized(&gw.sync)
         }
         Err(keys::Denied::StoreDown) => {
-            let e = backend::BackendError::Unavailable {
+            let e = crate::backend::BackendError::Unavailable {
                 reason: "the key store is unreachable".into(),
                 retry_after: std::time::Duration::from_secs(1),
             };
@@ -252,7 +249,7 @@ fn authorize(req: &Rq, access: Access) -> Result<(), Refusal> {
 /// share of the time in the metrics; the instance's usage meter counts each command as a read
 /// or a write (and failed or not), and the request's time once.
 fn record_commands(
-    backend: &backend::Backend,
+    backend: &crate::backend::Backend,
     commands: &[Option<usize>],
     started: std::time::Instant,
     outcomes: Option<&[Value]>,

@@ -9,7 +9,7 @@ use axum::response::Response;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use redisgate_core::codec;
 
-use super::backend::BackendError;
+use crate::backend::BackendError;
 
 /// `upstash-sync-token` values: strictly increasing for the life of the process, and
 /// prefixed by the start time so that a restarted gateway does not repeat old values.

@@ -32,10 +32,10 @@ use redisgate_core::topology::parse_address;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, BackendError, Session, StreamGuard};
-use super::ha::Routed;
 use super::slots::Slot;
 use super::sse::{joined, respond};
+use crate::backend::ha::Routed;
+use crate::backend::{Backend, BackendError, Session, StreamGuard};
 
 /// How long a stream whose subscription ended tries to subscribe again before it ends: longer
 /// than a Cluster failover with a moderate `cluster-node-timeout`.

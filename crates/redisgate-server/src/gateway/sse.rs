@@ -26,9 +26,9 @@ use futures_util::{Stream, StreamExt, stream};
 use http::{HeaderValue, header};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, BackendError};
-use super::ha::Routed;
 use super::slots::Slot;
+use crate::backend::ha::Routed;
+use crate::backend::{Backend, BackendError};
 
 /// One SSE event carrying `text`. Line breaks inside it become further `data:` lines, so a
 /// payload can never break the framing.

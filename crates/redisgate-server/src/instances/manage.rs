@@ -288,6 +288,17 @@ impl Instances {
         }
     }
 
+    /// Deletes an instance: it is no longer served, a local server stops and its data goes,
+    /// then its row (with its tokens, backups' records and usage) leaves the store.
+    pub async fn remove(&self, rec: &InstanceRecord) -> Result<(), Refused> {
+        let id = rec.instance.id;
+        if let Err(reason) = self.delete(rec).await {
+            tracing::error!(instance.id = %id, %reason, "could not destroy an instance's server");
+            return Err(Refused::Internal);
+        }
+        self.store.delete_instance(id).await.map_err(Refused::Store)
+    }
+
     /// Replaces both REST tokens (the old ones get 401 within the key cache's freshness on
     /// every replica, at once on this one after the caller's invalidation) and, for a local
     /// instance, its server's password, live: the gateway's connections stay, the next one

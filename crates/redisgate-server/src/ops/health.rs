@@ -1,6 +1,6 @@
 //! Health probes. Answers come from background checks, never from a probe per request:
 //! the metadata store is pinged every `interval`, each instance's Redis by its backend's own
-//! health check (see `gateway::backend`).
+//! health check (see `backend`).
 //!
 //! - `GET /health/live`: 200 whenever the process serves.
 //! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
@@ -157,7 +157,7 @@ impl Health {
     /// Whether `token` is the session of a deployment administrator. `false` when the store
     /// cannot say in time: the details are then only on the metrics listener.
     async fn administrator(&self, token: &str) -> bool {
-        let hash = crate::api::auth::hash_secret(token);
+        let hash = crate::secrets::hash_secret(token);
         let user = self.store.session_user(&hash, time::OffsetDateTime::now_utc());
         matches!(tokio::time::timeout(SESSION_WAIT, user).await, Ok(Ok(Some(u))) if u.is_admin)
     }
@@ -165,7 +165,10 @@ impl Health {
 
 /// `GET /health` on the main listener: the details for deployment administrators only.
 pub async fn health(State(h): State<Arc<Health>>, headers: HeaderMap) -> Response {
-    let detailed = match crate::gateway::auth::bearer(&headers) {
+    let detailed = match headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| redisgate_core::request::bearer_token(v.as_bytes()))
+    {
         Some(token) => h.administrator(token).await,
         None => false,
     };

@@ -15,15 +15,15 @@ use redisgate_core::catalog;
 use redisgate_core::command::Command;
 use tracing::Instrument as _;
 
+pub use crate::backend::{
+    CLUSTER_REDIRECTS, REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS, TOPOLOGY_CHANGES,
+};
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_ERRORS: &str = "http_request_errors_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const REDIS_COMMANDS: &str = "redis_commands_total";
 pub const REDIS_COMMAND_ERRORS: &str = "redis_command_errors_total";
 pub const REDIS_COMMAND_DURATION: &str = "redis_command_duration_seconds";
-pub const REDIS_CONNECTIONS_ACTIVE: &str = "redis_connections_active";
-pub const REDIS_CONNECTION_RETRIES: &str = "redis_connection_retries_total";
-pub const REDIS_RECONNECTS: &str = "redis_reconnects_total";
 pub const DB_QUERIES: &str = "database_queries_total";
 pub const DB_ERRORS: &str = "database_query_errors_total";
 pub const DB_DURATION: &str = "database_query_duration_seconds";
@@ -38,8 +38,6 @@ pub const RATE_LIMIT_REJECTIONS: &str = "rate_limit_rejections_total";
 pub const RATE_LIMIT_FALLBACKS: &str = "rate_limit_fallbacks_total";
 pub const AUTH_RATE_LIMIT_REJECTIONS: &str = "auth_rate_limit_rejections_total";
 pub const AUDIT_PRUNED: &str = "audit_entries_pruned_total";
-pub const TOPOLOGY_CHANGES: &str = "redis_topology_changes_total";
-pub const CLUSTER_REDIRECTS: &str = "redis_cluster_redirects_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "tls_handshake_failures_total";
 pub const TLS_RELOADS: &str = "tls_certificate_reloads_total";
 

@@ -23,7 +23,7 @@ use redisgate_core::ratelimit::{Decision, Rate, Unit};
 use tokio::time::Instant;
 
 use super::metrics::RATE_LIMIT_FALLBACKS;
-use crate::gateway::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 
 /// Whose budget a request spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

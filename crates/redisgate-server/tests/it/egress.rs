@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use redisgate_core::egress::EgressPolicy;
 use redisgate_provision::SharedResolver;
+use redisgate_server::backend::Backend;
 use redisgate_server::config::{BackendSettings, RateLimitMode, Settings};
 use redisgate_server::egress::{Egress, LocalPorts};
-use redisgate_server::gateway::backend::Backend;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Dialer, NodeStatus, Script, address, error_reply, parts, send, send_batch, status_of};
-use crate::gateway::backend::{Backend, BackendError};
-use crate::ops::metrics::{CLUSTER_REDIRECTS, TOPOLOGY_CHANGES};
+use crate::backend::{Backend, BackendError};
+use crate::backend::{CLUSTER_REDIRECTS, TOPOLOGY_CHANGES};
 
 /// Redirections followed for one command before its last answer is given as is.
 const MAX_REDIRECTS: usize = 16;

@@ -12,12 +12,23 @@
 //!
 //! Scripts go through [`Backend::run_script`] / [`Backend::run_script_batch`]: bounded by
 //! `script_timeout`, and on local instances sent as the key scope's ACL user over a connection
-//! of that user, opened on the first script (see [`super::script`]). Those connections follow
+//! of that user, opened on the first script (see [`script`]). Those connections follow
 //! the same rules: 503 while they cannot be opened, a command is never re-sent, and one that
 //! broke is opened again by the next script.
 //!
 //! A Sentinel or Cluster instance's backend routes instead ([`Backend::start_routed`]): each
-//! call goes to the plain backends of the servers [`super::ha`] picks, under the same rules.
+//! call goes to the plain backends of the servers [`ha`] picks, under the same rules.
+
+pub mod ha;
+pub mod script;
+
+// The connection metrics' names: this module's own, listed with the others in
+// `ops::metrics` (which re-exports them), so the backends need nothing of `ops`.
+pub const REDIS_CONNECTIONS_ACTIVE: &str = "redis_connections_active";
+pub const REDIS_CONNECTION_RETRIES: &str = "redis_connection_retries_total";
+pub const REDIS_RECONNECTS: &str = "redis_reconnects_total";
+pub const TOPOLOGY_CHANGES: &str = "redis_topology_changes_total";
+pub const CLUSTER_REDIRECTS: &str = "redis_cluster_redirects_total";
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -35,10 +46,9 @@ use tokio_util::task::TaskTracker;
 
 use redisgate_core::policy::Access;
 
-use super::ha::Routed;
-use super::script::{self, Kinds, ScopeError, ScopeUsers};
+use self::ha::Routed;
+use self::script::{Kinds, ScopeError, ScopeUsers};
 use crate::config::BackendSettings;
-use crate::ops::metrics::{REDIS_CONNECTION_RETRIES, REDIS_CONNECTIONS_ACTIVE, REDIS_RECONNECTS};
 
 /// Why a backend could not serve a request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -296,7 +306,7 @@ impl Backend {
         let _ = self.stream_roots.set(roots);
     }
 
-    /// Runs one script command (see [`super::script`]).
+    /// Runs one script command (see [`script`]).
     pub async fn run_script(
         &self,
         cmd: &redis::Cmd,

@@ -22,8 +22,8 @@ use redisgate_provision::SharedResolver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backend::{Backend, BackendError};
 use super::script::Kinds;
+use super::{Backend, BackendError};
 use crate::config::BackendSettings;
 
 /// A script call's access and kill kinds; `None` for plain commands.

@@ -176,8 +176,8 @@ struct ScopeUser {
 
 struct OpenConnection {
     conn: MultiplexedConnection,
-    opened_in: watch::Receiver<super::backend::State>,
-    _active: super::backend::ActiveConnection,
+    opened_in: watch::Receiver<super::State>,
+    _active: super::ActiveConnection,
 }
 
 /// The per-scope ACL users of a local instance: one for each scope that may send scripts
@@ -205,11 +205,11 @@ impl ScopeUsers {
         access: Access,
         base: &Client,
         shared: &mut MultiplexedConnection,
-        state: watch::Receiver<super::backend::State>,
+        state: watch::Receiver<super::State>,
         open: impl FnOnce(Client) -> F,
     ) -> Result<MultiplexedConnection, ScopeError>
     where
-        F: Future<Output = Result<MultiplexedConnection, super::backend::BackendError>>,
+        F: Future<Output = Result<MultiplexedConnection, super::BackendError>>,
     {
         // The policy refuses scripts of read-only keys before they get here.
         let user = self.user(access).ok_or(ScopeError::Setup("read-only keys run no scripts"))?;
@@ -243,7 +243,7 @@ impl ScopeUsers {
             .map_err(|_| ScopeError::Setup("unusable connection info"))?;
         let conn = open(client).await.map_err(ScopeError::Backend)?;
         tracing::debug!(scope.user = user.name, "script connection opened");
-        let _active = super::backend::ActiveConnection::open();
+        let _active = super::ActiveConnection::open();
         *slot = Some(OpenConnection { conn: conn.clone(), opened_in: state, _active });
         Ok(conn)
     }
@@ -259,7 +259,7 @@ impl ScopeUsers {
 /// Why a scope's connection could not be opened.
 pub(super) enum ScopeError {
     Setup(&'static str),
-    Backend(super::backend::BackendError),
+    Backend(super::BackendError),
 }
 
 #[cfg(test)]

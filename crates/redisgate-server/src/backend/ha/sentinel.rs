@@ -27,7 +27,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Dialer, NodeStatus, Script, address, parts, send, status_of};
-use crate::gateway::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 
 /// A server of the topology with its backend.
 #[derive(Clone)]
@@ -214,7 +214,7 @@ impl Sentinel {
         match tokio::time::timeout(timeout, client.get_multiplexed_async_connection_with_config(&cfg)).await {
             Ok(Ok(c)) => Some(c),
             Ok(Err(e)) => {
-                tracing::warn!(backend = %self.dial.label, sentinel = i, error = crate::gateway::backend::short_reason(&e), "cannot connect to a sentinel");
+                tracing::warn!(backend = %self.dial.label, sentinel = i, error = crate::backend::short_reason(&e), "cannot connect to a sentinel");
                 None
             }
             Err(_) => None,
@@ -242,7 +242,7 @@ impl Sentinel {
             return;
         }
         tracing::info!(backend = %self.dial.label, primary = %address(&host, port), "following a new primary");
-        metrics::counter!(crate::ops::metrics::TOPOLOGY_CHANGES, "kind" => "sentinel").increment(1);
+        metrics::counter!(crate::backend::TOPOLOGY_CHANGES, "kind" => "sentinel").increment(1);
         let old = self.primary.send_replace(Some(Node { host, port, backend }));
         if let Some(old) = old {
             old.backend.stop();
