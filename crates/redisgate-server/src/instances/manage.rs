@@ -268,7 +268,7 @@ impl Instances {
         }
         let Some((_, backend)) = self.backend(inst.id) else { return Err(Refused::NotRunning) };
         let previous = InstanceChange {
-            name: None,
+            name: Some(inst.name.clone()),
             memory_bytes: Some(inst.memory_bytes),
             eviction_policy: Some(inst.eviction_policy),
         };
@@ -281,7 +281,11 @@ impl Instances {
         match backend.run(&cmd).await {
             Ok(redis::Value::Okay) => Ok(updated),
             answer => {
-                tracing::warn!(instance.id = %inst.id, answer = ?answer.as_ref().map(|_| "not OK"), "CONFIG SET refused; configuration change undone");
+                let reason = match &answer {
+                    Ok(value) => format!("{value:?}"),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(instance.id = %inst.id, %reason, "CONFIG SET refused; configuration change undone");
                 let _ = self.store.update_instance(inst.id, previous).await;
                 Err(Refused::NotRunning)
             }
@@ -327,10 +331,10 @@ impl Instances {
     /// The instance's REST tokens in the clear: standard first, then read-only. An instance
     /// made before tokens existed gets them now.
     pub async fn tokens(&self, rec: &InstanceRecord, by: UserId) -> Result<[String; 2], Refused> {
-        let stored = self.store.instance_tokens(rec.instance.id).await.map_err(Refused::Store)?;
+        let mut stored = self.store.instance_tokens(rec.instance.id).await.map_err(Refused::Store)?;
         if stored.len() != 2 {
             self.replace_tokens(rec, Some(by)).await?;
-            return Box::pin(self.tokens(rec, by)).await;
+            stored = self.store.instance_tokens(rec.instance.id).await.map_err(Refused::Store)?;
         }
         let open = |kind: TokenKind| -> Result<String, Refused> {
             let token = stored.iter().find(|t| t.kind == kind).ok_or(Refused::Internal)?;
