@@ -452,6 +452,7 @@ async fn a_flood_of_anonymous_requests_is_refused_before_it_writes_anything() {
     let stranger = json!({"email": "eve@example.com", "password": PASSWORD});
     let guess = json!({"email": "root@example.com", "password": "not the password"});
     let mut answers = Vec::new();
+    let started = std::time::Instant::now();
     for i in 0..ANONYMOUS_BURST + 20 {
         // Refused registrations and failed logins: each used to leave an audit row.
         let (path, body) = if i % 2 == 0 { ("/auth/register", &stranger) } else { ("/auth/login", &guess) };
@@ -460,20 +461,21 @@ async fn a_flood_of_anonymous_requests_is_refused_before_it_writes_anything() {
         let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
         answers.push((r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap()));
     }
+    // The budget refills at 1/s (`auth.anonymous_rate`'s default): on a slow host the flood
+    // takes seconds (each login hashes a password), and each of them admits one more.
+    let refilled = started.elapsed().as_secs() as usize + 1;
     let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
     // The login throttle (past 5 failures per e-mail) answers 429 too, but with an audit row;
     // the address limit refuses everything past the burst, registrations included.
-    assert!(
-        answers[ANONYMOUS_BURST + 1..].iter().all(|(s, _, _)| *s == 429),
-        "past the burst every request is refused: {answers:?}"
-    );
+    let admitted_after = answers[ANONYMOUS_BURST + 1..].iter().filter(|(s, _, _)| *s != 429).count();
+    assert!(admitted_after <= refilled, "past the burst only the refill is admitted: {answers:?}");
     for (s, retry_after, body) in &refused {
         assert_error(*s, body, 429, "too_many_requests");
         assert!(retry_after.as_deref().is_some_and(|v| v.parse::<u64>().unwrap() >= 1), "{body}");
     }
     // The metadata store grew by at most the burst, not by the flood.
     let written = deployment_entries_from(&root, "127.0.0.2").await.len();
-    assert!(written <= ANONYMOUS_BURST, "{written} audit rows for one address");
+    assert!(written <= ANONYMOUS_BURST + refilled, "{written} audit rows for one address in {refilled} s");
     // Another address has its own budget.
     let (s, body) = post_from(&g, "127.0.0.3", "/auth/register", stranger.clone()).await;
     assert_error(s, &body, 403, "invitation_required");
