@@ -1,5 +1,6 @@
 //! Redis instances of an organization: create (local process or external server), list,
-//! get (with status), live stats, delete.
+//! get (with status), configure, connect details, credential reset, live stats, delete. The
+//! rules are the instance service's (`crate::instances`); these handlers authorize and map.
 
 use std::sync::Arc;
 
