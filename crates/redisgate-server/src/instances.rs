@@ -470,13 +470,9 @@ impl Instances {
     pub async fn stats(&self, id: InstanceId) -> Option<Stats> {
         let (_, backend) = self.backend(id)?;
         // A cluster's figures are its primaries' added up.
-        let servers = match backend.routed() {
-            Some(routed) => routed.primaries(),
-            None => vec![backend],
-        };
         let mut total: Option<Stats> = None;
-        for server in servers {
-            let s = Self::server_stats(&server).await?;
+        for text in backend.info(None).await? {
+            let s = Self::server_stats(&text);
             total = Some(match total {
                 None => s,
                 Some(t) => Stats {
@@ -490,13 +486,7 @@ impl Instances {
         total
     }
 
-    async fn server_stats(backend: &Backend) -> Option<Stats> {
-        let info = backend.run(&redis::cmd("INFO")).await.ok()?;
-        let text = match info {
-            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-            redis::Value::VerbatimString { text, .. } => text,
-            _ => return None,
-        };
+    fn server_stats(text: &str) -> Stats {
         let field = |name: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
@@ -509,12 +499,12 @@ impl Instances {
                 l.strip_prefix("db")?.split_once(":keys=")?.1.split(',').next()?.parse::<u64>().ok()
             })
             .sum();
-        Some(Stats {
+        Stats {
             used_memory_bytes: field("used_memory"),
             keys,
             ops_per_sec: field("instantaneous_ops_per_sec"),
             connected_clients: field("connected_clients"),
-        })
+        }
     }
 
     /// Stops the local servers (data kept) at shutdown, and says so: their status is

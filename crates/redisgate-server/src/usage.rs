@@ -114,18 +114,8 @@ async fn sample_once(store: &dyn Store, instances: &Instances, interval: Duratio
 
 /// The instance's INFO figures; a cluster's primaries added up. `None` if any does not answer.
 async fn server_figures(backend: &Arc<Backend>, at: OffsetDateTime) -> Option<ServerFigures> {
-    let servers = match backend.routed() {
-        Some(routed) => routed.primaries(),
-        None => vec![Arc::clone(backend)],
-    };
     let mut total: Option<ServerFigures> = None;
-    for server in servers {
-        let info = tokio::time::timeout(INFO_TIMEOUT, server.run(&redis::cmd("INFO"))).await.ok()?.ok()?;
-        let text = match info {
-            redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
-            redis::Value::VerbatimString { text, .. } => text,
-            _ => return None,
-        };
+    for text in backend.info(Some(INFO_TIMEOUT)).await? {
         let figures = ServerFigures::parse_info(&text, at)?;
         total = Some(total.map_or(figures, |t| t.plus(figures)));
     }

@@ -198,6 +198,31 @@ impl Backend {
         *self.client.write().expect("backend client lock") = client;
     }
 
+    /// The `INFO` text of every server holding this backend's keyspace (one, or a cluster's
+    /// primaries), each answer bounded by `per_server` (else by the response timeout alone);
+    /// `None` if any does not answer.
+    pub async fn info(self: &Arc<Self>, per_server: Option<Duration>) -> Option<Vec<String>> {
+        let servers = match self.routed() {
+            Some(routed) => routed.primaries(),
+            None => vec![Arc::clone(self)],
+        };
+        let mut texts = Vec::with_capacity(servers.len());
+        for server in servers {
+            let cmd = redis::cmd("INFO");
+            let info = match per_server {
+                Some(bound) => tokio::time::timeout(bound, server.run(&cmd)).await.ok()?,
+                None => server.run(&cmd).await,
+            };
+            let info = info.ok()?;
+            texts.push(match info {
+                Value::BulkString(b) => String::from_utf8(b).ok()?,
+                Value::VerbatimString { text, .. } => text,
+                _ => return None,
+            });
+        }
+        Some(texts)
+    }
+
     /// The router of a Sentinel or Cluster instance's backend.
     pub fn routed(&self) -> Option<&Routed> {
         self.routed.as_ref()
