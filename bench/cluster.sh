@@ -38,33 +38,14 @@ set -u -o pipefail
 SELF=$(readlink -f "$0")
 REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 
-BIN=""; DURATION=8; CONNS=50; PIN=0; OUT=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --binary) BIN=$2; shift 2;;
-    --duration) DURATION=$2; shift 2;;
-    --conns) CONNS=$2; shift 2;;
-    --pin) PIN=1; shift;;
-    --out) OUT=$2; shift 2;;
-    -h|--help) awk 'NR>1 && /^set -u/{exit} NR>1' "$SELF"; exit 0;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
-  esac
-done
-case "$DURATION" in ''|*[!0-9]*|0) echo "--duration needs a whole number of seconds >= 1" >&2; exit 2;; esac
-case "$CONNS" in ''|*[!0-9]*|0) echo "--conns needs a whole number >= 1" >&2; exit 2;; esac
-
-missing_pkgs=""
-need() { command -v "$1" >/dev/null 2>&1 || { echo "missing: $1" >&2; missing_pkgs="$missing_pkgs $2"; }; }
-need redis-server redis-server; need redis-cli redis-tools; need wrk wrk; need curl curl; need jq jq
-need taskset util-linux; need ss iproute2
-if [ -n "$missing_pkgs" ]; then echo "install them with:  sudo apt-get install -y$missing_pkgs" >&2; exit 2; fi
-if [ -z "$BIN" ]; then
-  if [ -n "${CARGO_TARGET_DIR:-}" ]; then BIN="$(realpath -m "$CARGO_TARGET_DIR")/release/redisgate"; else BIN="$REPO/target/release/redisgate"; fi
-fi
-[ -x "$BIN" ] || { echo "no RedisGate binary at $BIN (cargo build --release -p redisgate, or pass --binary PATH)" >&2; exit 2; }
-
 # shellcheck source=bench/common.sh
 . "$REPO/bench/common.sh"
+single_run_args "$@"
+
+need redis-server redis-server; need redis-cli redis-tools; need wrk wrk; need curl curl; need jq jq
+need taskset util-linux; need ss iproute2
+needs_met
+release_binary
 out_dir /tmp/redisgate-cluster-bench
 
 REDIS_PID=""; NODE_PIDS=""; GW_PID=""; LOAD_PID=""

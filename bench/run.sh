@@ -88,16 +88,13 @@ case "$ROUNDS" in ''|[1-9]|[1-9][0-9]) ;; *) echo "--rounds needs a whole number
 if [ -n "$BIN_B" ]; then [ -x "$BIN_B" ] || { echo "--ab: no executable at $BIN_B" >&2; exit 2; }; BIN_B=$(realpath "$BIN_B"); fi
 
 # ---------------------------------------------------------------- tools (install nothing)
-missing_pkgs=""
-need() { command -v "$1" >/dev/null 2>&1 || { echo "missing: $1" >&2; case " $missing_pkgs " in *" $2 "*) ;; *) missing_pkgs="$missing_pkgs $2";; esac; }; }
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
 need redis-server redis-server; need redis-cli redis-tools; need redis-benchmark redis-tools
 need webdis webdis; need wrk wrk; need curl curl; need taskset util-linux; need ss iproute2
 [ -x /usr/bin/time ] || { echo "missing: /usr/bin/time" >&2; missing_pkgs="$missing_pkgs time"; }
 [ "$MODE" = callgrind ] && { need valgrind valgrind; need callgrind_control valgrind; }
-if [ -n "$missing_pkgs" ]; then
-  echo "install them with:  sudo apt-get install -y$missing_pkgs" >&2
-  exit 2
-fi
+needs_met
 
 # ---------------------------------------------------------------- build
 if [ -z "$BIN" ]; then
@@ -128,8 +125,6 @@ esac
 CAP=$(( BUDGET + 15 ))                             # hard limit (watchdog)
 T_START=$SECONDS
 
-# shellcheck source=bench/common.sh
-. "$REPO/bench/common.sh"
 out_dir /tmp/redisgate-bench
 
 REDIS_PID=""; WEBDIS_PID=""; GW_PID=""; GWB_PID=""; LOAD_PID=""; WATCHDOG_PID=""
