@@ -157,6 +157,20 @@ pub struct Counts {
     pub instances: u64,
 }
 
+// TEMP (until the feed branch merges): the change feed's types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangeSubject {
+    Instance(InstanceId),
+    ApiKey(ApiKeyId),
+    Organization(OrgId),
+}
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub at: OffsetDateTime,
+    pub subject: ChangeSubject,
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
@@ -369,4 +383,14 @@ pub trait Store: Send + Sync + 'static {
         next: OffsetDateTime,
         among: &[InstanceId],
     ) -> StoreResult<Option<BackupSchedule>>;
+    // TEMP
+    async fn changes_after(&self, _after: i64, _limit: u32) -> StoreResult<Option<Vec<Change>>> {
+        Ok(Some(Vec::new()))
+    }
+    async fn last_change(&self) -> StoreResult<i64> {
+        Ok(0)
+    }
+    async fn prune_changes(&self, _before: OffsetDateTime) -> StoreResult<u64> {
+        Ok(0)
+    }
 }

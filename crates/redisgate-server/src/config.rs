@@ -446,9 +446,17 @@ pub struct BackendSettings {
     /// because the redis crate's default (500 ms) breaks legitimately slow commands.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    /// How often the shared connection is pinged to notice a dead Redis without traffic.
+    /// How often an open shared connection is checked: by the replies it carried since the
+    /// last check, else by a PING (which notices a dead Redis without traffic).
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// An instance's shared connection is opened by its first request and closed after this
+    /// long without one; script connections close with it (SSE streams have their own).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Instances without an open connection are checked (connect, PING, close) one after the
+    /// other at this total rate, whatever their number; 0 turns the checks off.
+    pub idle_checks_per_second: u32,
     /// Most concurrent SSE streams per backend, each holding its own Redis connection.
     pub max_streams: usize,
     /// Time an EVAL/EVALSHA/FCALL (or _RO) may run before the gateway kills it with SCRIPT
@@ -466,6 +474,8 @@ impl Default for BackendSettings {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
             health_check_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(300),
+            idle_checks_per_second: 20,
             max_streams: 256,
             script_timeout: Duration::from_secs(5),
         }

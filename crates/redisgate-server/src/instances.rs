@@ -11,6 +11,12 @@
 //! or replaced), so a deleted instance leaves no supervisor reconnecting, logging or counting
 //! retries behind, and its streams end.
 //!
+//! Backends connect on demand ([`Hold::OnDemand`]): a restored or adopted instance is served
+//! without a connection, and [`Instances::check_idle`] checks the ones without one at a
+//! bounded total rate. What this replica knows of every stored instance (to count them for
+//! health) is kept from the store's change feed ([`Instances::follow`]), never by re-reading
+//! every row.
+//!
 //! Local instances are bounded host-wide ([`HostCapacity`]), across organizations. Creates are
 //! admitted one at a time under an in-process lock, counting what the store holds: local
 //! instances are single-replica (their `redis-server` is a child of this process), so this
@@ -33,11 +39,11 @@ use redisgate_provision::ExternalProvisioner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::Backend;
 use crate::backend::ha::cluster::Cluster;
 use crate::backend::ha::sentinel::Sentinel;
 use crate::backend::ha::{Dialer, NodeStatus, Routed};
 use crate::backend::script::ScopeUsers;
+use crate::backend::{Backend, Health, Hold};
 use crate::config::{BackendSettings, Settings};
 use crate::egress::Egress;
 use crate::secrets::Sealer;
@@ -49,6 +55,39 @@ pub struct Stats {
     pub keys: u64,
     pub ops_per_sec: u64,
     pub connected_clients: u64,
+}
+
+/// How an instance is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Created or imported here: an external server is checked (an authenticated PING)
+    /// before it is served.
+    Checked,
+    /// Restored at start-up or adopted from another replica: already checked when it was
+    /// created, so served at once; it connects with its first request, and its health is what
+    /// the checks find.
+    Trusted,
+}
+
+/// What this replica knows of a stored instance, whether it serves it or not.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    provisioner: ProvisionerKind,
+    memory_bytes: u64,
+}
+
+/// The instances' health in numbers, for `/health` and the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    /// Stored instances.
+    pub total: u64,
+    /// Those whose last check failed, or that are not served here: their ids, and when each
+    /// was last seen answering.
+    pub unhealthy: Vec<(InstanceId, Option<time::OffsetDateTime>)>,
+    /// Served, idle, and not checked yet since they were served.
+    pub unchecked: u64,
+    /// Local instances and the memory they reserve.
+    pub local: (u64, u64),
 }
 
 /// A served instance's backend, stopped when the entry goes.
@@ -64,7 +103,7 @@ impl Drop for Served {
 }
 
 /// How many of `records` are local instances, and the memory they reserve together.
-pub fn local_usage(records: &[InstanceRecord]) -> (u64, u64) {
+fn local_usage(records: &[InstanceRecord]) -> (u64, u64) {
     let local = records.iter().filter(|r| r.instance.provisioner == ProvisionerKind::Local);
     local.fold((0, 0), |(n, bytes), r| (n + 1, bytes.saturating_add(r.instance.memory_bytes)))
 }
@@ -101,6 +140,8 @@ pub struct Instances {
     /// Where external instances may connect.
     pub egress: Arc<Egress>,
     backends: RwLock<HashMap<InstanceId, Served>>,
+    /// Every stored instance, as the change feed last told (filled by `restore_all`).
+    known: RwLock<HashMap<InstanceId, Known>>,
     /// Why an external instance could not connect, for deployment administrators only (its
     /// owner's `status_reason` does not say); kept by this replica, not stored.
     details: RwLock<HashMap<InstanceId, String>>,
@@ -137,6 +178,7 @@ impl Instances {
             sealer,
             egress,
             backends: RwLock::default(),
+            known: RwLock::default(),
             details: RwLock::default(),
             settings: settings.backend.clone(),
             tracker,
@@ -203,6 +245,11 @@ impl Instances {
         self.backends.read().expect("backends lock").get(&id).map(|s| (s.org, Arc::clone(&s.backend)))
     }
 
+    /// The instances this replica serves.
+    pub fn served(&self) -> Vec<InstanceId> {
+        self.backends.read().expect("backends lock").keys().copied().collect()
+    }
+
     /// Calls `f` with every served instance's backend, under the read lock: keep it short
     /// (the usage sampler only takes each meter's counts).
     pub fn each_served(&self, mut f: impl FnMut(InstanceId, &Arc<Backend>)) {
@@ -211,18 +258,84 @@ impl Instances {
         }
     }
 
-    /// `healthy` when its Redis answers the backend's health checks, `unhealthy` when the
-    /// gateway holds a backend that does not, `not_running` when there is none.
-    pub fn health(&self, id: InstanceId) -> &'static str {
+    /// `healthy` when its Redis answered the last check, `unhealthy` when it did not,
+    /// `unchecked` when it is idle and not checked yet, `not_running` when this replica does
+    /// not serve it; and when it was last seen answering.
+    pub fn health(&self, id: InstanceId) -> (&'static str, Option<time::OffsetDateTime>) {
         match self.backend(id) {
-            Some((_, b)) if b.is_up() => "healthy",
-            Some(_) => "unhealthy",
-            None => "not_running",
+            Some((_, b)) => {
+                let (health, seen) = b.health();
+                (health.as_str(), seen)
+            }
+            None => ("not_running", None),
+        }
+    }
+
+    /// Counts every stored instance by health (from memory: the last checks and the feed).
+    pub fn census(&self) -> Census {
+        let known = self.known.read().expect("known lock");
+        let backends = self.backends.read().expect("backends lock");
+        let mut census = Census { total: known.len() as u64, ..Census::default() };
+        for (id, k) in known.iter() {
+            if k.provisioner == ProvisionerKind::Local {
+                census.local = (census.local.0 + 1, census.local.1.saturating_add(k.memory_bytes));
+            }
+            match backends.get(id).map(|s| s.backend.health()) {
+                Some((Health::Healthy, _)) => {}
+                Some((Health::Unchecked, _)) => census.unchecked += 1,
+                Some((Health::Unhealthy, seen)) => census.unhealthy.push((*id, seen)),
+                None => census.unhealthy.push((*id, None)),
+            }
+        }
+        census
+    }
+
+    /// Checks the served instances that hold no connection ([`Backend::probe`]), one at a
+    /// time, at `backend.idle_checks_per_second` in all: each is checked once per round over
+    /// all of them, however many there are, and busy ones are checked by their supervisors.
+    /// A round takes at least `backend.health_check_interval`, the cadence of a connection's
+    /// own checks, so a few idle instances are not dialled more often than that.
+    pub async fn check_idle(self: Arc<Self>, cancel: CancellationToken) {
+        let rate = self.settings.idle_checks_per_second;
+        if rate == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1) / rate);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: Vec<InstanceId> = Vec::new();
+        let mut round_started: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            if round.is_empty() {
+                if let Some(started) = round_started {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(started + self.settings.health_check_interval) => {}
+                        () = cancel.cancelled() => return,
+                    }
+                }
+                round_started = Some(tokio::time::Instant::now());
+                round = self.served();
+            }
+            // The next idle one of this round (busy ones are skipped, not waited for).
+            while let Some(id) = round.pop() {
+                if let Some((_, backend)) = self.backend(id)
+                    && backend.is_idle()
+                {
+                    tokio::select! {
+                        () = backend.probe() => {}
+                        () = cancel.cancelled() => return,
+                    }
+                    break;
+                }
+            }
         }
     }
 
     /// Provisions a stored instance and records the outcome; returns the status reached.
-    pub async fn start(&self, rec: &InstanceRecord) -> (InstanceStatus, Option<String>) {
+    pub async fn start(&self, rec: &InstanceRecord, how: Start) -> (InstanceStatus, Option<String>) {
         let inst = &rec.instance;
         if inst.kind != BackendKind::Standalone {
             return self.start_routed(rec).await;
@@ -256,7 +369,21 @@ impl Instances {
             external_url,
             tls_ca_pem,
         };
-        let started = self.provisioner(inst.provisioner).start(&spec).await;
+        // A trusted external server is served as stored, without a connection (its first
+        // request connects), if the egress policy still admits it: the deployment's
+        // administrator may have closed its address since.
+        let started = match (inst.provisioner, how, &spec.external_url) {
+            (ProvisionerKind::External, Start::Trusted, Some(url)) => {
+                match self.egress.check_url(url.expose()).await {
+                    Ok(()) => Ok(url.clone()),
+                    Err(why) => {
+                        Err(ProvisionError::Unreachable(format!("refused by the egress policy: {why}")))
+                    }
+                }
+            }
+            _ => self.provisioner(inst.provisioner).start(&spec).await,
+        };
+        let checked = !(inst.provisioner == ProvisionerKind::External && how == Start::Trusted);
         self.note_detail(inst.id, &started);
         let url = match started {
             Ok(url) => url,
@@ -290,11 +417,23 @@ impl Instances {
         let label = format!("instance {}", inst.id);
         let (settings, tracker, cancel) = (self.settings.clone(), &self.tracker, self.cancel.clone());
         let backend = match inst.provisioner {
-            ProvisionerKind::Local => Backend::start(label, client, settings, tracker, cancel),
-            ProvisionerKind::External => {
-                Backend::start_checked(label, client, self.egress.resolver(), settings, tracker, cancel)
+            ProvisionerKind::Local => {
+                Backend::start(label, client, Hold::OnDemand, settings, tracker, cancel)
             }
+            ProvisionerKind::External => Backend::start_checked(
+                label,
+                client,
+                self.egress.resolver(),
+                Hold::OnDemand,
+                settings,
+                tracker,
+                cancel,
+            ),
         };
+        if checked {
+            // The provisioner has just seen it answer.
+            backend.record_check(true);
+        }
         if let Some(roots) = rec.tls_ca_pem.as_deref().and_then(|ca| crate::egress::tls_roots(ca).ok()) {
             backend.verify_streams_with(roots);
         }
@@ -302,6 +441,10 @@ impl Instances {
             backend.run_scripts_as_scope_users(users);
         }
         self.serve(inst.id, inst.org_id, backend);
+        if inst.status == InstanceStatus::Running && inst.status_reason.is_none() {
+            // Nothing to record: a row written for nothing would be a change every replica reads.
+            return (InstanceStatus::Running, None);
+        }
         self.set(inst.id, InstanceStatus::Running, None).await
     }
 
@@ -410,7 +553,9 @@ impl Instances {
         self.provisioner(rec.instance.provisioner).destroy(id).await.map_err(|e| e.to_string())
     }
 
-    /// Starts every stored instance again (RedisGate restarted), concurrently.
+    /// Starts every stored instance again (RedisGate restarted), concurrently, and learns
+    /// them all ([`Instances::census`]). Local ones start their servers; external ones are
+    /// served at once and connect with their first request ([`Start::Trusted`]).
     pub async fn restore_all(self: &Arc<Self>) {
         let records = match self.store.all_instances().await {
             Ok(r) => r,
@@ -419,51 +564,71 @@ impl Instances {
                 return;
             }
         };
+        self.learn_all(&records);
         let starts = records.into_iter().map(|rec| {
             let me = Arc::clone(self);
             async move {
-                let (status, reason) = me.start(&rec).await;
-                tracing::info!(instance.id = %rec.instance.id, status = status.as_str(), reason = reason.as_deref().unwrap_or(""), "instance restored");
+                let (status, reason) = me.start(&rec, Start::Trusted).await;
+                tracing::debug!(instance.id = %rec.instance.id, status = status.as_str(), reason = reason.as_deref().unwrap_or(""), "instance restored");
             }
         });
         futures_util::future::join_all(starts).await;
     }
 
-    /// Follows what other replicas sharing the metadata store did: serves the external
-    /// instances they started, and stops serving instances they deleted. (Local instances
-    /// are `redis-server` children of the replica that created them, on its machine; other
-    /// replicas cannot reach them, so they are not adopted.)
-    pub async fn follow_store(&self) {
-        let records = match self.store.all_instances().await {
-            Ok(r) => r,
-            Err(e) => return tracing::debug!(error = %e, "could not list instances to follow"),
+    fn learn_all(&self, records: &[InstanceRecord]) {
+        let known = records.iter().map(|r| (r.instance.id, Self::known(r)));
+        *self.known.write().expect("known lock") = known.collect();
+    }
+
+    fn known(rec: &InstanceRecord) -> Known {
+        Known { provisioner: rec.instance.provisioner, memory_bytes: rec.instance.memory_bytes }
+    }
+
+    /// Follows a change of instance `id` in the store, made here or by another replica:
+    /// serves an external instance another replica started, stops serving one that was
+    /// deleted. (Local instances are `redis-server` children of the replica that created
+    /// them, on its machine; other replicas cannot reach them, so they are not adopted.)
+    /// An error leaves the change to be followed again.
+    pub async fn follow(&self, id: InstanceId) -> Result<(), StoreError> {
+        let rec = match self.store.instance(id).await {
+            Ok(rec) => rec,
+            Err(StoreError::NotFound) => {
+                self.known.write().expect("known lock").remove(&id);
+                let removed = self.backends.write().expect("backends lock").remove(&id);
+                if let Some(served) = removed {
+                    drop(served); // stops its backend
+                    tracing::info!(instance.id = %id, "instance deleted by another replica; no longer served");
+                    // Stops a local server of ours that was deleted through another replica.
+                    let _ = self.local.destroy(id).await;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         };
-        let known: Vec<InstanceId> = self.backends.read().expect("backends lock").keys().copied().collect();
-        for id in known.iter().filter(|id| !records.iter().any(|r| r.instance.id == **id)) {
-            // Created here after the list was read, or really deleted? Ask again.
-            if !matches!(self.store.instance(*id).await, Err(StoreError::NotFound)) {
-                continue;
-            }
-            let removed = self.backends.write().expect("backends lock").remove(id);
-            if let Some(served) = removed {
-                drop(served); // stops its backend
-                tracing::info!(instance.id = %id, "instance deleted by another replica; no longer served");
-                // Stops a local server of ours that was deleted through another replica.
-                let _ = self.local.destroy(*id).await;
-            }
+        self.known.write().expect("known lock").insert(id, Self::known(&rec));
+        let inst = &rec.instance;
+        // Running: started by its creator, which is done with it (a pending one is still
+        // being started, possibly here).
+        if inst.provisioner == ProvisionerKind::External
+            && inst.status == InstanceStatus::Running
+            && self.backend(id).is_none()
+        {
+            let (status, _) = self.start(&rec, Start::Trusted).await;
+            tracing::info!(instance.id = %inst.id, status = status.as_str(), "instance started by another replica; now served here too");
         }
-        for rec in records {
-            let inst = &rec.instance;
-            // Running: started by its creator, which is done with it (a pending one is
-            // still being started, possibly here).
-            if inst.provisioner == ProvisionerKind::External
-                && inst.status == InstanceStatus::Running
-                && !known.contains(&inst.id)
-            {
-                let (status, _) = self.start(&rec).await;
-                tracing::info!(instance.id = %inst.id, status = status.as_str(), "instance started by another replica; now served here too");
-            }
+        Ok(())
+    }
+
+    /// Follows the whole store again: when the feed no longer reaches back to where this
+    /// replica stopped reading it (see `crate::feed`).
+    pub async fn follow_all(&self) -> Result<(), StoreError> {
+        let records = self.store.all_instances().await?;
+        self.learn_all(&records);
+        let gone = self.served().into_iter().filter(|id| !records.iter().any(|r| r.instance.id == *id));
+        for id in gone.chain(records.iter().map(|r| r.instance.id)).collect::<Vec<_>>() {
+            self.follow(id).await?;
         }
+        Ok(())
     }
 
     /// Live stats of a running instance.

@@ -23,6 +23,7 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod egress;
+pub mod feed;
 pub mod gateway;
 pub mod instances;
 pub mod ops;
@@ -52,7 +53,7 @@ use redisgate_provision::{LocalOptions, LocalProvisioner};
 
 use crate::api::ApiState;
 use crate::api::auth::{AnonymousLimit, LoginThrottle};
-use crate::backend::Backend;
+use crate::backend::{Backend, Hold};
 use crate::config::{BackendSettings, CorsSettings, RateLimitMode, Settings};
 use crate::gateway::auth::{Principal, Tokens};
 use crate::gateway::keys::KeyAuth;
@@ -132,22 +133,23 @@ pub async fn launch(
         Arc::clone(&instances),
         &settings.instances.redis_server,
         Arc::clone(&limiter),
+        settings.backend.idle_checks_per_second,
     );
     tracker.spawn(Arc::clone(&health).run(settings.backend.health_check_interval, cancel.clone()));
     // Instances come back in the background: the API answers meanwhile, each instance's status
-    // says where it is, and readiness waits for all of them. Then, every second, the instances
-    // other replicas started or deleted are followed.
+    // says where it is, and readiness waits for all of them. Then the store's change feed is
+    // followed from where it stood before they were read (what other replicas did, and the
+    // key revocations), and idle instances are checked.
     tracker.spawn({
-        let (instances, health, cancel) = (Arc::clone(&instances), Arc::clone(&health), cancel.clone());
+        let (store, instances, keys) = (Arc::clone(&store), Arc::clone(&instances), Arc::clone(&keys));
+        let (health, cancel, tracker) = (Arc::clone(&health), cancel.clone(), tracker.clone());
         async move {
+            // Unreadable: the feed's first answer (`None`) makes the follower read everything.
+            let start = store.last_change().await.unwrap_or(0);
             instances.restore_all().await;
             health.startup_complete();
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => instances.follow_store().await,
-                    () = cancel.cancelled() => return,
-                }
-            }
+            tracker.spawn(Arc::clone(&instances).check_idle(cancel.clone()));
+            feed::follow(store, instances, keys, start, cancel).await;
         }
     });
     // Streams end as soon as shutdown starts (they would otherwise hold the drain open);
@@ -333,7 +335,7 @@ fn rate_limiter(
         redis::Client::open(url.expose_secret()).context("rate_limit.redis_url is not a valid Redis URL")?;
     let cfg =
         BackendSettings { response_timeout: rl.redis_timeout, max_streams: 0, ..settings.backend.clone() };
-    let backend = Backend::start("rate-limit".into(), client, cfg, tracker, cancel.clone());
+    let backend = Backend::start("rate-limit".into(), client, Hold::Always, cfg, tracker, cancel.clone());
     Ok(ops::ratelimit::RateLimiter::distributed(backend))
 }
 
@@ -354,7 +356,14 @@ fn build_tokens(
                     .with_context(|| format!("tokens[{i}].url is not a valid Redis URL"))?;
                 let addr = client.get_connection_info().addr().to_string();
                 let label = t.name.clone().unwrap_or(addr);
-                let b = Backend::start(label, client, settings.backend.clone(), tracker, cancel.clone());
+                let b = Backend::start(
+                    label,
+                    client,
+                    Hold::Always,
+                    settings.backend.clone(),
+                    tracker,
+                    cancel.clone(),
+                );
                 backends.insert(url.to_owned(), Arc::clone(&b));
                 b
             }

@@ -24,8 +24,17 @@ use crate::instances::{Connect, InstanceUpdate, NewRedisInstance, Stats};
 pub struct InstanceView {
     #[serde(flatten)]
     pub instance: Instance,
-    /// `healthy` (its Redis answers), `unhealthy` (it does not), `not_running`.
+    /// `healthy` (its Redis answered the last check), `unhealthy` (it did not),
+    /// `unchecked` (idle since this replica served it, not reached by the idle checks yet),
+    /// `not_running`. An instance with a connection is checked every
+    /// `backend.health_check_interval`; one without, by the idle checks, at a bounded total
+    /// rate (`/health` says how long a round takes).
     pub health: &'static str,
+    /// When its Redis was last seen answering (a reply, a PING or a check), as this replica
+    /// saw it; absent when never.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen_healthy: Option<time::OffsetDateTime>,
     /// Why an external server could not be used (refused, timed out, authentication, egress
     /// policy): shown to deployment administrators only. Its owner's `status_reason` gives
     /// one reason for all of these, so the gateway cannot be used to scan the network.
@@ -38,10 +47,10 @@ pub struct InstanceView {
 }
 
 fn view(state: &ApiState, user: &User, instance: Instance) -> InstanceView {
-    let health = state.instances.health(instance.id);
+    let (health, last_seen_healthy) = state.instances.health(instance.id);
     let status_detail = if user.is_admin { state.instances.status_detail(instance.id) } else { None };
     let nodes = state.instances.nodes(instance.id);
-    InstanceView { instance, health, status_detail, nodes }
+    InstanceView { instance, health, last_seen_healthy, status_detail, nodes }
 }
 
 /// Create an instance (owner, admin, member). It is started before the answer: the status

@@ -3,9 +3,20 @@
 //!
 //! States: `Connecting` (requests wait) → `Up` (requests share the connection) → on
 //! disconnect `Down` (requests fail fast with 503) → reconnect every `retry_delay` → `Up`.
-//! Requests wait only while the very first connection cycle (1 attempt + `connect_retries`
-//! retries) is still running, so a start-up race with Redis does not fail requests, but an
-//! outage never makes them hang.
+//! A backend [`Hold::Always`] starts connecting at once, and requests wait while that first
+//! cycle (1 attempt + `connect_retries` retries) runs, so a start-up race with Redis does not
+//! fail them, but an outage never makes them hang.
+//!
+//! An instance's backend is held [`Hold::OnDemand`]: it starts `Idle`, with no connection and
+//! no task. Its first request starts the supervisor and waits for one connect attempt; after
+//! `backend.idle_timeout` without a request (up or down) the supervisor closes the connection,
+//! the script connections with it, and ends: the backend is `Idle` again and costs nothing
+//! but its memory. So ten thousand registered instances cost what the busy ones cost.
+//!
+//! Health: an open connection is checked every `health_check_interval`, by the replies it
+//! carried since the last check, else by a PING. An idle backend is checked by
+//! [`Backend::probe`] (connect, PING, close), which the instance service runs at a bounded
+//! total rate. Each check's outcome is kept with its time ([`Backend::health`]).
 //!
 //! A command is sent once. If the connection breaks while it is in flight, the client gets a
 //! 503 saying the outcome is unknown: re-sending could apply a write twice.
@@ -30,7 +41,8 @@ pub const REDIS_RECONNECTS: &str = "redis_reconnects_total";
 pub const TOPOLOGY_CHANGES: &str = "redis_topology_changes_total";
 pub const CLUSTER_REDIRECTS: &str = "redis_cluster_redirects_total";
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -73,9 +85,50 @@ pub enum BackendError {
 
 #[derive(Clone)]
 pub(super) enum State {
+    /// No connection and no supervisor: the next request starts one ([`Hold::OnDemand`]).
+    Idle,
     Connecting,
     Up(MultiplexedConnection),
     Down(Arc<str>),
+}
+
+/// When a backend holds its shared connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// From the start and for good: the operator's servers (standalone tokens, the rate
+    /// limiter's Redis) and the nodes of a Sentinel or Cluster topology, whose routing needs
+    /// them connected.
+    Always,
+    /// From the first request until `backend.idle_timeout` after the last: instances.
+    OnDemand,
+}
+
+/// What the last check of a backend's server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered.
+    Healthy,
+    /// It did not (or its connection is down).
+    Unhealthy,
+    /// Not checked yet: an idle backend the checks have not reached since it was served.
+    Unchecked,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// How the shared connection's watch ended.
+enum Watched {
+    Broken,
+    Idle,
+    Stopped,
 }
 
 /// One Redis server as seen by the gateway.
@@ -105,20 +158,37 @@ pub struct Backend {
     /// What the data plane counted for this instance since the usage sampler last looked
     /// ([`crate::usage`]): reached through the backend the request already holds.
     usage: redisgate_core::usage::Meter,
+    hold: Hold,
+    /// Itself, for the supervisor a request starts ([`Hold::OnDemand`]).
+    me: Weak<Backend>,
+    tracker: TaskTracker,
+    /// Set by every request that takes the shared connection; the supervisor's checks take it
+    /// (one relaxed store per request: the idle clock needs no time read on the hot path).
+    used: AtomicBool,
+    /// Set by every reply: a check that finds it set needs no PING.
+    answered: AtomicBool,
+    /// When a request last wanted a connection that was not up, in ms since `epoch` (the
+    /// reconnect loop gives up after `idle_timeout` without one).
+    wanted_at: AtomicU64,
+    epoch: tokio::time::Instant,
+    /// When a check last found the server answering / not answering (unix ms; 0: never).
+    healthy_at: AtomicI64,
+    failed_at: AtomicI64,
 }
 
 impl Backend {
-    /// Creates the backend and starts its connection supervisor on `tracker`; the supervisor
-    /// stops when `cancel` fires or [`Backend::stop`] is called. `label` names it in logs
-    /// (never the URL: it may hold a password).
+    /// Creates the backend; its connection supervisor runs on `tracker` (from now on, or from
+    /// the first request: see [`Hold`]) and stops when `cancel` fires or [`Backend::stop`] is
+    /// called. `label` names it in logs (never the URL: it may hold a password).
     pub fn start(
         label: String,
         client: Client,
+        hold: Hold,
         cfg: BackendSettings,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        Self::start_with(label, client, None, cfg, tracker, cancel)
+        Self::start_with(label, client, None, hold, cfg, tracker, cancel)
     }
 
     /// [`Backend::start`] for a tenant's server: connections dial only addresses `egress`
@@ -127,37 +197,69 @@ impl Backend {
         label: String,
         client: Client,
         egress: SharedResolver,
+        hold: Hold,
         cfg: BackendSettings,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        Self::start_with(label, client, Some(egress), cfg, tracker, cancel)
+        Self::start_with(label, client, Some(egress), hold, cfg, tracker, cancel)
     }
 
     fn start_with(
         label: String,
         client: Client,
         egress: Option<SharedResolver>,
+        hold: Hold,
         cfg: BackendSettings,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let backend = Arc::new(Self {
+        let first = match hold {
+            Hold::Always => State::Connecting,
+            Hold::OnDemand => State::Idle,
+        };
+        let backend = Self::new(label, client, egress, hold, cfg, first, None, tracker, cancel.child_token());
+        if hold == Hold::Always {
+            tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
+        }
+        backend
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        label: String,
+        client: Client,
+        egress: Option<SharedResolver>,
+        hold: Hold,
+        cfg: BackendSettings,
+        state: State,
+        routed: Option<Routed>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             label,
             client: std::sync::RwLock::new(client),
             egress,
             streams: Arc::new(Semaphore::new(cfg.max_streams)),
             cfg,
-            state: watch::Sender::new(State::Connecting),
+            state: watch::Sender::new(state),
             check_now: Notify::new(),
-            stop: cancel.child_token(),
+            stop,
             scope_users: OnceLock::new(),
-            routed: None,
+            routed,
             stream_roots: OnceLock::new(),
             usage: Default::default(),
-        });
-        tracker.spawn(Arc::clone(&backend).supervise(backend.stop.clone()));
-        backend
+            hold,
+            me: me.clone(),
+            tracker: tracker.clone(),
+            used: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            wanted_at: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+            healthy_at: AtomicI64::new(0),
+            failed_at: AtomicI64::new(0),
+        })
     }
 
     /// A Sentinel or Cluster instance's backend: `route` builds the router from this backend's
@@ -171,20 +273,10 @@ impl Backend {
         route: impl FnOnce(CancellationToken) -> Routed,
     ) -> Arc<Self> {
         let stop = cancel.child_token();
-        Arc::new(Self {
-            label,
-            client: std::sync::RwLock::new(client),
-            egress: None,
-            streams: Arc::new(Semaphore::new(cfg.max_streams)),
-            cfg,
-            state: watch::Sender::new(State::Down("routed".into())),
-            check_now: Notify::new(),
-            routed: Some(route(stop.clone())),
-            stop,
-            scope_users: OnceLock::new(),
-            stream_roots: OnceLock::new(),
-            usage: Default::default(),
-        })
+        let routed = Some(route(stop.clone()));
+        let state = State::Down("routed".into());
+        // Its tracker is never used: the router's own backends supervise themselves.
+        Self::new(label, client, None, Hold::Always, cfg, state, routed, &TaskTracker::new(), stop)
     }
 
     /// The client the next connection is opened with.
@@ -262,24 +354,130 @@ impl Backend {
         matches!(*self.state.borrow(), State::Up(_))
     }
 
+    /// What the last check found, and when the server was last seen answering. A Sentinel or
+    /// Cluster instance is healthy while its router has every primary connected.
+    pub fn health(&self) -> (Health, Option<time::OffsetDateTime>) {
+        if let Some(routed) = &self.routed {
+            if routed.is_up() {
+                self.record_check(true);
+            }
+        } else if let State::Down(_) = *self.state.borrow() {
+            return (Health::Unhealthy, at(self.healthy_at.load(Ordering::Relaxed)));
+        }
+        let (ok, failed) = (self.healthy_at.load(Ordering::Relaxed), self.failed_at.load(Ordering::Relaxed));
+        let health = match (ok, failed) {
+            (0, 0) => Health::Unchecked,
+            (ok, failed) if failed > ok => Health::Unhealthy,
+            _ => Health::Healthy,
+        };
+        (health, at(ok))
+    }
+
+    /// Records a check's outcome (also the provisioner's, which checked the server before its
+    /// backend was made).
+    pub fn record_check(&self, answering: bool) {
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let field = if answering { &self.healthy_at } else { &self.failed_at };
+        field.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether this backend holds no connection, so only [`Backend::probe`] can check it.
+    pub fn is_idle(&self) -> bool {
+        self.routed.is_none() && matches!(*self.state.borrow(), State::Idle)
+    }
+
+    /// Checks an idle backend's server with a connection of its own (connect, PING, close),
+    /// bounded by the connect and response timeouts, and records the outcome. A backend with a
+    /// connection (or a supervisor trying to open one) is checked by its supervisor instead.
+    pub async fn probe(&self) {
+        if !self.is_idle() || self.stop.is_cancelled() {
+            return;
+        }
+        let client = self.client();
+        let cfg = self.connection_config();
+        let ping = async {
+            let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+            conn.send_packed_command(&redis::cmd("PING")).await
+        };
+        let bound = self.cfg.connect_timeout + self.cfg.response_timeout;
+        let answered = matches!(tokio::time::timeout(bound, ping).await, Ok(Ok(v)) if !matches!(v, Value::ServerError(_)));
+        if !answered {
+            tracing::debug!(backend = %self.label, "idle check: Redis did not answer");
+        }
+        self.record_check(answered);
+    }
+
+    /// The shared connection's settings (timeouts; a tenant's server resolves through the
+    /// egress policy).
+    fn connection_config(&self) -> AsyncConnectionConfig {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.cfg.connect_timeout))
+            .set_response_timeout(Some(self.cfg.response_timeout));
+        match &self.egress {
+            Some(egress) => cfg.set_dns_resolver(egress.clone()),
+            None => cfg,
+        }
+    }
+
     fn unavailable(&self, reason: Arc<str>) -> BackendError {
         BackendError::Unavailable { reason, retry_after: self.cfg.retry_delay }
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
         if let State::Up(conn) = &*self.state.borrow() {
+            self.used.store(true, Ordering::Relaxed);
             return Ok(conn.clone());
         }
+        let wanted = self.epoch.elapsed().as_millis() as u64;
+        self.wanted_at.store(wanted, Ordering::Relaxed);
         let mut rx = self.state.subscribe();
         loop {
-            match &*rx.borrow_and_update() {
-                State::Up(conn) => return Ok(conn.clone()),
+            let idle = match &*rx.borrow_and_update() {
+                State::Up(conn) => {
+                    self.used.store(true, Ordering::Relaxed);
+                    return Ok(conn.clone());
+                }
                 State::Down(reason) => return Err(self.unavailable(reason.clone())),
-                State::Connecting => {}
+                State::Connecting => false,
+                State::Idle => true,
+            };
+            // (The state's read guard is gone: waking writes the state.)
+            if idle {
+                self.wake()?;
+                continue;
             }
             if rx.changed().await.is_err() {
                 return Err(self.unavailable("shutting down".into()));
             }
+        }
+    }
+
+    /// Starts the supervisor of an idle backend (once, however many requests ask).
+    fn wake(&self) -> Result<(), BackendError> {
+        if self.stop.is_cancelled() {
+            return Err(self.unavailable("stopped".into()));
+        }
+        let woke = self.state.send_if_modified(|state| {
+            let idle = matches!(state, State::Idle);
+            if idle {
+                *state = State::Connecting;
+            }
+            idle
+        });
+        if woke && let Some(me) = self.me.upgrade() {
+            self.tracker.spawn(Arc::clone(&me).supervise(me.stop.clone()));
+        }
+        Ok(())
+    }
+
+    /// A reply as the data plane takes it; the health checks count it as the server answering.
+    fn answer<T>(&self, reply: redis::RedisResult<T>) -> Result<T, BackendError> {
+        match reply {
+            Ok(v) => {
+                self.answered.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => Err(self.map_err(e)),
         }
     }
 
@@ -300,7 +498,7 @@ impl Backend {
             return Box::pin(routed.run(cmd, None)).await;
         }
         let mut conn = self.connection().await?;
-        conn.send_packed_command(cmd).await.map_err(|e| self.map_err(e))
+        self.answer(conn.send_packed_command(cmd).await)
     }
 
     /// Sends a pipeline as one contiguous write and returns all `count` replies, error replies
@@ -312,7 +510,7 @@ impl Backend {
             return Box::pin(routed.run_batch(pipe, count, None)).await;
         }
         let mut conn = self.connection().await?;
-        let values = conn.send_packed_commands(pipe, 0, count).await.map_err(|e| self.map_err(e))?;
+        let values = self.answer(conn.send_packed_commands(pipe, 0, count).await)?;
         if values.len() != count {
             return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
         }
@@ -426,7 +624,7 @@ impl Backend {
             },
         };
         match result {
-            Ok(v) => Ok(v),
+            Ok(v) => self.answer(Ok(v)),
             Err(e) => {
                 if let Some(users) = self.scope_users.get()
                     && (e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error())
@@ -568,26 +766,30 @@ impl Backend {
     }
 
     async fn supervise(self: Arc<Self>, cancel: CancellationToken) {
-        self.connect_until(&cancel).await;
+        if self.connect_until(&cancel).await {
+            return; // idle: the state says so, and the next request starts a supervisor again
+        }
         // The state must not keep the last connection alive: its handle is what holds the
         // socket open.
         self.state.send_replace(State::Down("stopped".into()));
     }
 
-    async fn connect_until(&self, cancel: &CancellationToken) {
+    /// Connects, and reconnects while the backend is wanted. Returns `true` when it ended
+    /// for idleness (having set the state to `Idle` as its last step), `false` when stopped.
+    async fn connect_until(&self, cancel: &CancellationToken) -> bool {
         let mut failures = 0u32;
         let mut lost_before = false;
+        // Only the start-up cycle of a backend held always lets requests wait through retries.
+        let patience = match self.hold {
+            Hold::Always => self.cfg.connect_retries,
+            Hold::OnDemand => 0,
+        };
         loop {
-            let mut cfg = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.cfg.connect_timeout))
-                .set_response_timeout(Some(self.cfg.response_timeout));
-            if let Some(egress) = &self.egress {
-                cfg = cfg.set_dns_resolver(egress.clone());
-            }
+            let cfg = self.connection_config();
             let client = self.client();
             let attempt = tokio::select! {
                 r = client.get_multiplexed_async_connection_with_config(&cfg) => r,
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return false,
             };
             match attempt {
                 Ok(conn) => {
@@ -596,58 +798,100 @@ impl Backend {
                         metrics::counter!(REDIS_RECONNECTS).increment(1);
                     }
                     failures = 0;
+                    self.record_check(true);
                     self.state.send_replace(State::Up(conn.clone()));
                     let active = ActiveConnection::open();
-                    let keep_going = self.watch(conn, cancel).await;
+                    let watched = self.watch(conn, cancel).await;
                     drop(active);
-                    if !keep_going {
-                        return;
+                    match watched {
+                        Watched::Stopped => return false,
+                        Watched::Idle => {
+                            tracing::debug!(backend = %self.label, "idle; connection closed");
+                            if let Some(users) = self.scope_users.get() {
+                                users.forget_all().await;
+                            }
+                            self.state.send_replace(State::Idle);
+                            return true;
+                        }
+                        Watched::Broken => {}
                     }
                     tracing::warn!(backend = %self.label, "connection to Redis lost; reconnecting");
                     lost_before = true;
+                    self.record_check(false);
                     self.state.send_replace(State::Down("connection lost, reconnecting".into()));
                 }
                 Err(e) => {
                     metrics::counter!(REDIS_CONNECTION_RETRIES).increment(1);
                     failures += 1;
+                    self.record_check(false);
                     let reason = self.reason(&e);
-                    if failures > self.cfg.connect_retries
-                        || !matches!(*self.state.borrow(), State::Connecting)
-                    {
+                    if failures > patience || !matches!(*self.state.borrow(), State::Connecting) {
                         self.state.send_replace(State::Down(reason.into()));
                     }
                     tracing::warn!(backend = %self.label, attempt = failures, error = short_reason(&e), "cannot connect to Redis");
+                    if self.hold == Hold::OnDemand && self.unwanted_for() >= self.cfg.idle_timeout {
+                        self.state.send_replace(State::Idle);
+                        return true;
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(self.cfg.retry_delay) => {}
-                        () = cancel.cancelled() => return,
+                        () = cancel.cancelled() => return false,
                     }
                 }
             }
         }
     }
 
-    /// Pings the shared connection every `health_check_interval`, and at once when a request
-    /// reports a failure, until the connection is found broken (`true`) or shutdown (`false`).
+    /// How long since a request last wanted the connection while it was not up.
+    fn unwanted_for(&self) -> Duration {
+        let wanted = Duration::from_millis(self.wanted_at.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(wanted)
+    }
+
+    /// Checks the shared connection every `health_check_interval`, and at once when a request
+    /// reports a failure: by the replies since the last check, else (or when a failure was
+    /// reported) by a PING. Ends when the connection is found broken, when it has not been
+    /// used for `idle_timeout` ([`Hold::OnDemand`]), or at shutdown.
     /// (The redis crate only reports disconnects by push message on RESP3 connections, and we
     /// speak RESP2 so replies keep the exact shapes the SDKs expect.)
-    async fn watch(&self, mut conn: MultiplexedConnection, cancel: &CancellationToken) -> bool {
+    async fn watch(&self, mut conn: MultiplexedConnection, cancel: &CancellationToken) -> Watched {
+        let mut last_used = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.cfg.health_check_interval) => {}
-                () = self.check_now.notified() => {}
-                () = cancel.cancelled() => return false,
+            let reported = tokio::select! {
+                () = tokio::time::sleep(self.cfg.health_check_interval) => false,
+                () = self.check_now.notified() => true,
+                () = cancel.cancelled() => return Watched::Stopped,
+            };
+            let now = tokio::time::Instant::now();
+            if self.used.swap(false, Ordering::Relaxed) {
+                last_used = now;
+            }
+            if self.hold == Hold::OnDemand && now - last_used >= self.cfg.idle_timeout {
+                return Watched::Idle;
+            }
+            if self.answered.swap(false, Ordering::Relaxed) && !reported {
+                self.record_check(true);
+                continue;
             }
             match conn.send_packed_command(&redis::cmd("PING")).await {
                 Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() => {
-                    return true;
+                    return Watched::Broken;
                 }
                 Err(e) => {
+                    self.record_check(false);
                     tracing::warn!(backend = %self.label, error = short_reason(&e), "health check failed")
                 }
-                Ok(_) => {}
+                Ok(_) => self.record_check(true),
             }
         }
     }
+}
+
+/// A time kept as unix ms (0: never).
+fn at(unix_ms: i64) -> Option<time::OffsetDateTime> {
+    (unix_ms > 0)
+        .then(|| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).ok())
+        .flatten()
 }
 
 /// Counts one open Redis connection in `redis_connections_active` while it lives.

@@ -248,6 +248,13 @@ impl ScopeUsers {
         Ok(conn)
     }
 
+    /// Closes every scope's connection (the shared one went idle).
+    pub(super) async fn forget_all(&self) {
+        for user in &self.users {
+            *user.conn.lock().await = None;
+        }
+    }
+
     /// Forgets `access`'s connection after it failed: the next script opens a new one.
     pub(super) async fn forget(&self, access: Access) {
         if let Some(user) = self.user(access) {

@@ -49,12 +49,7 @@ impl Backups {
     /// Takes every daily backup due now (by the configured clock), one after another.
     pub async fn run_due(self: &Arc<Self>) {
         // Only instances served here: another replica's local instance is its own to back up.
-        let served: Vec<InstanceId> = match self.store.all_instances().await {
-            Ok(all) => {
-                all.iter().map(|r| r.instance.id).filter(|id| self.instances.backend(*id).is_some()).collect()
-            }
-            Err(e) => return tracing::warn!(error = %e, "could not list instances for daily backups"),
-        };
+        let served = self.instances.served();
         loop {
             let now = self.settings.clock.now();
             let due = match self.store.claim_due_backup(now, now + PERIOD, &served).await {

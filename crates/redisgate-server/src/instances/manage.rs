@@ -205,7 +205,7 @@ impl Instances {
         let rec = self.store.create_instance(new).await.map_err(Refused::Store)?;
         drop(admitted);
         self.replace_tokens(&rec, Some(by)).await?;
-        self.start(&rec).await;
+        self.start(&rec, super::Start::Checked).await;
         self.store.instance(rec.instance.id).await.map_err(Refused::Store)
     }
 

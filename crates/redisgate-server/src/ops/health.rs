@@ -1,6 +1,8 @@
 //! Health probes. Answers come from background checks, never from a probe per request:
-//! the metadata store is pinged every `interval`, each instance's Redis by its backend's own
-//! health check (see `backend`).
+//! the metadata store is pinged every `interval`; an instance's Redis is checked by its
+//! backend while it has a connection, and by the idle checks at a bounded total rate while it
+//! has none (see `backend` and `Instances::check_idle`), so `/health` says how long a round of
+//! those takes and, for each unhealthy instance, when it was last seen answering.
 //!
 //! - `GET /health/live`: 200 whenever the process serves.
 //! - `GET /health/ready`: 200 only when start-up is complete and the last store ping
@@ -40,10 +42,10 @@ pub struct Health {
     store: Arc<dyn Store>,
     instances: Arc<Instances>,
     store_check: RwLock<Check>,
-    /// Instances the store says exist and the unhealthy ones among them, from the last sweep.
-    instance_counts: RwLock<(u64, Vec<String>)>,
-    /// Local instances and the memory they reserve, from the last sweep.
-    local_usage: RwLock<(u64, u64)>,
+    /// The instances by health, from the last sweep.
+    census: RwLock<crate::instances::Census>,
+    /// `backend.idle_checks_per_second`.
+    idle_checks_per_second: u32,
     redis_server_found: bool,
     limiter: Arc<super::ratelimit::RateLimiter>,
 }
@@ -54,6 +56,7 @@ impl Health {
         instances: Arc<Instances>,
         redis_server: &std::path::Path,
         limiter: Arc<super::ratelimit::RateLimiter>,
+        idle_checks_per_second: u32,
     ) -> Arc<Self> {
         Arc::new(Health {
             started: Instant::now(),
@@ -61,8 +64,8 @@ impl Health {
             store,
             instances,
             store_check: RwLock::default(),
-            instance_counts: RwLock::default(),
-            local_usage: RwLock::default(),
+            census: RwLock::default(),
+            idle_checks_per_second,
             redis_server_found: binary_exists(redis_server),
             limiter,
         })
@@ -116,16 +119,10 @@ impl Health {
             metrics::gauge!(ORGANIZATIONS).set(c.organizations as f64);
             metrics::gauge!(INSTANCES).set(c.instances as f64);
         }
-        if let Ok(all) = self.store.all_instances().await {
-            let unhealthy: Vec<String> = all
-                .iter()
-                .filter(|r| self.instances.health(r.instance.id) != "healthy")
-                .map(|r| r.instance.id.to_string())
-                .collect();
-            metrics::gauge!(INSTANCES_UNHEALTHY).set(unhealthy.len() as f64);
-            *self.instance_counts.write().expect("health lock") = (all.len() as u64, unhealthy);
-            *self.local_usage.write().expect("health lock") = crate::instances::local_usage(&all);
-        }
+        // From memory (the checks and the change feed): no instance row is read.
+        let census = self.instances.census();
+        metrics::gauge!(INSTANCES_UNHEALTHY).set(census.unhealthy.len() as f64);
+        *self.census.write().expect("health lock") = census;
     }
 }
 
@@ -192,13 +189,26 @@ fn report(h: &Health, detailed: bool) -> Response {
     } else {
         json!({"status": "unhealthy", "kind": "local", "error": "redis-server binary not found"})
     };
-    let (total, unhealthy) = h.instance_counts.read().expect("health lock").clone();
-    let (local, local_bytes) = *h.local_usage.read().expect("health lock");
+    let census = h.census.read().expect("health lock").clone();
+    let (local, local_bytes) = census.local;
     let cap = h.instances.capacity();
+    let unhealthy: Vec<serde_json::Value> = census
+        .unhealthy
+        .iter()
+        .map(|(id, seen)| json!({"id": id, "last_seen_healthy": seen.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())}))
+        .collect();
+    let rate = h.idle_checks_per_second;
     let instances = json!({
         "status": if unhealthy.is_empty() { "healthy" } else { "degraded" },
-        "total": total,
+        "total": census.total,
         "unhealthy": unhealthy,
+        // Idle instances (no connection) are checked one by one at a bounded total rate: each
+        // once per round, and a round over all of them takes this long.
+        "unchecked": census.unchecked,
+        "idle_checks": {
+            "per_second": rate,
+            "round_seconds": if rate == 0 { None } else { Some(census.total.div_ceil(u64::from(rate))) },
+        },
         // How full the host is against `instances.max_local_*`.
         "local": {
             "count": local,
@@ -219,7 +229,7 @@ fn report(h: &Health, detailed: bool) -> Response {
     };
     let status = if !store_ok {
         "unhealthy"
-    } else if !unhealthy.is_empty()
+    } else if !census.unhealthy.is_empty()
         || !h.redis_server_found
         || h.ready().is_err()
         || limiter_up == Some(false)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redisgate_core::egress::EgressPolicy;
 use redisgate_provision::SharedResolver;
-use redisgate_server::backend::Backend;
+use redisgate_server::backend::{Backend, Hold};
 use redisgate_server::config::{BackendSettings, RateLimitMode, Settings};
 use redisgate_server::egress::{Egress, LocalPorts};
 use serde_json::{Value, json};
@@ -327,7 +327,8 @@ pub fn checked_backend_verified(
     };
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
     let client = redisgate_server::egress::tenant_client(url, ca_pem).unwrap();
-    let backend = Backend::start_checked("t".into(), client, resolver, cfg, &tracker, cancel.clone());
+    let backend =
+        Backend::start_checked("t".into(), client, resolver, Hold::OnDemand, cfg, &tracker, cancel.clone());
     if let Some(ca) = ca_pem {
         backend.verify_streams_with(redisgate_server::egress::tls_roots(ca).unwrap());
     }

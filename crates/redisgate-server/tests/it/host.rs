@@ -356,6 +356,8 @@ async fn deleting_an_instance_stops_its_backend() {
     let mut redis = Redis::start().await;
     let t = Tenant::external(&g, "ann@example.com", &redis.url()).await;
     let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    // The first command opens the shared connection (on demand).
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["PING"])).await.0, 200);
     let (s, r) = stream(&g, &t.instance, &key).await;
     assert_eq!(s, 200);
     let mut events = first_event(r).await;
@@ -393,6 +395,8 @@ async fn deleting_an_organization_stops_its_backends() {
     let before = metric(&g, "redis_connections_active").await;
     let mut redis = Redis::start().await;
     let t = Tenant::external(&g, "ann@example.com", &redis.url()).await;
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&g, &t.instance, &key, json!(["PING"])).await.0, 200);
     wait_metric(&g, "redis_connections_active", before + 1.0).await;
     assert_eq!(t.api.delete(&format!("/api/organizations/{}", t.org)).await.0, 204);
     wait_metric(&g, "redis_connections_active", before).await;
@@ -414,7 +418,15 @@ async fn deletion_through_another_replica_stops_the_backend_here() {
     let before = metric(&a, "redis_connections_active").await; // one recorder: both replicas
     let mut redis = Redis::start().await;
     let t = Tenant::external(&a, "ann@example.com", &redis.url()).await;
-    wait_metric(&a, "redis_connections_active", before + 2.0).await; // `b` follows within 1 s
+    let (key, _) = t.key(json!({"name": "app", "scope": "read-write"})).await;
+    assert_eq!(redis_cmd(&a, &t.instance, &key, json!(["PING"])).await.0, 200);
+    // `b` follows within 1 s (the change feed); its first command connects there too.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while redis_cmd(&b, &t.instance, &key, json!(["PING"])).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the other replica never served the instance");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    wait_metric(&a, "redis_connections_active", before + 2.0).await;
     assert_eq!(
         t.api.delete(&format!("/api/organizations/{}/redis-instances/{}", t.org, t.instance)).await.0,
         204

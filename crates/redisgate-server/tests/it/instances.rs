@@ -396,38 +396,3 @@ async fn the_platform_on_postgresql() {
     g.shutdown().await;
     db.drop_now().await;
 }
-
-/// Two replicas on one PostgreSQL: an external instance created through one is served by the
-/// other within seconds, without a restart, and stops being served there once deleted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_follow_instances_created_and_deleted_elsewhere() {
-    let db = crate::common::PgDatabase::create().await;
-    let redis = Redis::start().await;
-    let a = Gate::start_unchecked(db.replica()).await;
-    let b = Gate::start_unchecked(db.replica()).await;
-    let t = Tenant::external(&a, "ann@example.com", &redis.url()).await;
-    let (key, _) = t.key(json!({"name": "k", "scope": "read-write"})).await;
-    let (id, key) = (t.instance.as_str(), key.as_str());
-    assert_eq!(redis_cmd(&a, id, key, json!(["SET", "k", "from a"])).await.0, 200);
-    let until = |want: u16, what: &'static str| {
-        let b = &b;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let (s, body) = redis_cmd(b, id, key, json!(["GET", "k"])).await;
-                if s == want {
-                    return body;
-                }
-                assert!(Instant::now() < deadline, "{what}: still {s} {body}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    assert_eq!(until(200, "never served by the other replica").await, json!({"result": "from a"}));
-    assert_eq!(t.api.delete(&format!("/api/organizations/{}/redis-instances/{id}", t.org)).await.0, 204);
-    assert_eq!(redis_cmd(&a, id, key, json!(["GET", "k"])).await.0, 401);
-    until(401, "still served by the other replica after its deletion").await;
-    a.shutdown().await;
-    b.shutdown().await;
-    db.drop_now().await;
-}

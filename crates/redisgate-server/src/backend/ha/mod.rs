@@ -139,6 +139,7 @@ impl Dialer {
             label,
             client,
             self.egress.clone(),
+            super::Hold::Always,
             self.cfg.clone(),
             &self.tracker,
             self.stop.clone(),
