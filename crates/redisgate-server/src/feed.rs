@@ -6,8 +6,8 @@
 //!
 //! - An instance's row changed: the instance service follows it ([`Instances::follow`]):
 //!   adopts an external instance another replica started, stops serving a deleted one.
-//! - An API key or an organization changed: the key cache is emptied, so a revoked key or a
-//!   changed plan applies at the next request.
+//! - An API key or an organization changed: the key cache forgets that key (the
+//!   organization's keys), so a revoked key or a changed plan applies at the next request.
 //!
 //! PostgreSQL numbers rows when they are written but they become visible when their
 //! transaction commits, so a row can appear after higher ones (a gap that fills). The
@@ -117,7 +117,6 @@ pub async fn follow(
 /// Follows the rows not followed yet, each subject once.
 async fn apply(cursor: &mut Cursor, changes: Vec<Change>, instances: &Instances, keys: &KeyAuth) {
     let mut followed_instances = Vec::new();
-    let mut keys_changed = false;
     for change in changes {
         if change.seq <= cursor.through || cursor.ahead.contains(&change.seq) {
             continue;
@@ -134,8 +133,12 @@ async fn apply(cursor: &mut Cursor, changes: Vec<Change>, instances: &Instances,
                     false
                 }
             },
-            ChangeSubject::ApiKey(_) | ChangeSubject::Organization(_) => {
-                keys_changed = true;
+            ChangeSubject::ApiKey(id) => {
+                keys.forget_key(id);
+                true
+            }
+            ChangeSubject::Organization(org) => {
+                keys.forget_org(org);
                 true
             }
         };
@@ -143,9 +146,6 @@ async fn apply(cursor: &mut Cursor, changes: Vec<Change>, instances: &Instances,
             break; // followed again from here at the next poll
         }
         cursor.ahead.insert(change.seq);
-    }
-    if keys_changed {
-        keys.invalidate_all();
     }
     cursor.advance(Instant::now());
 }

@@ -64,6 +64,7 @@ impl KeyAuth {
         let cache = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_idle(Duration::from_secs(3600))
+            .support_invalidation_closures()
             .build();
         KeyAuth {
             store,
@@ -184,6 +185,24 @@ impl KeyAuth {
     /// Forgets every cached key: called when a key is revoked here, so it stops at once.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Forgets the cached answers about key `id` (its row changed in the store).
+    pub fn forget_key(&self, id: ApiKeyId) {
+        self.forget_if(move |k| k.id == id);
+    }
+
+    /// Forgets the cached keys of organization `org` (its plan changed, or it is gone).
+    pub fn forget_org(&self, org: redisgate_core::ids::OrgId) {
+        self.forget_if(move |k| k.org_id == org);
+    }
+
+    fn forget_if(&self, which: impl Fn(&ApiKey) -> bool + Send + Sync + 'static) {
+        let forgotten =
+            self.cache.invalidate_entries_if(move |_, (key, _)| key.as_ref().is_some_and(|k| which(&k.0)));
+        if forgotten.is_err() {
+            self.invalidate_all(); // (cannot happen: the cache is built to support it)
+        }
     }
 
     /// The rate of an organization on `plan`: the one set through the API (as this replica
