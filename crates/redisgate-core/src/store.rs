@@ -8,7 +8,10 @@
 //! - a user never owns more organizations than the cap `create_org` is given, and an
 //!   invitation is used at most once, even when the same requests race;
 //! - secrets are never stored in the clear: sessions and API keys by SHA-256 only; an
-//!   external instance's URL only sealed (encrypted) by the caller.
+//!   external instance's URL only sealed (encrypted) by the caller;
+//! - every insert, update and delete of an instance or API key, and every update and delete
+//!   of an organization, leaves a row in the change feed ([`Change`]), written by the
+//!   database itself (triggers), so that no store method can forget one.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -157,13 +160,38 @@ pub struct Counts {
     pub instances: u64,
 }
 
-// TEMP (until the feed branch merges): the change feed's types.
+/// What a change feed row is about; the follower re-reads the subject itself. Ordered and
+/// hashable so that a follower can fold a page of rows into a set of subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChangeSubject {
     Instance(InstanceId),
     ApiKey(ApiKeyId),
     Organization(OrgId),
 }
+
+impl ChangeSubject {
+    /// The kind as the feed table stores it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChangeSubject::Instance(_) => "instance",
+            ChangeSubject::ApiKey(_) => "api_key",
+            ChangeSubject::Organization(_) => "organization",
+        }
+    }
+
+    /// A subject from the feed table's kind and id columns; `None` for an unknown kind.
+    pub fn parse(kind: &str, id: uuid::Uuid) -> Option<ChangeSubject> {
+        match kind {
+            "instance" => Some(ChangeSubject::Instance(InstanceId(id))),
+            "api_key" => Some(ChangeSubject::ApiKey(ApiKeyId(id))),
+            "organization" => Some(ChangeSubject::Organization(OrgId(id))),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the change feed: `subject` was inserted, updated or deleted at `at` (the
+/// database's clock; SQLite's has milliseconds), as the `seq`-th change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub seq: i64,
@@ -383,14 +411,28 @@ pub trait Store: Send + Sync + 'static {
         next: OffsetDateTime,
         among: &[InstanceId],
     ) -> StoreResult<Option<BackupSchedule>>;
-    // TEMP
-    async fn changes_after(&self, _after: i64, _limit: u32) -> StoreResult<Option<Vec<Change>>> {
-        Ok(Some(Vec::new()))
-    }
-    async fn last_change(&self) -> StoreResult<i64> {
-        Ok(0)
-    }
-    async fn prune_changes(&self, _before: OffsetDateTime) -> StoreResult<u64> {
-        Ok(0)
-    }
+
+    // Change feed: what replicas follow instead of re-reading every instance. Rows are
+    // written by database triggers in the same transaction as the change they record:
+    // instances on insert, update and delete; API keys (instance tokens too) on insert,
+    // delete and an update of anything but `last_used_at` (so `touch_api_keys` writes none);
+    // organizations on update and delete. Deletes cascading from an organization or an
+    // instance write rows for every child that goes. An update writes a row even when it
+    // sets the values already there.
+    //
+    // Ordering: on SQLite (one writer) rows commit in `seq` order. On PostgreSQL `seq` comes
+    // from a sequence taken before commit, so concurrent transactions can commit out of
+    // order: a reader may see seq 7 before seq 6 appears, and a rolled-back transaction
+    // leaves a gap that never fills. The store takes no lock to prevent it; a follower that
+    // must not miss a row re-reads a little behind its cursor (or tracks gaps) itself.
+    /// Changes with seq > after, ascending, at most `limit`; `None` when rows after `after`
+    /// were pruned (the follower must re-read everything and restart from `last_change`).
+    async fn changes_after(&self, after: i64, limit: u32) -> StoreResult<Option<Vec<Change>>>;
+    /// The highest seq written (or pruned); 0 on an empty feed.
+    async fn last_change(&self) -> StoreResult<i64>;
+    /// Deletes the rows older than `before` (and any of lower seq, so that what is left is
+    /// always every row above one seq even if the clock stepped back); remembers the highest
+    /// deleted seq as the watermark below which `changes_after` answers None. Returns how
+    /// many rows went.
+    async fn prune_changes(&self, before: OffsetDateTime) -> StoreResult<u64>;
 }

@@ -18,8 +18,9 @@ use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organizat
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
-    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
+    Admission, Change, ChangeSubject, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken,
+    Invitee, NewApiKey, NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError,
+    StoreResult,
 };
 use redisgate_core::usage::{self, Resolution, UsageRow};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -382,6 +383,16 @@ fn backup_from(row: &PgRow) -> StoreResult<Backup> {
         error: get(row, "error")?,
         object_key: get(row, "object_key")?,
         created_at: get(row, "created_at")?,
+    })
+}
+
+fn change_from(row: &PgRow) -> StoreResult<Change> {
+    let kind: String = get(row, "subject_kind")?;
+    Ok(Change {
+        seq: get(row, "seq")?,
+        at: get(row, "at")?,
+        subject: ChangeSubject::parse(&kind, get(row, "subject_id")?)
+            .ok_or_else(|| corrupt("subject_kind", &kind))?,
     })
 }
 
@@ -1592,6 +1603,54 @@ impl Store for PgStore {
         .await
         .map_err(unavailable)?;
         row.as_ref().map(schedule_from).transpose()
+    }
+
+    // Change feed (rows written by the triggers of migration 0160).
+
+    async fn changes_after(&self, after: i64, limit: u32) -> StoreResult<Option<Vec<Change>>> {
+        // Two statements under READ COMMITTED, the rows first: a prune committed between
+        // the two has raised the watermark by then, so a cursor it overtook answers None,
+        // never a list with a hole.
+        let rows = sqlx::query(
+            "SELECT seq, subject_kind, subject_id, at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let watermark: i64 = sqlx::query_scalar("SELECT seq FROM change_watermark")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if after < watermark {
+            Ok(None)
+        } else {
+            rows.iter().map(change_from).collect::<StoreResult<_>>().map(Some)
+        }
+    }
+
+    async fn last_change(&self) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "SELECT GREATEST(COALESCE((SELECT max(seq) FROM changes), 0), (SELECT seq FROM change_watermark))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn prune_changes(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        // Everything up to the newest old row goes, so what is left is every row above one
+        // seq even when the clock stepped back. Concurrent prunes (replicas) are safe: the
+        // later one's DELETE skips the rows the earlier one took, and the watermark only rises.
+        let gone: i64 = sqlx::query_scalar(
+            "WITH cut AS (SELECT max(seq) AS seq FROM changes WHERE at < $1),                   gone AS (DELETE FROM changes c USING cut WHERE c.seq <= cut.seq RETURNING c.seq),                   mark AS (UPDATE change_watermark w SET seq = GREATEST(w.seq, (SELECT max(seq) FROM gone))                            WHERE EXISTS (SELECT 1 FROM gone))              SELECT count(*) FROM gone",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        to_u64("pruned changes", gone)
     }
 }
 

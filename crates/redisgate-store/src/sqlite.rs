@@ -22,8 +22,9 @@ use redisgate_core::org::{Invitation, MAX_PENDING_INVITATIONS, Member, Organizat
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
-    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
+    Admission, Change, ChangeSubject, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken,
+    Invitee, NewApiKey, NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError,
+    StoreResult,
 };
 use redisgate_core::usage::{self, Resolution, UsageRow};
 use sqlx::sqlite::{
@@ -433,6 +434,16 @@ fn schedule_from(row: &SqliteRow) -> StoreResult<BackupSchedule> {
         org_id: OrgId(get(row, "org_id")?),
         retention_days: get_u32(row, "retention_days")?,
         next_run_at: get(row, "next_run_at")?,
+    })
+}
+
+fn change_from(row: &SqliteRow) -> StoreResult<Change> {
+    let kind: String = get(row, "subject_kind")?;
+    Ok(Change {
+        seq: get(row, "seq")?,
+        at: get(row, "at")?,
+        subject: ChangeSubject::parse(&kind, get(row, "subject_id")?)
+            .ok_or_else(|| corrupt("subject_kind", kind))?,
     })
 }
 
@@ -1694,6 +1705,57 @@ impl Store for SqliteStore {
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Some(schedule))
+    }
+
+    // Change feed (rows written by the triggers of migration 0160).
+
+    async fn changes_after(&self, after: i64, limit: u32) -> StoreResult<Option<Vec<Change>>> {
+        // The rows first, then the watermark: a prune committed between the two has raised
+        // the watermark by then, so a cursor it overtook answers None, never a list with a hole.
+        let rows = sqlx::query(
+            "SELECT seq, subject_kind, subject_id, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let watermark: i64 =
+            sqlx::query_scalar("SELECT seq FROM change_watermark").fetch_one(&self.pool).await.map_err(db)?;
+        if after < watermark { Ok(None) } else { all(rows, change_from).map(Some) }
+    }
+
+    async fn last_change(&self) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "SELECT max(COALESCE((SELECT max(seq) FROM changes), 0), (SELECT seq FROM change_watermark))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn prune_changes(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        // Everything up to the newest old row goes, so what is left is every row above one
+        // seq even when the clock stepped back between writes.
+        let mut tx = self.write_tx().await?;
+        let cut: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM changes WHERE at < ?1")
+            .bind(ts(before))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let Some(cut) = cut else { return Ok(0) };
+        let done = sqlx::query("DELETE FROM changes WHERE seq <= ?1")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("UPDATE change_watermark SET seq = max(seq, ?1)")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -17,8 +17,8 @@ use redisgate_core::org::{Invitation, Member, Organization, Role};
 use redisgate_core::quota::{Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
-    Admission, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee, NewApiKey,
-    NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
+    Admission, Change, Counts, Credentials, InstanceChange, InstanceRecord, InstanceToken, Invitee,
+    NewApiKey, NewInstance, NewInstanceToken, NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
 use redisgate_core::usage::{Resolution, UsageRow};
 use time::OffsetDateTime;
@@ -137,4 +137,7 @@ metered! {
     fn set_backup_schedule(&self, instance: InstanceId, schedule: Option<(u32, OffsetDateTime)>) -> Option<BackupSchedule>;
     fn backup_schedule(&self, instance: InstanceId) -> Option<BackupSchedule>;
     fn claim_due_backup(&self, now: OffsetDateTime, next: OffsetDateTime, among: &[InstanceId]) -> Option<BackupSchedule>;
+    fn changes_after(&self, after: i64, limit: u32) -> Option<Vec<Change>>;
+    fn last_change(&self) -> i64;
+    fn prune_changes(&self, before: OffsetDateTime) -> u64;
 }

@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 pub use crate::backups::*;
+pub use crate::changes::*;
 
 type S = Arc<dyn Store>;
 
@@ -34,7 +35,7 @@ fn email(s: &str) -> Email {
     Email::parse(s).expect("a valid test e-mail")
 }
 
-async fn user(store: &S, name: &str) -> User {
+pub(crate) async fn user(store: &S, name: &str) -> User {
     store
         .create_user(&email(&format!("{name}@example.com")), "argon2-hash", Admission::Anyone)
         .await
@@ -49,7 +50,7 @@ fn hash() -> SecretHash {
     h
 }
 
-fn quota(max_instances: u32, max_memory_bytes: u64, max_api_keys: u32) -> Quota {
+pub(crate) fn quota(max_instances: u32, max_memory_bytes: u64, max_api_keys: u32) -> Quota {
     Quota { max_instances, max_memory_bytes, max_api_keys }
 }
 
@@ -58,7 +59,7 @@ async fn org_with(store: &S, owner: UserId, q: Quota) -> Organization {
     store.set_quota(org.id, q).await.expect("set_quota")
 }
 
-fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
+pub(crate) fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
     NewInstance {
         id: InstanceId::new(),
         org_id: org,
@@ -72,7 +73,7 @@ fn new_instance(org: OrgId, memory_bytes: u64) -> NewInstance {
     }
 }
 
-fn new_key(org: OrgId) -> NewApiKey {
+pub(crate) fn new_key(org: OrgId) -> NewApiKey {
     NewApiKey {
         id: ApiKeyId::new(),
         org_id: org,
@@ -1308,7 +1309,7 @@ pub async fn instances_are_renamed_resized_within_quota_and_reconfigured(store: 
     assert_eq!(missing, Err(StoreError::NotFound));
 }
 
-fn new_token(org: OrgId, instance: InstanceId, kind: TokenKind) -> NewInstanceToken {
+pub(crate) fn new_token(org: OrgId, instance: InstanceId, kind: TokenKind) -> NewInstanceToken {
     let key = NewApiKey { scope: kind.scope(), instance_ids: Some(vec![instance]), ..new_key(org) };
     NewInstanceToken { key, kind, sealed_key: format!("sealed {}", kind.as_str()).into_bytes() }
 }

@@ -10,6 +10,7 @@
 
 mod backups;
 mod cases;
+mod changes;
 mod support;
 
 /// Instantiates every listed case once per backend, as `sqlite::<case>` and
@@ -113,6 +114,12 @@ conformance!(
     backup_caps_count_every_backup_and_ready_bytes,
     schedules_are_set_replaced_and_removed,
     a_due_schedule_is_claimed_once_even_when_racing,
+    // Change feed.
+    instance_writes_record_one_change_each_in_order,
+    api_key_writes_record_changes_but_touches_do_not,
+    org_updates_and_deletes_record_changes_with_cascaded_children,
+    changes_after_pages_by_limit,
+    pruning_moves_the_watermark_below_which_cursors_are_stale,
 );
 
 /// What only the SQLite backend has: a file it creates, keeps and re-opens.
@@ -170,6 +177,56 @@ mod sqlite_only {
         assert_eq!(store.user(ann.id).await.unwrap(), ann);
     }
 
+    /// The api_keys update trigger lists its columns (all but last_used_at, which
+    /// touch_api_keys writes every second); a column added later must be added to it. Also
+    /// checks what no store method does yet: a plan change is recorded.
+    #[tokio::test]
+    async fn change_triggers_cover_plan_changes_and_every_api_key_column_but_last_used_at() {
+        use redisgate_core::quota::Plan;
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redisgate.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let trigger: String = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'api_keys_update_change'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let trigger = trigger.split_whitespace().collect::<Vec<_>>().join(" ");
+        let listed = trigger.split(" OF ").nth(1).and_then(|s| s.split(" ON ").next()).unwrap();
+        let listed: Vec<&str> = listed.split(',').map(str::trim).collect();
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('api_keys') WHERE name != 'last_used_at'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let mut columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let mut listed_sorted = listed.clone();
+        columns.sort_unstable();
+        listed_sorted.sort_unstable();
+        assert_eq!(listed_sorted, columns);
+
+        let ann = store
+            .create_user(&Email::parse("ann@example.com").unwrap(), "h", Admission::Anyone)
+            .await
+            .unwrap();
+        let org = store.create_org("Acme", Plan::Free, ann.id, u32::MAX).await.unwrap();
+        let before = store.last_change().await.unwrap();
+        sqlx::query("UPDATE organizations SET plan = 'pro' WHERE id = ?1")
+            .bind(org.id.0)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let rows = store.changes_after(before, 10).await.unwrap().unwrap();
+        assert_eq!(
+            rows.iter().map(|c| c.subject).collect::<Vec<_>>(),
+            [redisgate_core::store::ChangeSubject::Organization(org.id)]
+        );
+    }
+
     #[tokio::test]
     async fn database_file_is_in_wal_mode_with_the_schema() {
         use sqlx::Connection;
@@ -193,6 +250,8 @@ mod sqlite_only {
                 "audit_logs",
                 "backup_schedules",
                 "backups",
+                "change_watermark",
+                "changes",
                 "invitations",
                 "memberships",
                 "organizations",
