@@ -18,6 +18,7 @@ mod instances;
 mod isolation;
 mod limits;
 mod ops;
+mod paging;
 mod protocol;
 mod python_sdk;
 mod ratelimit;
