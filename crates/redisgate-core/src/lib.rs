@@ -12,6 +12,7 @@
 //!   roles and the permission table), [`instance`], [`apikey`], [`quota`], [`capacity`]
 //!   (host-wide caps on local instances), [`audit`], [`backup`] (instances' backups and their
 //!   daily schedule).
+//! - [`page`]: keyset paging of an organization's listings (cursor, limit, page).
 //! - [`store`]: the metadata [`store::Store`] trait that SQLite and PostgreSQL implement.
 //! - [`provision`]: the [`provision::Provisioner`] trait that runs instances' Redis servers.
 //! - [`egress`]: which resolved addresses an external instance's URL may reach.
@@ -33,6 +34,7 @@ pub mod egress;
 pub mod ids;
 pub mod instance;
 pub mod org;
+pub mod page;
 pub mod policy;
 pub mod provision;
 pub mod quota;

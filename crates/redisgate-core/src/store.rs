@@ -283,7 +283,14 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a `pending` instance if the organization's instance and memory quotas allow.
     async fn create_instance(&self, new: NewInstance) -> StoreResult<InstanceRecord>;
     async fn instance(&self, id: InstanceId) -> StoreResult<InstanceRecord>;
-    async fn instances(&self, org: OrgId) -> StoreResult<Vec<Instance>>;
+    /// Up to `limit` of the organization's instances with an id greater than `after` (from
+    /// the first without one), by id: a keyset page (see [`crate::page`]).
+    async fn instances_page(
+        &self,
+        org: OrgId,
+        after: Option<InstanceId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Instance>>;
     /// Every instance of the deployment (start-up re-provisioning).
     async fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
     async fn set_instance_status(
@@ -299,7 +306,7 @@ pub trait Store: Send + Sync + 'static {
     async fn update_instance(&self, id: InstanceId, change: InstanceChange) -> StoreResult<InstanceRecord>;
 
     // Instance tokens: API keys of one instance (see `TokenKind`). They count against no key
-    // quota, and `api_keys`, `api_key` and `revoke_api_key` do not see them; the data plane's
+    // quota, and `api_keys_page`, `api_key` and `revoke_api_key` do not see them; the data plane's
     // `api_key_by_hash` does, like any key.
     /// Replaces the instance's tokens with `tokens` in one transaction: the old ones are
     /// deleted (so resets leave nothing behind) and stop working on every replica at its
@@ -317,7 +324,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_api_key(&self, new: NewApiKey) -> StoreResult<ApiKey>;
     async fn api_key(&self, id: ApiKeyId) -> StoreResult<ApiKey>;
     async fn api_key_by_hash(&self, hash: &SecretHash) -> StoreResult<Option<ApiKey>>;
-    async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>>;
+    /// Up to `limit` of the organization's keys (revoked ones included, instance tokens not)
+    /// with an id greater than `after`, by id: a keyset page (see [`crate::page`]).
+    async fn api_keys_page(
+        &self,
+        org: OrgId,
+        after: Option<ApiKeyId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ApiKey>>;
     async fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> StoreResult<ApiKey>;
     /// Sets (or with `None` clears) a key's own rate limit.
     async fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> StoreResult<ApiKey>;

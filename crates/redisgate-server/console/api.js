@@ -24,6 +24,10 @@ export function whenSignedOut(f) {
 }
 
 export async function api(method, path, body) {
+  return (await call(method, path, body)).data;
+}
+
+async function call(method, path, body) {
   const headers = { accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (method !== 'GET' && csrf) headers['x-csrf-token'] = csrf;
@@ -44,7 +48,28 @@ export async function api(method, path, body) {
     if (res.status === 401 && fail.code === 'unauthenticated') onSignedOut();
     throw fail;
   }
-  return data;
+  return { data, res };
+}
+
+/**
+ * One page of a paged listing (instances, API keys): its items, and the path of the next page
+ * from the `Link: <…>; rel="next"` header (null on the last page).
+ */
+export async function getPage(path) {
+  const { data, res } = await call('GET', path);
+  const link = /<([^>]*)>\s*;\s*rel="next"/.exec(res.headers.get('link') || '');
+  return { items: data, next: link ? link[1] : null };
+}
+
+/** Every item of a paged listing, 1000 a page: for pickers and lookups that need them all. */
+export async function getAll(path) {
+  const items = [];
+  for (let next = `${path}?limit=1000`; next;) {
+    const page = await getPage(next);
+    items.push(...page.items);
+    next = page.next;
+  }
+  return items;
 }
 
 export const get = (p) => api('GET', p);

@@ -1,7 +1,7 @@
 // The command line: one command at a time through POST …/command (the data plane's path),
 // with the member's role's rights or an API key's; history with the up and down arrows.
 
-import { get, redis, show } from './api.js';
+import { getAll, redis, show } from './api.js';
 import { h, field, uid } from './dom.js';
 
 /** Splits a line as redis-cli does: spaces separate, "…" and '…' quote, \ escapes in "…". */
@@ -33,7 +33,7 @@ const scopes = { owner: 'admin', admin: 'admin', member: 'read-write', viewer: '
 
 export async function cli(orgId, inst, me) {
   // Revoked keys stay in the list: running as one shows what its clients now get.
-  const keys = await get(`/api/organizations/${orgId}/api-keys`);
+  const keys = await getAll(`/api/organizations/${orgId}/api-keys`);
   const history = [];
   let pos = 0;
   const log = h('div', { class: 'cli-log', role: 'log', 'aria-live': 'polite', 'aria-label': 'Command output', 'data-testid': 'cli-log', tabindex: '0' });

@@ -153,4 +153,30 @@ export function table(headers, rows, caption) {
     h('tbody', {}, rows)));
 }
 
+/**
+ * A table of a paged listing: the first page's rows, and while the listing has more, a
+ * "Load more" button that appends the next page (`load(path)` answers `{items, next}`). Loading
+ * page by page keeps an organization of thousands as quick to open as one of ten.
+ */
+export function pagedTable(headers, caption, first, row, load) {
+  const wrap = table(headers, first.items.map(row), caption);
+  const body = wrap.querySelector('tbody');
+  const status = h('p', { class: 'error', role: 'alert' });
+  const more = h('button', { type: 'button', class: 'secondary' }, `Load more ${caption.toLowerCase()}`);
+  let next = first.next;
+  more.hidden = !next;
+  more.addEventListener('click', () => busy(more, async () => {
+    try {
+      const page = await load(next);
+      body.append(...page.items.map(row));
+      next = page.next;
+      status.textContent = '';
+    } catch (e) {
+      status.textContent = e.message;
+    }
+    more.hidden = !next;
+  }, 'Loading…'));
+  return h('div', {}, wrap, status, h('div', { class: 'actions' }, more));
+}
+
 export const when = (iso) => (iso ? new Date(iso).toLocaleString() : '—');

@@ -1,8 +1,8 @@
 // Instances: the list with status and health, creating one (local or external), and an
 // instance's page: its connect panel, configuration, data browser and command line.
 
-import { get, post, del } from './api.js';
-import { h, field, form, table, typedConfirm, copyButton, when } from './dom.js';
+import { get, getPage, post, del } from './api.js';
+import { h, field, form, pagedTable, typedConfirm, copyButton, when } from './dom.js';
 import { go, membership } from './app.js';
 import { browser } from './browser.js';
 import { cli } from './cli.js';
@@ -12,13 +12,13 @@ const badge = (t) => h('span', { class: `badge ${t}` }, t);
 
 export async function list(orgId) {
   const me = membership(orgId);
-  const all = await get(`/api/organizations/${orgId}/redis-instances`);
-  const rows = all.map((i) => h('tr', {},
+  const first = await getPage(`/api/organizations/${orgId}/redis-instances`);
+  const row = (i) => h('tr', {},
     h('td', {}, h('a', { href: `#/orgs/${orgId}/instances/${i.id}` }, i.name)),
     h('td', {}, i.provisioner), h('td', {}, badge(i.status), i.status_reason ? h('span', { class: 'muted' }, ` ${i.status_reason}`) : null),
-    h('td', {}, badge(i.health)), h('td', {}, i.provisioner === 'local' ? mib(i.memory_bytes) : '—')));
+    h('td', {}, badge(i.health)), h('td', {}, i.provisioner === 'local' ? mib(i.memory_bytes) : '—'));
   const section = h('section', {}, h('h1', {}, `Instances · ${me ? me.name : ''}`),
-    all.length ? table(['Name', 'Kind', 'Status', 'Health', 'Memory'], rows, 'Instances') : h('p', {}, 'No instance yet.'));
+    first.items.length ? pagedTable(['Name', 'Kind', 'Status', 'Health', 'Memory'], 'Instances', first, row, getPage) : h('p', {}, 'No instance yet.'));
   if (me && me.role !== 'viewer') section.append(h('h2', {}, 'Create an instance'), createForm(orgId));
   return section;
 }

@@ -1,17 +1,19 @@
 // API keys: create (scope, instances, expiry, rate) — the key is shown once, with a copy
-// button — list, and revoke.
+// button — list (a page at a time), and revoke.
 
-import { get, post, del } from './api.js';
-import { h, field, form, table, copyButton, when } from './dom.js';
+import { getAll, getPage, post, del } from './api.js';
+import { h, field, form, pagedTable, copyButton, when } from './dom.js';
 import { go, membership } from './app.js';
 
 export async function page(orgId) {
   const me = membership(orgId);
   const manage = me && me.role !== 'viewer';
-  const [keys, instances] = await Promise.all([get(`/api/organizations/${orgId}/api-keys`), get(`/api/organizations/${orgId}/redis-instances`)]);
+  // Keys a page at a time (an organization may have thousands); instances all, for their
+  // names and the picker.
+  const [first, instances] = await Promise.all([getPage(`/api/organizations/${orgId}/api-keys`), getAll(`/api/organizations/${orgId}/redis-instances`)]);
   const names = Object.fromEntries(instances.map((i) => [i.id, i.name]));
   const status = h('p', { class: 'error', role: 'alert' });
-  const rows = keys.map((k) => h('tr', {},
+  const row = (k) => h('tr', {},
     h('td', {}, k.name), h('td', {}, k.scope),
     h('td', {}, k.instance_ids ? k.instance_ids.map((i) => names[i] || i).join(', ') : 'all'),
     h('td', {}, k.rate_limit ? `${k.rate_limit.per_second}/s, burst ${k.rate_limit.burst}` : 'plan'),
@@ -20,9 +22,9 @@ export async function page(orgId) {
     h('td', {}, manage && !k.revoked_at ? h('button', { type: 'button', class: 'danger', onclick: async () => {
       if (!confirm(`Revoke the key ${k.name}? Clients using it stop within a second.`)) return;
       try { await del(`/api/organizations/${orgId}/api-keys/${k.id}`); go(location.hash); } catch (e) { status.textContent = e.message; }
-    } }, `Revoke ${k.name}`) : null)));
+    } }, `Revoke ${k.name}`) : null));
   const section = h('section', {}, h('h1', {}, 'API keys'), status,
-    keys.length ? table(['Name', 'Scope', 'Instances', 'Rate', 'Expires', 'Last used', 'Status', 'Actions'], rows, 'API keys') : h('p', {}, 'No API key yet.'));
+    first.items.length ? pagedTable(['Name', 'Scope', 'Instances', 'Rate', 'Expires', 'Last used', 'Status', 'Actions'], 'API keys', first, row, getPage) : h('p', {}, 'No API key yet.'));
   if (!manage) return section;
   const shown = h('div', { 'aria-live': 'polite' });
   const scopes = ['read-write', 'read-only'].concat(['owner', 'admin'].includes(me.role) ? ['admin'] : []);

@@ -990,13 +990,22 @@ impl Store for PgStore {
         instance_from(&row)
     }
 
-    async fn instances(&self, org: OrgId) -> StoreResult<Vec<Instance>> {
+    async fn instances_page(
+        &self,
+        org: OrgId,
+        after: Option<InstanceId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Instance>> {
+        // The first page starts after the nil id, which no row has: every page is one range
+        // of the (org_id, id) index (migration 0170).
         let rows = sqlx::query(concat!(
             "SELECT ",
             instance_cols!(),
-            " FROM redis_instances i WHERE i.org_id = $1 ORDER BY i.created_at, i.id"
+            " FROM redis_instances i WHERE i.org_id = $1 AND i.id > $2 ORDER BY i.id LIMIT $3"
         ))
         .bind(org.0)
+        .bind(after.map_or(Uuid::nil(), |a| a.0))
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -1189,13 +1198,21 @@ impl Store for PgStore {
         row.as_ref().map(key_from).transpose()
     }
 
-    async fn api_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKey>> {
+    async fn api_keys_page(
+        &self,
+        org: OrgId,
+        after: Option<ApiKeyId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ApiKey>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             key_cols!(),
-            " FROM api_keys k WHERE k.org_id = $1 AND k.instance_token IS NULL ORDER BY k.created_at, k.id"
+            " FROM api_keys k WHERE k.org_id = $1 AND k.instance_token IS NULL \
+             AND k.id > $2 ORDER BY k.id LIMIT $3"
         ))
         .bind(org.0)
+        .bind(after.map_or(Uuid::nil(), |a| a.0))
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -110,7 +110,8 @@ pub struct AuditFilter {
     /// The `next` of the previous page.
     before: Option<AuditId>,
     /// 1–500, default 50.
-    limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -140,11 +141,7 @@ async fn list(
 
 impl AuditFilter {
     fn query(self) -> ApiResult<AuditQuery> {
-        let limit = match self.limit {
-            None => 50,
-            Some(n @ 1..=500) => n,
-            Some(_) => return Err(ApiError::validation("limit", "must be between 1 and 500")),
-        };
+        let limit = super::paging::limit(self.limit.as_deref(), 50, 500)?;
         let outcome = match self.outcome.as_deref() {
             None => None,
             Some(o) => Some(

@@ -1,4 +1,5 @@
-//! Redis instances of an organization: create (local process or external server), list,
+//! Redis instances of an organization: create (local process or external server), list
+//! (in pages, see `super::paging`),
 //! get (with status), configure, connect details, credential reset, live stats, delete. The
 //! rules are the instance service's (`crate::instances`); these handlers authorize and map.
 
@@ -9,6 +10,7 @@ use redisgate_core::account::User;
 use redisgate_core::ids::{InstanceId, OrgId};
 use redisgate_core::instance::Instance;
 use redisgate_core::org::Action;
+use redisgate_core::page::Cursor;
 use redisgate_core::store::{InstanceRecord, StoreError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,6 +18,7 @@ use utoipa_axum::routes;
 use super::audit;
 use super::auth::CurrentUser;
 use super::error::ErrorBody;
+use super::paging::{PageParams, PageQuery, Paged};
 use super::{ApiError, ApiJson, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
 use crate::instances::{Connect, InstanceUpdate, NewRedisInstance, Stats};
 
@@ -75,16 +78,21 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(view(&state, &user, inst))))
 }
 
-/// The organization's instances.
+/// The organization's instances, by id (creation order), a page at a time: while more
+/// follow, the `Link` header holds the next page's URL.
 #[utoipa::path(get, path = "/api/organizations/{org_id}/redis-instances", tag = "redis-instances", security(("session" = [])),
-    params(("org_id" = OrgId, Path)), responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
+    params(("org_id" = OrgId, Path), PageParams),
+    responses((status = 200, body = Vec<InstanceView>, headers(("link" = String, description = "`<…?limit=N&after=CURSOR>; rel=\"next\"` (RFC 8288, a relative URL) while more follow; absent on the last page"))),
+        (status = 404, body = ErrorBody), (status = 422, description = "a bad `limit` or `after`", body = ErrorBody)))]
 async fn list(
     state: State,
     CurrentUser(user): CurrentUser,
     ApiPath(org): ApiPath<OrgId>,
-) -> ApiResult<axum::Json<Vec<InstanceView>>> {
+    page: PageQuery,
+) -> ApiResult<Paged<InstanceView>> {
     authorize(&state, user.id, org, Action::ViewInstances).await?;
-    Ok(axum::Json(state.store.instances(org).await?.into_iter().map(|i| view(&state, &user, i)).collect()))
+    let rows = state.store.instances_page(org, page.after().map(|c| InstanceId(c.0)), page.fetch()).await?;
+    Ok(page.answer(rows, |i| Cursor(i.id.0)).map(|i| view(&state, &user, i)))
 }
 
 pub(super) async fn record_of(state: &ApiState, org: OrgId, id: InstanceId) -> ApiResult<InstanceRecord> {

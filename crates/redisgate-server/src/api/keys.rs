@@ -1,5 +1,6 @@
 //! API keys: `rg_<id>_<secret>`, shown once at creation; only the SHA-256 is stored. Scopes
-//! (read-only, read-write, admin), an optional list of instances, an optional expiry.
+//! (read-only, read-write, admin), an optional list of instances, an optional expiry. Listed
+//! in pages (see `super::paging`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use redisgate_core::account::User;
 use redisgate_core::apikey::{ApiKey, Scope, format_key};
 use redisgate_core::ids::{ApiKeyId, InstanceId, OrgId};
 use redisgate_core::org::Action;
+use redisgate_core::page::Cursor;
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{NewApiKey, StoreError};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,7 @@ use utoipa_axum::routes;
 use super::audit;
 use super::auth::{CurrentUser, hash_secret};
 use super::error::ErrorBody;
+use super::paging::{PageParams, PageQuery, Paged};
 use super::{ApiError, ApiJson, ApiPath, ApiResult, ApiState, RequestMeta, State, authorize};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -59,6 +62,26 @@ async fn within_plan(state: &ApiState, user: &User, org: OrgId, rate: Option<Rat
     let max = state.keys.plan_rate(plan, &state.rate_limit);
     if rate.per_second > max.per_second || rate.burst > max.burst {
         return Err(ApiError::RateAbovePlan(max));
+    }
+    Ok(())
+}
+
+/// Checks that every one of `ids` is an instance of `org`, one lookup per distinct id: a key
+/// names a few instances, and an organization may have thousands.
+async fn of_org(state: &ApiState, org: OrgId, ids: &[InstanceId]) -> ApiResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for &id in ids.iter().filter(|&&id| seen.insert(id)) {
+        let theirs = match state.store.instance(id).await {
+            Ok(rec) => rec.instance.org_id == org,
+            Err(StoreError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !theirs {
+            return Err(ApiError::validation(
+                "instance_ids",
+                format!("{id} is not an instance of this organization"),
+            ));
+        }
     }
     Ok(())
 }
@@ -113,13 +136,7 @@ async fn create(
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
         if let Some(ids) = &req.instance_ids {
-            let own: Vec<InstanceId> = state.store.instances(org).await?.into_iter().map(|i| i.id).collect();
-            if let Some(bad) = ids.iter().find(|id| !own.contains(id)) {
-                return Err(ApiError::validation(
-                    "instance_ids",
-                    format!("{bad} is not an instance of this organization"),
-                ));
-            }
+            of_org(&state, org, ids).await?;
         }
         let id = ApiKeyId::new();
         let mut secret = [0u8; 32];
@@ -145,16 +162,21 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
-/// The organization's keys (never their secrets).
+/// The organization's keys (never their secrets; revoked ones too), by id (creation order),
+/// a page at a time: while more follow, the `Link` header holds the next page's URL.
 #[utoipa::path(get, path = "/api/organizations/{org_id}/api-keys", tag = "api-keys", security(("session" = [])),
-    params(("org_id" = OrgId, Path)), responses((status = 200, body = Vec<ApiKey>), (status = 404, body = ErrorBody)))]
+    params(("org_id" = OrgId, Path), PageParams),
+    responses((status = 200, body = Vec<ApiKey>, headers(("link" = String, description = "`<…?limit=N&after=CURSOR>; rel=\"next\"` (RFC 8288, a relative URL) while more follow; absent on the last page"))),
+        (status = 404, body = ErrorBody), (status = 422, description = "a bad `limit` or `after`", body = ErrorBody)))]
 async fn list(
     state: State,
     CurrentUser(user): CurrentUser,
     ApiPath(org): ApiPath<OrgId>,
-) -> ApiResult<axum::Json<Vec<ApiKey>>> {
+    page: PageQuery,
+) -> ApiResult<Paged<ApiKey>> {
     authorize(&state, user.id, org, Action::ViewApiKeys).await?;
-    Ok(axum::Json(state.store.api_keys(org).await?))
+    let rows = state.store.api_keys_page(org, page.after().map(|c| ApiKeyId(c.0)), page.fetch()).await?;
+    Ok(page.answer(rows, |k| Cursor(k.id.0)))
 }
 
 async fn key_of(state: &ApiState, org: OrgId, id: ApiKeyId) -> ApiResult<ApiKey> {

@@ -12,6 +12,7 @@
 //! - [`keys`]: API keys for the data plane.
 //! - [`commands`]: running Redis commands from a member's session (the console), through the
 //!   gateway's own path.
+//! - [`paging`]: the `limit`/`after` pages of the listings, with their `Link` header.
 //! - [`plans`]: plans, their quotas and rate limits.
 //! - [`usage`]: an instance's usage history.
 //!
@@ -28,6 +29,7 @@ pub mod instances;
 pub mod invitations;
 pub mod keys;
 pub mod orgs;
+pub mod paging;
 pub mod plans;
 pub mod usage;
 

@@ -7,6 +7,7 @@ use http::StatusCode;
 use redisgate_core::account::Email;
 use redisgate_core::ids::{OrgId, UserId};
 use redisgate_core::org::{Action, Member, Organization, Role};
+use redisgate_core::page::MAX_LIMIT;
 use redisgate_core::quota::{Plan, Quota};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -152,11 +153,20 @@ async fn delete(
         authorize(&state, user.id, org, Action::DeleteOrg).await?;
         // The organization's servers go with it: stop them (and remove local data) first, so
         // no process outlives the rows that describe it.
-        for inst in state.store.instances(org).await? {
-            let rec = state.store.instance(inst.id).await?;
-            if let Err(reason) = state.instances.delete(&rec).await {
-                tracing::error!(instance.id = %inst.id, %reason, "could not destroy an instance's server");
-                return Err(ApiError::Internal);
+        // Page by page, so that thousands of instances are never held at once.
+        let mut after = None;
+        loop {
+            let page = state.store.instances_page(org, after, MAX_LIMIT).await?;
+            for inst in &page {
+                let rec = state.store.instance(inst.id).await?;
+                if let Err(reason) = state.instances.delete(&rec).await {
+                    tracing::error!(instance.id = %inst.id, %reason, "could not destroy an instance's server");
+                    return Err(ApiError::Internal);
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == MAX_LIMIT as usize => after = Some(last.id),
+                _ => break,
             }
         }
         Ok(state.store.delete_org(org).await?)

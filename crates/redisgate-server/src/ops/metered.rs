@@ -104,7 +104,7 @@ metered! {
     fn accept_invitation(&self, token_hash: &SecretHash, invitee: Invitee<'_>, now: OffsetDateTime) -> (User, Member);
     fn create_instance(&self, new: NewInstance) -> InstanceRecord;
     fn instance(&self, id: InstanceId) -> InstanceRecord;
-    fn instances(&self, org: OrgId) -> Vec<Instance>;
+    fn instances_page(&self, org: OrgId, after: Option<InstanceId>, limit: u32) -> Vec<Instance>;
     fn all_instances(&self) -> Vec<InstanceRecord>;
     fn set_instance_status(&self, id: InstanceId, status: InstanceStatus, reason: Option<&str>) -> ();
     fn delete_instance(&self, id: InstanceId) -> ();
@@ -114,7 +114,7 @@ metered! {
     fn create_api_key(&self, new: NewApiKey) -> ApiKey;
     fn api_key(&self, id: ApiKeyId) -> ApiKey;
     fn api_key_by_hash(&self, hash: &SecretHash) -> Option<ApiKey>;
-    fn api_keys(&self, org: OrgId) -> Vec<ApiKey>;
+    fn api_keys_page(&self, org: OrgId, after: Option<ApiKeyId>, limit: u32) -> Vec<ApiKey>;
     fn revoke_api_key(&self, id: ApiKeyId, at: OffsetDateTime) -> ApiKey;
     fn set_api_key_rate_limit(&self, id: ApiKeyId, rate: Option<Rate>) -> ApiKey;
     fn touch_api_keys(&self, used: &[(ApiKeyId, OffsetDateTime)]) -> ();

@@ -20,6 +20,7 @@ mod isolation;
 mod limits;
 mod on_demand;
 mod ops;
+mod paging;
 mod protocol;
 mod python_sdk;
 mod ratelimit;

@@ -9,14 +9,14 @@ use redisgate_core::account::{Email, User};
 use redisgate_core::apikey::{ApiKey, Scope, TokenKind};
 use redisgate_core::audit::{AuditEntry, AuditQuery, NewAuditEntry, Outcome};
 use redisgate_core::ids::{ApiKeyId, AuditId, InstanceId, OrgId, UserId};
-use redisgate_core::instance::{BackendKind, EvictionPolicy, InstanceStatus, ProvisionerKind};
+use redisgate_core::instance::{BackendKind, EvictionPolicy, Instance, InstanceStatus, ProvisionerKind};
 use redisgate_core::org::{InvitationError, MAX_PENDING_INVITATIONS};
 use redisgate_core::org::{Member, Organization, Role};
 use redisgate_core::quota::{Limit, Plan, Quota};
 use redisgate_core::ratelimit::Rate;
 use redisgate_core::store::{
     Admission, InstanceChange, InstanceRecord, Invitee, NewApiKey, NewInstance, NewInstanceToken,
-    NewInvitation, SecretHash, Store, StoreError,
+    NewInvitation, SecretHash, Store, StoreError, StoreResult,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -48,6 +48,16 @@ fn hash() -> SecretHash {
     h[..16].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
     h[16..].copy_from_slice(uuid::Uuid::now_v7().as_bytes());
     h
+}
+
+/// Every instance of `org`, as one large page.
+async fn instances_of(store: &S, org: OrgId) -> StoreResult<Vec<Instance>> {
+    store.instances_page(org, None, 1000).await
+}
+
+/// Every API key of `org`, as one large page.
+async fn keys_of(store: &S, org: OrgId) -> StoreResult<Vec<ApiKey>> {
+    store.api_keys_page(org, None, 1000).await
 }
 
 pub(crate) fn quota(max_instances: u32, max_memory_bytes: u64, max_api_keys: u32) -> Quota {
@@ -241,8 +251,8 @@ pub async fn unknown_org_is_not_found(store: S) {
     assert_eq!(store.delete_org(id).await, Err(StoreError::NotFound));
     // Listings of an unknown organization are empty rather than errors.
     assert!(store.members(id).await.unwrap().is_empty());
-    assert!(store.instances(id).await.unwrap().is_empty());
-    assert!(store.api_keys(id).await.unwrap().is_empty());
+    assert!(instances_of(&store, id).await.unwrap().is_empty());
+    assert!(keys_of(&store, id).await.unwrap().is_empty());
     assert_eq!(store.role_of(id, UserId::new()).await.unwrap(), None);
 }
 
@@ -410,11 +420,11 @@ pub async fn delete_org_removes_what_it_owns_but_not_audit(store: S) {
     assert_eq!(store.orgs_of(ann.id).await.unwrap(), vec![(kept.clone(), Role::Owner)]);
     assert!(store.orgs_of(bob.id).await.unwrap().is_empty());
     assert_eq!(store.instance(inst.instance.id).await, Err(StoreError::NotFound));
-    assert!(store.instances(org.id).await.unwrap().is_empty());
+    assert!(instances_of(&store, org.id).await.unwrap().is_empty());
     assert_eq!(store.all_instances().await.unwrap(), vec![kept_inst]);
     assert_eq!(store.api_key(key.id).await, Err(StoreError::NotFound));
     assert_eq!(store.api_key_by_hash(&key_hash).await.unwrap(), None);
-    assert_eq!(store.api_keys(kept.id).await.unwrap(), vec![kept_key]);
+    assert_eq!(keys_of(&store, kept.id).await.unwrap(), vec![kept_key]);
     let audit = store.audit_logs(org.id, &AuditQuery::default()).await.unwrap();
     assert_eq!(audit.len(), 1, "audit entries outlive their organization");
     assert_eq!(store.user(bob.id).await.unwrap(), bob, "users outlive their organizations");
@@ -464,7 +474,7 @@ pub async fn new_instances_are_pending_and_round_trip(store: S) {
         let created = store.create_instance(new).await.unwrap();
         assert_eq!(created.instance.kind, kind);
         assert_eq!(store.instance(created.instance.id).await.unwrap(), created);
-        let listed = store.instances(org.id).await.unwrap();
+        let listed = instances_of(&store, org.id).await.unwrap();
         assert!(listed.iter().any(|i| i.id == created.instance.id && i.kind == kind), "{listed:?}");
     }
     assert_eq!(store.instance(local.instance.id).await.unwrap().instance.kind, BackendKind::Standalone);
@@ -491,7 +501,7 @@ pub async fn instance_count_quota_is_enforced(store: S) {
         store.create_instance(new_instance(org.id, 1)).await,
         Err(StoreError::QuotaExceeded(Limit::MaxInstances))
     );
-    assert_eq!(store.instances(org.id).await.unwrap().len(), 2);
+    assert_eq!(instances_of(&store, org.id).await.unwrap().len(), 2);
     // Deleting frees the slot.
     store.delete_instance(first.instance.id).await.unwrap();
     store.create_instance(new_instance(org.id, 1)).await.unwrap();
@@ -523,7 +533,7 @@ pub async fn instance_memory_quota_is_enforced(store: S) {
         store.create_instance(new_instance(org.id, u64::MAX)).await,
         Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes))
     );
-    assert_eq!(store.instances(org.id).await.unwrap().iter().map(|i| i.memory_bytes).sum::<u64>(), 1000);
+    assert_eq!(instances_of(&store, org.id).await.unwrap().iter().map(|i| i.memory_bytes).sum::<u64>(), 1000);
 
     // The count is checked first when both limits would break.
     let full = org_with(&store, ann.id, quota(1, 100, 10)).await;
@@ -542,8 +552,8 @@ pub async fn lowering_a_quota_blocks_new_creates_only(store: S) {
         store.create_api_key(new_key(org.id)).await.unwrap();
     }
     store.set_quota(org.id, quota(2, GIB, 2)).await.unwrap();
-    assert_eq!(store.instances(org.id).await.unwrap().len(), 3);
-    assert_eq!(store.api_keys(org.id).await.unwrap().len(), 3);
+    assert_eq!(instances_of(&store, org.id).await.unwrap().len(), 3);
+    assert_eq!(keys_of(&store, org.id).await.unwrap().len(), 3);
     assert_eq!(
         store.create_instance(new_instance(org.id, 1)).await,
         Err(StoreError::QuotaExceeded(Limit::MaxInstances))
@@ -566,7 +576,7 @@ pub async fn concurrent_instance_creates_never_exceed_the_count(store: S) {
     let refused =
         results.iter().filter(|r| **r == Err(StoreError::QuotaExceeded(Limit::MaxInstances))).count();
     assert_eq!(refused, 15, "{results:?}");
-    assert_eq!(store.instances(org.id).await.unwrap().len(), 5);
+    assert_eq!(instances_of(&store, org.id).await.unwrap().len(), 5);
 }
 
 pub async fn concurrent_instance_creates_never_exceed_memory(store: S) {
@@ -581,7 +591,7 @@ pub async fn concurrent_instance_creates_never_exceed_memory(store: S) {
     let refused =
         results.iter().filter(|r| **r == Err(StoreError::QuotaExceeded(Limit::MaxMemoryBytes))).count();
     assert_eq!(refused, 15, "{results:?}");
-    assert_eq!(store.instances(org.id).await.unwrap().iter().map(|i| i.memory_bytes).sum::<u64>(), 500);
+    assert_eq!(instances_of(&store, org.id).await.unwrap().iter().map(|i| i.memory_bytes).sum::<u64>(), 500);
 }
 
 pub async fn instance_status_updates_and_deletes(store: S) {
@@ -624,8 +634,8 @@ pub async fn instances_are_listed_per_org_and_overall(store: S) {
         .await
         .unwrap();
     let a2 = store.create_instance(new_instance(a.id, 3)).await.unwrap();
-    assert_eq!(store.instances(a.id).await.unwrap(), vec![a1.instance.clone(), a2.instance.clone()]);
-    assert_eq!(store.instances(b.id).await.unwrap(), vec![b1.instance.clone()]);
+    assert_eq!(instances_of(&store, a.id).await.unwrap(), vec![a1.instance.clone(), a2.instance.clone()]);
+    assert_eq!(instances_of(&store, b.id).await.unwrap(), vec![b1.instance.clone()]);
     let mut everything = store.all_instances().await.unwrap();
     everything.sort_by_key(|r| r.instance.id);
     let mut expected = vec![a1, b1, a2];
@@ -702,7 +712,7 @@ pub async fn api_key_quota_counts_only_unrevoked_keys(store: S) {
     store.revoke_api_key(first.id, OffsetDateTime::now_utc()).await.unwrap();
     store.create_api_key(new_key(org.id)).await.unwrap();
     assert_eq!(store.create_api_key(new_key(org.id)).await, over);
-    assert_eq!(store.api_keys(org.id).await.unwrap().len(), 3, "revoked keys are still listed");
+    assert_eq!(keys_of(&store, org.id).await.unwrap().len(), 3, "revoked keys are still listed");
 
     // Expired but unrevoked keys still count: only revocation frees a slot.
     let small = org_with(&store, ann.id, quota(10, GIB, 1)).await;
@@ -722,7 +732,7 @@ pub async fn concurrent_api_key_creates_never_exceed_the_quota(store: S) {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
     let refused = results.iter().filter(|r| **r == Err(StoreError::QuotaExceeded(Limit::MaxApiKeys))).count();
     assert_eq!(refused, 15, "{results:?}");
-    assert_eq!(store.api_keys(org.id).await.unwrap().len(), 5);
+    assert_eq!(keys_of(&store, org.id).await.unwrap().len(), 5);
 }
 
 pub async fn revoking_is_idempotent_and_keeps_the_first_time(store: S) {
@@ -772,7 +782,7 @@ pub async fn duplicate_secret_hash_is_a_conflict(store: S) {
     let twin = NewApiKey { id: ApiKeyId::new(), ..first.clone() };
     store.create_api_key(first).await.unwrap();
     assert!(matches!(store.create_api_key(twin).await, Err(StoreError::Conflict(_))));
-    assert_eq!(store.api_keys(org.id).await.unwrap().len(), 1);
+    assert_eq!(keys_of(&store, org.id).await.unwrap().len(), 1);
 }
 
 pub async fn api_keys_are_listed_per_org_in_creation_order(store: S) {
@@ -783,8 +793,113 @@ pub async fn api_keys_are_listed_per_org_in_creation_order(store: S) {
     let b1 = store.create_api_key(new_key(b.id)).await.unwrap();
     let a2 = store.create_api_key(new_key(a.id)).await.unwrap();
     let a1 = store.revoke_api_key(a1.id, datetime!(2030-01-01 00:00:00 UTC)).await.unwrap();
-    assert_eq!(store.api_keys(a.id).await.unwrap(), vec![a1, a2]);
-    assert_eq!(store.api_keys(b.id).await.unwrap(), vec![b1]);
+    assert_eq!(keys_of(&store, a.id).await.unwrap(), vec![a1, a2]);
+    assert_eq!(keys_of(&store, b.id).await.unwrap(), vec![b1]);
+}
+
+/// Walks `org`'s instances `limit` at a time; `between(pages so far)` runs after each full page.
+async fn walk_instances(
+    store: &S,
+    org: OrgId,
+    limit: u32,
+    mut between: impl AsyncFnMut(usize),
+) -> Vec<Vec<InstanceId>> {
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page: Vec<InstanceId> =
+            store.instances_page(org, after, limit).await.unwrap().iter().map(|i| i.id).collect();
+        let full = page.len() == limit as usize;
+        after = page.last().copied();
+        pages.push(page);
+        if !full {
+            return pages;
+        }
+        between(pages.len()).await;
+    }
+}
+
+pub async fn instances_are_paged_by_id_after_a_cursor(store: S) {
+    let ann = user(&store, "ann").await;
+    let a = org_with(&store, ann.id, quota(100, 100 * GIB, 100)).await;
+    let b = org_with(&store, ann.id, quota(100, 100 * GIB, 100)).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(store.create_instance(new_instance(a.id, 1)).await.unwrap().instance.id);
+        if i % 3 == 0 {
+            store.create_instance(new_instance(b.id, 1)).await.unwrap();
+        }
+    }
+    ids.sort();
+    let pages = walk_instances(&store, a.id, 3, async |_| {}).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    assert_eq!(pages.concat(), ids, "every instance once, by id, none of the other organization");
+    // A page of exactly `limit` rows ends the walk with an empty one.
+    let pages = walk_instances(&store, a.id, 7, async |_| {}).await;
+    assert_eq!((pages[0].len(), pages[1].len()), (7, 0));
+    // The cursor is a position, not a row: another organization's id, a deleted instance's or
+    // one that never existed still pages this organization's instances after it.
+    let b_first = instances_of(&store, b.id).await.unwrap()[0].id;
+    let after_b = store.instances_page(a.id, Some(b_first), 100).await.unwrap();
+    assert!(after_b.iter().all(|i| i.org_id == a.id && i.id > b_first));
+    store.delete_instance(ids[2]).await.unwrap();
+    let after_deleted: Vec<_> =
+        store.instances_page(a.id, Some(ids[2]), 2).await.unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(after_deleted, ids[3..5]);
+    assert!(store.instances_page(a.id, Some(InstanceId(uuid::Uuid::max())), 10).await.unwrap().is_empty());
+}
+
+pub async fn instance_pages_see_every_lasting_row_once_while_rows_come_and_go(store: S) {
+    let ann = user(&store, "ann").await;
+    let org = org_with(&store, ann.id, quota(100, 100 * GIB, 100)).await;
+    let mut lasting = Vec::new();
+    for _ in 0..9 {
+        lasting.push(store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id);
+    }
+    let doomed = lasting.remove(4);
+    let mut created = Vec::new();
+    let pages = walk_instances(&store, org.id, 3, async |n| {
+        if n == 1 {
+            // A row of the next page goes, and a new one comes (after every existing id).
+            store.delete_instance(doomed).await.unwrap();
+            created.push(store.create_instance(new_instance(org.id, 1)).await.unwrap().instance.id);
+        }
+    })
+    .await;
+    let seen = pages.concat();
+    for id in &lasting {
+        assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} exactly once");
+    }
+    assert!(!seen.contains(&doomed));
+    assert_eq!(seen.last(), created.last(), "a row created mid-walk after the cursor is seen");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+pub async fn api_key_pages_hold_revoked_keys_but_no_instance_tokens(store: S) {
+    let ann = user(&store, "ann").await;
+    let a = org_with(&store, ann.id, quota(10, GIB, 100)).await;
+    let b = org_with(&store, ann.id, quota(10, GIB, 100)).await;
+    let inst = store.create_instance(new_instance(a.id, 1)).await.unwrap().instance.id;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(store.create_api_key(new_key(a.id)).await.unwrap().id);
+        if i == 2 {
+            let tokens = TokenKind::BOTH.map(|k| new_token(a.id, inst, k)).to_vec();
+            store.replace_instance_tokens(inst, tokens).await.unwrap();
+            store.create_api_key(new_key(b.id)).await.unwrap();
+        }
+    }
+    let first: Vec<_> = store.api_keys_page(a.id, None, 2).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(first, ids[..2]);
+    // Mid-walk: a key of the next page is revoked (it stays listed) and a new one is made.
+    store.revoke_api_key(ids[2], datetime!(2030-01-01 00:00:00 UTC)).await.unwrap();
+    ids.push(store.create_api_key(new_key(a.id)).await.unwrap().id);
+    let rest = store.api_keys_page(a.id, Some(ids[1]), 100).await.unwrap();
+    assert_eq!(rest.iter().map(|k| k.id).collect::<Vec<_>>(), ids[2..]);
+    assert!(rest[0].revoked_at.is_some());
+    assert!(rest.iter().all(|k| k.org_id == a.id));
+    assert_eq!(store.api_keys_page(a.id, Some(ids[5]), 100).await.unwrap(), vec![]);
+    assert_eq!(keys_of(&store, b.id).await.unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1328,7 +1443,7 @@ pub async fn instance_tokens_are_replaced_whole_and_kept_apart_from_api_keys(sto
     assert_eq!(listed[0].key.instance_ids, Some(vec![inst]));
 
     // Not API keys to manage: not listed, found, revoked or counted; the data plane finds them.
-    assert!(store.api_keys(org.id).await.unwrap().is_empty());
+    assert!(keys_of(&store, org.id).await.unwrap().is_empty());
     let token = &first[0].key;
     assert_eq!(store.api_key(token.id).await, Err(StoreError::NotFound));
     assert_eq!(store.revoke_api_key(token.id, OffsetDateTime::now_utc()).await, Err(StoreError::NotFound));

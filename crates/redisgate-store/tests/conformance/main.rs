@@ -76,6 +76,8 @@ conformance!(
     concurrent_instance_creates_never_exceed_memory,
     instance_status_updates_and_deletes,
     instances_are_listed_per_org_and_overall,
+    instances_are_paged_by_id_after_a_cursor,
+    instance_pages_see_every_lasting_row_once_while_rows_come_and_go,
     // API keys.
     api_keys_round_trip_their_optional_fields,
     a_keys_own_rate_is_changed_and_cleared,
@@ -86,6 +88,7 @@ conformance!(
     touch_only_moves_last_use_forward,
     duplicate_secret_hash_is_a_conflict,
     api_keys_are_listed_per_org_in_creation_order,
+    api_key_pages_hold_revoked_keys_but_no_instance_tokens,
     // Audit.
     audit_is_newest_first_and_per_org,
     audit_prune_removes_old_entries_in_batches_and_keeps_new_ones,
