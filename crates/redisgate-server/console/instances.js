@@ -57,7 +57,7 @@ export async function page(orgId, id, tab = 'connect') {
     h('a', { href: `${base}/${t}`, 'aria-current': t === tab ? 'page' : null }, label)));
   const body = tab === 'browser' ? await browser(orgId, inst, me) : tab === 'cli' ? await cli(orgId, inst, me) : await connect(orgId, inst, me);
   return h('section', {}, h('h1', {}, `${inst.name}`),
-    h('p', {}, badge(inst.status), ' ', badge(inst.health), ' ', h('span', { class: 'muted' }, `${inst.provisioner}${inst.provisioner === 'local' ? ', ' + mib(inst.memory_bytes) : ''}`),
+    h('p', {}, badge(inst.status), ' ', badge(inst.health), ' ', h('span', { class: 'muted' }, `${inst.provisioner}${inst.provisioner === 'local' ? ', ' + mib(inst.memory_bytes) : ''}, last seen healthy ${when(inst.last_seen_healthy)}`),
       inst.status_reason ? h('span', { class: 'error' }, ` ${inst.status_reason}`) : null),
     tabs, body);
 }

@@ -66,6 +66,9 @@ async fn within_plan(state: &ApiState, user: &User, org: OrgId, rate: Option<Rat
     Ok(())
 }
 
+/// The most instances a key may be limited to (`instance_ids`).
+const MAX_KEY_INSTANCES: usize = 100;
+
 /// Checks that every one of `ids` is an instance of `org`, one lookup per distinct id: a key
 /// names a few instances, and an organization may have thousands.
 async fn of_org(state: &ApiState, org: OrgId, ids: &[InstanceId]) -> ApiResult<()> {
@@ -136,6 +139,10 @@ async fn create(
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
         if let Some(ids) = &req.instance_ids {
+            // Each is looked up here, and searched on every request the key makes.
+            if ids.len() > MAX_KEY_INSTANCES {
+                return Err(ApiError::validation("instance_ids", "at most 100 instances per key"));
+            }
             of_org(&state, org, ids).await?;
         }
         let id = ApiKeyId::new();

@@ -180,3 +180,21 @@ async fn external_instances_are_listed_a_page_at_a_time() {
     let (s, body) = ann.get(&format!("{list}?after=not-a-cursor")).await;
     assert_validation(s, &body, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_names_at_most_a_hundred_instances() {
+    let g = control_plane().await;
+    let (ann, _) = Api::signup(&g, "ann@example.com").await;
+    let (_, org) = ann.post("/api/organizations", json!({"name": "Acme"})).await;
+    let org = org["id"].as_str().unwrap();
+    // Checked before any lookup: ids that do not exist are refused for their number alone.
+    let ids: Vec<String> = (0..101).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let (s, body) = ann
+        .post(
+            &format!("/api/organizations/{org}/api-keys"),
+            json!({"name": "many", "scope": "read-only", "instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((s, body["field"].as_str()), (422, Some("instance_ids")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("at most 100"), "{body}");
+}
