@@ -22,7 +22,9 @@
 #      settled (CPU and RSS steady over consecutive 2 s windows, at most 60 s), then over
 #      --idle-seconds (default 30) the CPU of RedisGate (% of one core, /proc/PID/stat) and of
 #      the redis-servers, VmRSS, open descriptors and the redis-servers' connected clients;
-#   5. drives 100 of the instances (all when fewer) with wrk, --conns (default 50) connections for
+#   5. sends each of those 100 instances a first request (SET: its token is looked up and, with
+#      on-demand connections, its connection opened) and a second one (GET), timed, the medians
+#      in the notes; then drives them (all when fewer) with wrk, --conns (default 50) connections for
 #      --duration (default 10 s), GET of a 100-byte value rotating over the instances, each with
 #      its own REST token from its connect route; then times GET of one instance and the list
 #      (`?limit=100`, the first page once listings are paged; ignored before) --runs times each;
@@ -289,6 +291,7 @@ for N in $STEPS; do
     k=$(( HAVE < 100 ? HAVE : 100 ))
     if d=$(helper drive --state "$STATE" --count "$k" --lua "$OUT/drive.lua"); then
       driven=$(field "$d" driven); drive "$N"
+      note="${note:+$note; }first request p50 $(field "$d" first_ms) ms, next $(field "$d" warm_ms) ms"
       [ -n "$note_drive" ] && note="${note:+$note; }$note_drive"
       printf '         drive %s instances: %s req/s, p50 %s ms, p99 %s ms, %s µs CPU/req %s\n' "$driven" "$rps" "$p50" "$p99" "$us" "$note_drive"
     else
