@@ -1,6 +1,6 @@
 //! Following the metadata store by change: every replica reads the store's change feed
 //! (`Store::changes_after`, rows written by database triggers on instances, API keys and
-//! organizations) from where it last stopped, every [`POLL`], so what one replica creates,
+//! organizations) from where it last stopped, every [`POLL`] (500 ms), so what one replica creates,
 //! deletes or revokes takes effect on the others within a second, at a cost that does not
 //! grow with the number of instances.
 //!
@@ -29,7 +29,7 @@ use crate::gateway::keys::KeyAuth;
 use crate::instances::Instances;
 
 /// How often the feed is read.
-pub const POLL: Duration = Duration::from_millis(250);
+pub const POLL: Duration = Duration::from_millis(500);
 /// How long a missing row is waited for before it is taken for a rolled-back transaction.
 const GAP_WAIT: Duration = Duration::from_secs(10);
 /// Rows read at most per poll.

@@ -97,7 +97,10 @@ impl SqliteStore {
         let base = SqliteConnectOptions::new()
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .statement_cache_capacity(128);
+            .statement_cache_capacity(128)
+            // 1 MiB of pages per connection, not SQLite's 2 MiB: the pool's 8 connections each
+            // fill their own cache, and the operating system caches the file for all of them.
+            .pragma("cache_size", "-1024");
         let pool = if path == ":memory:" {
             // Every connection to ":memory:" is its own database, so the pool must hold
             // exactly one connection and never let it go.
