@@ -25,6 +25,8 @@ to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); printf "%.3f", 
 # need COMMAND PACKAGE: notes a missing command and the Debian package that has it;
 # needs_met then stops with the one apt-get line that installs them all.
 missing_pkgs=""
+# rss_kb PID: the process' resident memory (VmRSS), in KB.
+rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null; }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "missing: $1" >&2; case " $missing_pkgs " in *" $2 "*) ;; *) missing_pkgs="$missing_pkgs $2";; esac; }; }
 needs_met() {
   if [ -n "$missing_pkgs" ]; then echo "install them with:  sudo apt-get install -y$missing_pkgs" >&2; exit 2; fi

@@ -147,7 +147,6 @@ trap 'echo "interrupted / time limit reached; stopping what this run started" >&
 ( sleep "$CAP" & wait $!; echo "time limit of ${CAP}s reached" >&2; kill -TERM $$ 2>/dev/null ) &
 WATCHDOG_PID=$!
 
-rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null; }
 hwm_kb() { awk '/^VmHWM/{print $2}' "/proc/$1/status" 2>/dev/null; }
 cpu_busy() { local a b c d e f g h t1 i1 t2 i2; read -r _ a b c d e f g h _ < /proc/stat; t1=$((a+b+c+d+e+f+g+h)); i1=$((d+e)); sleep "${1:-0.5}"; read -r _ a b c d e f g h _ < /proc/stat; t2=$((a+b+c+d+e+f+g+h)); i2=$((d+e)); echo $(( 100 - 100*(i2-i1)/(t2-t1+1) )); }
 # wait (max 2 s) for the machine to be quiet (< 15% busy) before a run

@@ -126,7 +126,6 @@ trap 'echo "interrupted / time limit reached; stopping what this run started (re
 ( sleep "$CAP" & wait $!; echo "time limit of ${CAP}s reached" >&2; kill -TERM $$ 2>/dev/null ) &
 WATCHDOG_PID=$!
 
-rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null; }
 threads() { awk '/^Threads/{print $2}' "/proc/$1/status" 2>/dev/null; }
 fds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 redis_ticks() { local p t=0; for p in $REDIS_PIDS; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
