@@ -590,9 +590,19 @@ impl Instances {
     /// them, on its machine; other replicas cannot reach them, so they are not adopted.)
     /// An error leaves the change to be followed again.
     pub async fn follow(&self, id: InstanceId) -> Result<(), StoreError> {
-        let rec = match self.store.instance(id).await {
-            Ok(rec) => rec,
-            Err(StoreError::NotFound) => {
+        match self.store.instance(id).await {
+            Ok(rec) => self.follow_record(id, Some(&rec)).await,
+            Err(StoreError::NotFound) => self.follow_record(id, None).await,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// [`Instances::follow`] with instance `id` as the store has it now (`None`: deleted).
+    async fn follow_record(&self, id: InstanceId, rec: Option<&InstanceRecord>) {
+        let rec = match rec {
+            Some(rec) => rec,
+            None => {
                 self.known.write().expect("known lock").remove(&id);
                 let removed = self.backends.write().expect("backends lock").remove(&id);
                 if let Some(served) = removed {
@@ -601,11 +611,10 @@ impl Instances {
                     // Stops a local server of ours that was deleted through another replica.
                     let _ = self.local.destroy(id).await;
                 }
-                return Ok(());
+                return;
             }
-            Err(e) => return Err(e),
         };
-        self.known.write().expect("known lock").insert(id, Self::known(&rec));
+        self.known.write().expect("known lock").insert(id, Self::known(rec));
         let inst = &rec.instance;
         // Running: started by its creator, which is done with it (a pending one is still
         // being started, possibly here).
@@ -613,10 +622,9 @@ impl Instances {
             && inst.status == InstanceStatus::Running
             && self.backend(id).is_none()
         {
-            let (status, _) = self.start(&rec, Start::Trusted).await;
+            let (status, _) = self.start(rec, Start::Trusted).await;
             tracing::info!(instance.id = %inst.id, status = status.as_str(), "instance started by another replica; now served here too");
         }
-        Ok(())
     }
 
     /// Follows the whole store again: when the feed no longer reaches back to where this
@@ -625,8 +633,13 @@ impl Instances {
         let records = self.store.all_instances().await?;
         self.learn_all(&records);
         let gone = self.served().into_iter().filter(|id| !records.iter().any(|r| r.instance.id == *id));
-        for id in gone.chain(records.iter().map(|r| r.instance.id)).collect::<Vec<_>>() {
+        // Created here after the list was read, or really deleted? The store is asked again.
+        for id in gone.collect::<Vec<_>>() {
             self.follow(id).await?;
+        }
+        // The records just read: no second read of each.
+        for rec in &records {
+            self.follow_record(rec.instance.id, Some(rec)).await;
         }
         Ok(())
     }

@@ -397,15 +397,9 @@ impl Backend {
         // multiplexer task and no CLIENT SETINFO, since this runs for every idle instance.
         let client = self.client();
         let info = client.get_connection_info();
-        let ping = async {
-            let stream = match &self.egress {
-                Some(egress) => crate::egress::dial(info, egress, self.stream_roots.get()).await?,
-                None => crate::egress::dial_own(info).await?,
-            };
-            set_up(stream, info.redis_settings(), Some(redis::cmd("PING"))).await.map(drop)
-        };
+        let ping = self.open_session(info, Some(redis::cmd("PING")));
         let bound = self.cfg.connect_timeout + self.cfg.response_timeout;
-        let answered = matches!(tokio::time::timeout(bound, ping).await, Ok(Ok(())));
+        let answered = matches!(tokio::time::timeout(bound, ping).await, Ok(Ok(_)));
         if !answered {
             tracing::debug!(backend = %self.label, "idle check: Redis did not answer");
         }
@@ -752,17 +746,23 @@ impl Backend {
         let permit = self.stream_permit()?;
         let client = self.client();
         let info = client.get_connection_info();
-        let session = self
-            .connect_dedicated(async {
-                let stream = match &self.egress {
-                    Some(egress) => crate::egress::dial(info, egress, self.stream_roots.get()).await?,
-                    // Our own server (a local instance, a standalone token's): resolved plainly.
-                    None => crate::egress::dial_own(info).await?,
-                };
-                set_up(stream, info.redis_settings(), None).await
-            })
-            .await?;
+        let session = self.connect_dedicated(self.open_session(info, None)).await?;
         Ok((session, StreamGuard { _permit: permit, _active: ActiveConnection::open() }))
+    }
+
+    /// A plain connection to this backend's server with its session set up ([`set_up`],
+    /// then `last`): dialled through the egress policy for a tenant's server, plainly for our
+    /// own (a local instance, a standalone token's).
+    async fn open_session(
+        &self,
+        info: &redis::ConnectionInfo,
+        last: Option<redis::Cmd>,
+    ) -> redis::RedisResult<Session> {
+        let stream = match &self.egress {
+            Some(egress) => crate::egress::dial(info, egress, self.stream_roots.get()).await?,
+            None => crate::egress::dial_own(info).await?,
+        };
+        set_up(stream, info.redis_settings(), last).await
     }
 
     /// Asks the supervisor to check the connection now: a request just saw it fail.
