@@ -18,7 +18,7 @@
 #      quota it lifts to 1,000,000 instances, then, per step, external instances through
 #      POST /api/organizations/{org}/redis-instances, --parallel (default 16) at once, spread
 #      over the servers and their 16 db numbers (bench/scale.py does the HTTP);
-#   4. at each instance count (0, 10, then each of --instances): waits until the process has
+#   4. at each instance count (0, 10, 100, then each of --instances): waits until the process has
 #      settled (CPU and RSS steady over consecutive 2 s windows, at most 60 s), then over
 #      --idle-seconds (default 30) the CPU of RedisGate (% of one core, /proc/PID/stat) and of
 #      the redis-servers, VmRSS, open descriptors and the redis-servers' connected clients;
@@ -34,7 +34,7 @@
 # Usage:  bench/scale.sh [options]
 #   --binary PATH         the redisgate binary (default $CARGO_TARGET_DIR/release/redisgate,
 #                         else <repo>/target/release/redisgate)
-#   --instances "LIST"    instance counts after the 0 and 10 baselines (default "1000 10000")
+#   --instances "LIST"    instance counts after the 0, 10 and 100 baselines (default "1000 10000")
 #   --idle-seconds S      idle measuring window per count (default 30)
 #   --duration S          seconds of the wrk drive per count (default 10)
 #   --conns N             wrk connections (default 50)
@@ -83,8 +83,9 @@ for v in "idle-seconds:$IDLE" "duration:$DURATION" "conns:$CONNS" "servers:$SERV
   case "${v#*:}" in ''|*[!0-9]*|0) echo "--${v%%:*} needs a whole number >= 1" >&2; exit 2;; esac
 done
 for n in $INSTANCES; do case "$n" in ''|*[!0-9]*) echo "--instances: bad count '$n'" >&2; exit 2;; esac; done
-# the counts in ascending order, the 0 and 10 baselines first
-STEPS=$(printf '%s\n' 0 10 $INSTANCES | sort -n -u | tr '\n' ' ')
+# the counts in ascending order, the baselines first: 0, 10, and 100 (every instance driven: the
+# figure the busy 100 of a larger count are compared with)
+STEPS=$(printf '%s\n' 0 10 100 $INSTANCES | sort -n -u | tr '\n' ' ')
 
 # shellcheck source=bench/common.sh
 . "$REPO/bench/common.sh"

@@ -90,7 +90,7 @@ pub async fn follow(
     let mut pruned_at: Option<Instant> = None;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
+            () = crate::beat::sleep(POLL) => {}
             () = cancel.cancelled() => return,
         }
         let changes = match store.changes_after(cursor.through, BATCH).await {

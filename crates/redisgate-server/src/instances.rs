@@ -280,56 +280,59 @@ impl Instances {
             if k.provisioner == ProvisionerKind::Local {
                 census.local = (census.local.0 + 1, census.local.1.saturating_add(k.memory_bytes));
             }
-            match backends.get(id).map(|s| s.backend.health()) {
-                Some((Health::Healthy, _)) => {}
-                Some((Health::Unchecked, _)) => census.unchecked += 1,
-                Some((Health::Unhealthy, seen)) => census.unhealthy.push((*id, seen)),
-                None => census.unhealthy.push((*id, None)),
+            let Some(served) = backends.get(id) else {
+                census.unhealthy.push((*id, None));
+                continue;
+            };
+            match served.backend.health_state() {
+                Health::Healthy => {}
+                Health::Unchecked => census.unchecked += 1,
+                Health::Unhealthy => census.unhealthy.push((*id, served.backend.last_seen_healthy())),
             }
         }
         census
     }
 
-    /// Checks the served instances that hold no connection ([`Backend::probe`]), one at a
-    /// time, at `backend.idle_checks_per_second` in all: each is checked once per round over
-    /// all of them, however many there are, and busy ones are checked by their supervisors.
-    /// A round takes at least `backend.health_check_interval`, the cadence of a connection's
-    /// own checks, so a few idle instances are not dialled more often than that.
+    /// Checks the served instances that hold no connection ([`Backend::probe`]):
+    /// `backend.idle_checks_per_second` of them at every second's beat, together (one wake-up
+    /// for all, see [`crate::beat`]). Each is checked once per round over all of them, however
+    /// many there are; busy ones are checked by their supervisors. A round takes at least
+    /// `backend.health_check_interval`, the cadence of a connection's own checks, so a few idle
+    /// instances are not dialled more often than that.
     pub async fn check_idle(self: Arc<Self>, cancel: CancellationToken) {
-        let rate = self.settings.idle_checks_per_second;
+        let rate = self.settings.idle_checks_per_second as usize;
         if rate == 0 {
             return;
         }
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1) / rate);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: Vec<InstanceId> = Vec::new();
         let mut round_started: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                () = crate::beat::sleep(std::time::Duration::from_secs(1)) => {}
                 () = cancel.cancelled() => return,
             }
             if round.is_empty() {
-                if let Some(started) = round_started {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(started + self.settings.health_check_interval) => {}
-                        () = cancel.cancelled() => return,
-                    }
+                let now = tokio::time::Instant::now();
+                if round_started.is_some_and(|started| now < started + self.settings.health_check_interval) {
+                    continue;
                 }
-                round_started = Some(tokio::time::Instant::now());
+                round_started = Some(now);
                 round = self.served();
             }
-            // The next idle one of this round (busy ones are skipped, not waited for).
-            while let Some(id) = round.pop() {
+            // The next idle ones of this round (busy ones are skipped, not counted).
+            let mut due = Vec::with_capacity(rate);
+            while due.len() < rate
+                && let Some(id) = round.pop()
+            {
                 if let Some((_, backend)) = self.backend(id)
                     && backend.is_idle()
                 {
-                    tokio::select! {
-                        () = backend.probe() => {}
-                        () = cancel.cancelled() => return,
-                    }
-                    break;
+                    due.push(backend);
                 }
+            }
+            tokio::select! {
+                _ = futures_util::future::join_all(due.iter().map(|b| b.probe())) => {}
+                () = cancel.cancelled() => return,
             }
         }
     }

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod backend;
 pub mod backups;
+pub mod beat;
 pub mod check;
 pub mod config;
 pub mod console;
@@ -300,7 +301,7 @@ async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
     keys.refresh_plan_rates().await;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+            () = beat::sleep(std::time::Duration::from_secs(1)) => {
                 keys.flush_usage().await;
                 keys.refresh_plan_rates().await;
             }
@@ -313,7 +314,7 @@ async fn record_key_usage(keys: Arc<KeyAuth>, cancel: CancellationToken) {
 async fn forget_idle_addresses(api: Arc<ApiState>, cancel: CancellationToken) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => api.anonymous.forget_idle(),
+            () = beat::sleep(std::time::Duration::from_secs(10)) => api.anonymous.forget_idle(),
             () = cancel.cancelled() => return,
         }
     }

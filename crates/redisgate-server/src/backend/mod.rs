@@ -357,20 +357,28 @@ impl Backend {
     /// What the last check found, and when the server was last seen answering. A Sentinel or
     /// Cluster instance is healthy while its router has every primary connected.
     pub fn health(&self) -> (Health, Option<time::OffsetDateTime>) {
+        (self.health_state(), self.last_seen_healthy())
+    }
+
+    /// [`Backend::health`] without the time (the census asks it of every instance).
+    pub fn health_state(&self) -> Health {
         if let Some(routed) = &self.routed {
             if routed.is_up() {
                 self.record_check(true);
             }
         } else if let State::Down(_) = *self.state.borrow() {
-            return (Health::Unhealthy, at(self.healthy_at.load(Ordering::Relaxed)));
+            return Health::Unhealthy;
         }
-        let (ok, failed) = (self.healthy_at.load(Ordering::Relaxed), self.failed_at.load(Ordering::Relaxed));
-        let health = match (ok, failed) {
+        match (self.healthy_at.load(Ordering::Relaxed), self.failed_at.load(Ordering::Relaxed)) {
             (0, 0) => Health::Unchecked,
             (ok, failed) if failed > ok => Health::Unhealthy,
             _ => Health::Healthy,
-        };
-        (health, at(ok))
+        }
+    }
+
+    /// When a check last found the server answering.
+    pub fn last_seen_healthy(&self) -> Option<time::OffsetDateTime> {
+        at(self.healthy_at.load(Ordering::Relaxed))
     }
 
     /// Records a check's outcome (also the provisioner's, which checked the server before its
@@ -863,7 +871,7 @@ impl Backend {
         let mut last_used = tokio::time::Instant::now();
         loop {
             let reported = tokio::select! {
-                () = tokio::time::sleep(self.cfg.health_check_interval) => false,
+                () = crate::beat::sleep(self.cfg.health_check_interval) => false,
                 () = self.check_now.notified() => true,
                 () = cancel.cancelled() => return Watched::Stopped,
             };

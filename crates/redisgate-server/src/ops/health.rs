@@ -107,7 +107,7 @@ impl Health {
             }
             round += 1;
             tokio::select! {
-                () = tokio::time::sleep(interval.saturating_sub(started.elapsed())) => {}
+                () = crate::beat::sleep(interval) => {}
                 () = cancel.cancelled() => return,
             }
         }

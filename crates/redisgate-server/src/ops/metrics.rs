@@ -135,7 +135,7 @@ fn describe() {
 pub async fn upkeep(cancel: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => handle().run_upkeep(),
+            () = crate::beat::sleep(std::time::Duration::from_secs(1)) => handle().run_upkeep(),
             () = cancel.cancelled() => return,
         }
     }
