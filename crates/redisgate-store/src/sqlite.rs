@@ -60,7 +60,7 @@ pub struct SqliteStore {
 /// as it is: it may be shared, like `/tmp`), creates the file 0600 before SQLite does (which
 /// would follow the umask; SQLite gives its `-wal` and `-shm` files the database file's mode),
 /// and tightens the file and its `-wal`/`-shm` to 0600 when they exist already.
-fn private_files(path: &Path) -> Result<(), StoreError> {
+fn private_files(path: &Path) -> Result<std::fs::File, StoreError> {
     let failed = |what: &Path, e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", what.display()));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         let mut dir = std::fs::DirBuilder::new();
@@ -73,7 +73,7 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
     file.write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
-    file.open(path).map_err(|e| failed(path, e))?;
+    let opened = file.open(path).map_err(|e| failed(path, e))?;
     #[cfg(unix)]
     for suffix in ["", "-wal", "-shm"] {
         use std::os::unix::fs::PermissionsExt as _;
@@ -85,7 +85,18 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(opened)
+}
+
+/// Holds `file` (the database file itself) locked exclusively (`flock`, which SQLite's own
+/// POSIX locks do not see) until the returned handle is dropped; waits for it on a blocking
+/// thread, since the holder may be a task of this very runtime.
+async fn exclusive(file: std::fs::File, path: &Path) -> Result<std::fs::File, StoreError> {
+    let what = path.display().to_string();
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("locking {what}: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("locking {what}: {e}")))
 }
 
 impl SqliteStore {
@@ -101,6 +112,10 @@ impl SqliteStore {
             // 1 MiB of pages per connection, not SQLite's 2 MiB: the pool's 8 connections each
             // fill their own cache, and the operating system caches the file for all of them.
             .pragma("cache_size", "-1024");
+        // Replicas sharing the file may start at the same moment, and sqlx's SQLite migrator
+        // takes no lock of its own: two of them would apply one migration twice. The first to
+        // lock the file migrates; the others wait and find nothing left to do.
+        let mut migrating = None;
         let pool = if path == ":memory:" {
             // Every connection to ":memory:" is its own database, so the pool must hold
             // exactly one connection and never let it go.
@@ -112,7 +127,8 @@ impl SqliteStore {
                 .connect_with(base.in_memory(true))
                 .await
         } else {
-            private_files(Path::new(path))?;
+            let file = private_files(Path::new(path))?;
+            migrating = Some(exclusive(file, Path::new(path)).await?);
             SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
                 .connect_with(
@@ -130,6 +146,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating the SQLite store: {e}")))?;
+        drop(migrating);
         Ok(SqliteStore { pool })
     }
 

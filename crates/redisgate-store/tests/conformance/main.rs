@@ -153,6 +153,25 @@ mod sqlite_only {
         );
     }
 
+    /// Replicas sharing one file may start at the same moment: one migrates, the others wait
+    /// for it and find the schema up to date (they used to apply the same migration twice and
+    /// fail with "duplicate column name").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_opening_one_new_file_at_once_all_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..5 {
+            let path = dir.path().join(format!("r{round}.db"));
+            let path = path.to_str().unwrap().to_owned();
+            let opens = (0..4).map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { SqliteStore::open(&path).await.map(|_| ()) })
+            });
+            for opened in futures_util::future::join_all(opens).await {
+                opened.unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn connect_accepts_sqlite_urls_and_bare_paths() {
         let dir = tempfile::tempdir().unwrap();
