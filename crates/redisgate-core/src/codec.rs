@@ -183,36 +183,58 @@ fn write_resp_bulk(b: &[u8], out: &mut Vec<u8>) {
 /// the gateway checks a reply's size with it before encoding anything. A walk over the value,
 /// no allocation.
 pub fn envelope_len_bound(v: &Value, enc: Encoding) -> usize {
+    envelope_len(v, enc, Text::Scanned)
+}
+
+/// The bytes [`write_envelope`] writes for `v` if no text needs escaping: exact then (and
+/// always in base64), and never less than a sixth of what it writes (an escape is at most six
+/// bytes for one). Unlike [`envelope_len_bound`] it does not read the text, so it is the
+/// cheap first check of a reply's size and its buffer's.
+pub fn envelope_len_unescaped(v: &Value, enc: Encoding) -> usize {
+    envelope_len(v, enc, Text::AsIs)
+}
+
+/// How the length bounds count text.
+#[derive(Clone, Copy)]
+enum Text {
+    /// Read, escapes counted.
+    Scanned,
+    /// Counted as written as it is.
+    AsIs,
+}
+
+fn envelope_len(v: &Value, enc: Encoding, text: Text) -> usize {
     match v {
-        Value::ServerError(e) => r#"{"error":}"#.len() + error_len_bound(e),
-        _ => r#"{"result":}"#.len() + value_len_bound(v, enc, true),
+        Value::ServerError(e) => r#"{"error":}"#.len() + error_len_bound(e, text),
+        _ => r#"{"result":}"#.len() + value_len_bound(v, enc, true, text),
     }
 }
 
 /// An upper bound of the bytes [`write_value`] writes for `v`.
-pub fn value_len_bound(v: &Value, enc: Encoding, top: bool) -> usize {
+fn value_len_bound(v: &Value, enc: Encoding, top: bool, text: Text) -> usize {
+    let len = |v| value_len_bound(v, enc, false, text);
+    let bytes = |b: &[u8]| bytes_len_bound(b, enc, text);
     match v {
         Value::Nil => 4,
         // "-9223372036854775808"
         Value::Int(_) => 20,
-        Value::BulkString(b) => bytes_len_bound(b, enc),
+        Value::BulkString(b) => bytes(b),
         Value::Okay if top || enc == Encoding::Plain => 4,
-        Value::Okay => bytes_len_bound(b"OK", enc),
-        Value::SimpleString(s) => bytes_len_bound(s.as_bytes(), enc),
+        Value::Okay => bytes(b"OK"),
+        Value::SimpleString(s) => bytes(s.as_bytes()),
         Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
-            array_len_bound(items.len(), items.iter().map(|i| value_len_bound(i, enc, false)).sum())
+            array_len_bound(items.len(), items.iter().map(len).sum())
         }
-        Value::Map(pairs) => array_len_bound(
-            pairs.len() * 2,
-            pairs.iter().map(|(k, v)| value_len_bound(k, enc, false) + value_len_bound(v, enc, false)).sum(),
-        ),
-        Value::Attribute { data, .. } => value_len_bound(data, enc, top),
+        Value::Map(pairs) => {
+            array_len_bound(pairs.len() * 2, pairs.iter().map(|(k, v)| len(k) + len(v)).sum())
+        }
+        Value::Attribute { data, .. } => value_len_bound(data, enc, top, text),
         // The longest `f64` Display is under 330 digits (1e308 written out); never on RESP2.
-        Value::Double(_) => bytes_len_bound(&[b'0'; 330], enc),
+        Value::Double(_) => bytes(&[b'0'; 330]),
         Value::Boolean(_) => 1,
-        Value::VerbatimString { text, .. } => bytes_len_bound(text.as_bytes(), enc),
-        Value::BigNumber(n) => bytes_len_bound(n, enc),
-        Value::ServerError(e) => error_len_bound(e),
+        Value::VerbatimString { text: t, .. } => bytes(t.as_bytes()),
+        Value::BigNumber(n) => bytes(n),
+        Value::ServerError(e) => error_len_bound(e, text),
         _ => 4,
     }
 }
@@ -222,16 +244,20 @@ fn array_len_bound(n: usize, items: usize) -> usize {
     2 + n.saturating_sub(1) + items
 }
 
-fn error_len_bound(e: &ServerError) -> usize {
-    let text = e.code().len() + e.details().map_or(0, |d| 1 + d.len());
-    // Every byte escaped as \u00XX at worst.
-    2 + 6 * text
+fn error_len_bound(e: &ServerError, text: Text) -> usize {
+    let len = e.code().len() + e.details().map_or(0, |d| 1 + d.len());
+    match text {
+        // Every byte escaped as \u00XX at worst.
+        Text::Scanned => 2 + 6 * len,
+        Text::AsIs => 2 + len,
+    }
 }
 
-fn bytes_len_bound(b: &[u8], enc: Encoding) -> usize {
-    match enc {
-        Encoding::Base64 => 2 + b.len().div_ceil(3) * 4,
-        Encoding::Plain => 2 + json_text_len(b),
+fn bytes_len_bound(b: &[u8], enc: Encoding, text: Text) -> usize {
+    match (enc, text) {
+        (Encoding::Base64, _) => 2 + b.len().div_ceil(3) * 4,
+        (Encoding::Plain, Text::Scanned) => 2 + json_text_len(b),
+        (Encoding::Plain, Text::AsIs) => 2 + b.len(),
     }
 }
 
@@ -362,6 +388,14 @@ mod tests {
         assert_eq!(envelope_len_bound(&text, Encoding::Plain), env(&text, Encoding::Plain).len());
         let b = Value::BulkString(vec![0; 1000]);
         assert_eq!(envelope_len_bound(&b, Encoding::Base64), env(&b, Encoding::Base64).len());
+        for v in &values {
+            for enc in [Encoding::Plain, Encoding::Base64] {
+                let written = env(v, enc).len();
+                assert!(envelope_len_unescaped(v, enc) * 6 >= written, "{v:?} {enc:?}");
+            }
+        }
+        let plain = bulk("plain text");
+        assert_eq!(envelope_len_unescaped(&plain, Encoding::Plain), env(&plain, Encoding::Plain).len());
     }
 
     #[test]

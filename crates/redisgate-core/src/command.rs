@@ -44,6 +44,16 @@ impl Command {
         Some(Self { name, args })
     }
 
+    /// [`Command::new`], reusing the looked-up name of `like` when the name is the same bytes:
+    /// a batch mostly repeats a command (a hundred GETs), and the lookup was most of what
+    /// building one cost.
+    pub fn new_like(args: Vec<Vec<u8>>, like: Option<&Command>) -> Option<Self> {
+        match like {
+            Some(prev) if args.first()? == &prev.args[0] => Some(Self { name: prev.name.clone(), args }),
+            _ => Self::new(args),
+        }
+    }
+
     /// Convenience for tests and internal rewrites.
     pub fn from_strs<S: AsRef<[u8]>>(parts: &[S]) -> Option<Self> {
         Self::new(parts.iter().map(|p| p.as_ref().to_vec()).collect())

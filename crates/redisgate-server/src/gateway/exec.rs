@@ -91,6 +91,10 @@ fn plan_batch(cmds: Vec<Command>) -> (redis::Pipeline, Vec<Result<usize, Value>>
 }
 
 fn splice(slots: Vec<Result<usize, Value>>, mut replies: Vec<Value>) -> Vec<Value> {
+    // Every command went to Redis (the usual batch): the replies are in place already.
+    if replies.len() == slots.len() {
+        return replies;
+    }
     slots
         .into_iter()
         .map(|slot| match slot {

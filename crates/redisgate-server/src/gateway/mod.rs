@@ -258,10 +258,27 @@ fn record_commands(
     let share = elapsed.as_secs_f64() / commands.len().max(1) as f64;
     let usage = backend.usage();
     usage.request(elapsed);
+    // A run of the same command (a batch of GETs) is recorded at once: the same counts and
+    // samples as one by one, with one series lookup.
+    let mut run: Option<(Option<usize>, u64, u64)> = None;
     for (i, command) in commands.iter().enumerate() {
         let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
-        crate::ops::metrics::redis_command(*command, share, failed);
         usage.command(crate::usage::is_read(*command), failed);
+        match &mut run {
+            Some((c, n, errors)) if c == command => {
+                *n += 1;
+                *errors += u64::from(failed);
+            }
+            _ => {
+                if let Some((c, n, errors)) = run {
+                    crate::ops::metrics::redis_commands(c, n, errors, share);
+                }
+                run = Some((*command, 1, u64::from(failed)));
+            }
+        }
+    }
+    if let Some((c, n, errors)) = run {
+        crate::ops::metrics::redis_commands(c, n, errors, share);
     }
 }
 
@@ -393,37 +410,55 @@ fn single_reply(v: &Value, fmt: Format, max: usize, sync: &SyncTokens) -> Respon
     if let Value::ServerError(e) = v {
         return reply::error(StatusCode::BAD_REQUEST, &codec::error_text(e), sync);
     }
-    // The bound is exact for text, so it also sizes the buffer once.
-    let bound =
-        if fmt.resp2 { codec::resp2_len_bound(v) } else { codec::envelope_len_bound(v, fmt.encoding) };
-    if bound > max {
-        return too_large(bound, max, sync);
-    }
-    let mut out = Vec::with_capacity(bound);
     if fmt.resp2 {
+        let bound = codec::resp2_len_bound(v);
+        if bound > max {
+            return too_large(bound, max, sync);
+        }
+        let mut out = Vec::with_capacity(bound);
         codec::write_resp2(v, &mut out);
         return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);
     }
+    let size = match json_size(std::slice::from_ref(v), 0, fmt.encoding, max) {
+        Ok(size) => size,
+        Err(bound) => return too_large(bound, max, sync),
+    };
+    let mut out = Vec::with_capacity(size);
     codec::write_envelope(v, fmt.encoding, &mut out);
     reply::json(StatusCode::OK, out, sync)
 }
 
+/// The buffer size for the JSON envelopes of `values` and `frame` bytes around them, or
+/// `Err(bound)` when they could encode to more than `max`. The size without escapes is exact
+/// for the usual text and decides alone when even six times it fits; only a reply near the
+/// limit has its text read for the exact bound.
+fn json_size(values: &[Value], frame: usize, enc: Encoding, max: usize) -> Result<usize, usize> {
+    let size = frame + values.iter().map(|v| codec::envelope_len_unescaped(v, enc)).sum::<usize>();
+    if size.saturating_mul(6) <= max {
+        return Ok(size);
+    }
+    let bound = frame + values.iter().map(|v| codec::envelope_len_bound(v, enc)).sum::<usize>();
+    if bound > max { Err(bound) } else { Ok(bound) }
+}
+
 /// `[{"result":…},{"error":…},…]`, or with resp2 the raw replies one after the other.
 fn batch_reply(values: &[Value], fmt: Format, max: usize, sync: &SyncTokens) -> Response {
-    let bound = if fmt.resp2 {
-        values.iter().map(codec::resp2_len_bound).sum()
-    } else {
-        2 + values.len().saturating_sub(1)
-            + values.iter().map(|v| codec::envelope_len_bound(v, fmt.encoding)).sum::<usize>()
-    };
-    if bound > max {
-        return too_large(bound, max, sync);
-    }
-    let mut out = Vec::with_capacity(bound);
     if fmt.resp2 {
+        let bound = values.iter().map(codec::resp2_len_bound).sum();
+        if bound > max {
+            return too_large(bound, max, sync);
+        }
+        let mut out = Vec::with_capacity(bound);
         values.iter().for_each(|v| codec::write_resp2(v, &mut out));
         return reply::bytes(StatusCode::OK, "application/octet-stream", out, sync);
     }
+    // `[`, `]` and the commas.
+    let frame = 2 + values.len().saturating_sub(1);
+    let size = match json_size(values, frame, fmt.encoding, max) {
+        Ok(size) => size,
+        Err(bound) => return too_large(bound, max, sync),
+    };
+    let mut out = Vec::with_capacity(size);
     out.push(b'[');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {

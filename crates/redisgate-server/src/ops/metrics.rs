@@ -286,14 +286,14 @@ fn command_series(index: Option<usize>) -> &'static CommandSeries {
     })
 }
 
-/// Records one Redis command's outcome under its catalog position
-/// ([`Command::catalog_index`]; `None`: `other`).
-pub fn redis_command(index: Option<usize>, seconds: f64, failed: bool) {
+/// Records `count` runs of one Redis command, `errors` of them failed, each taking `seconds`,
+/// under its catalog position ([`Command::catalog_index`]; `None`: `other`).
+pub fn redis_commands(index: Option<usize>, count: u64, errors: u64, seconds: f64) {
     let series = command_series(index);
-    series.commands.increment(1);
+    series.commands.increment(count);
     // Touched on success too, so the error series exists (at 0) for every command seen.
-    series.errors.increment(u64::from(failed));
-    series.duration.record(seconds);
+    series.errors.increment(errors);
+    series.duration.record_many(seconds, usize::try_from(count).unwrap_or(usize::MAX));
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::api::{Api, control_plane};
-use crate::common::{Gate, free_port};
+use crate::common::{Gate, Redis, free_port, settings};
 use crate::instances::{Tenant, redis_cmd};
 
 async fn scrape(g: &Gate) -> String {
@@ -109,6 +109,35 @@ async fn metrics_after_real_traffic() {
     for line in series(&text) {
         assert!(!line.contains(&t.instance) && !line.contains(&t.org) && !line.contains(&key), "{line}");
     }
+}
+
+/// The value of the series `name{command="<command>"}`, 0 when it does not exist.
+fn command_value(text: &str, name: &str, command: &str) -> f64 {
+    let prefix = format!("{name}{{command=\"{command}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// A batch's commands are counted one by one, runs of the same command and failures within
+/// them included, however the gateway records them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_commands_are_counted_each() {
+    let redis = Redis::start().await;
+    let g = Gate::start(settings(&redis)).await;
+    let before = scrape(&g).await;
+    let body = r#"[["GET","a"],["GET","a"],["SET","t","x"],["INCR","t"],["INCR","n"],["GET","a"],["INCR","t"],["GET","a"]]"#;
+    let (status, _) = g.post_json("/pipeline", body).await;
+    assert_eq!(status, 200);
+    let after = scrape(&g).await;
+    let delta = |name: &str, command: &str| {
+        command_value(&after, name, command) - command_value(&before, name, command)
+    };
+    assert_eq!(delta("redis_commands_total", "GET"), 4.0);
+    assert_eq!(delta("redis_command_errors_total", "GET"), 0.0);
+    assert_eq!(delta("redis_commands_total", "INCR"), 3.0);
+    assert_eq!(delta("redis_command_errors_total", "INCR"), 2.0, "INCR of text, twice");
+    assert_eq!(delta("redis_commands_total", "SET"), 1.0);
+    assert_eq!(delta("redis_command_duration_seconds_count", "GET"), 4.0);
+    assert_eq!(delta("redis_command_duration_seconds_count", "INCR"), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
