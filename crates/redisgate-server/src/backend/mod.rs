@@ -844,10 +844,9 @@ impl Backend {
 
     /// Checks the shared connection every `health_check_interval`, and at once when a request
     /// reports a failure: by the replies since the last check, else (or when a failure was
-    /// reported) by a PING. Ends when the connection is found broken, when it has not been
-    /// used for `idle_timeout` ([`Hold::OnDemand`]), or at shutdown.
-    /// (The redis crate only reports disconnects by push message on RESP3 connections, and we
-    /// speak RESP2 so replies keep the exact shapes the SDKs expect.)
+    /// reported) by a PING. Ends when the connection breaks (at once: [`Mux::closed`]) or is
+    /// found broken, when it has not been used for `idle_timeout` ([`Hold::OnDemand`]), or at
+    /// shutdown.
     async fn watch(&self, conn: Mux, cancel: &CancellationToken) -> Watched {
         let mut last_used = tokio::time::Instant::now();
         loop {

@@ -16,7 +16,14 @@
 //! timeout and stays in the FIFO to absorb its late reply. When the connection breaks (end of
 //! stream, an I/O error, a reply that does not parse), every pending request fails with a
 //! connection-dropped error, later ones fail at once, and [`Mux::closed`] resolves: nothing is
-//! re-sent. Dropping the last handle stops both tasks and closes the socket.
+//! re-sent. Dropping the last handle (or stopping the backend) stops both tasks and closes the
+//! socket.
+//!
+//! Memory: a tenant's server decides what it sends. A bulk string announcing more than 512 MiB
+//! (Redis' own `proto-max-bulk-len` default) is refused before any of it is buffered, and an
+//! array reserves room for at most 1,024 elements before they come; either way the connection
+//! is then broken, as for any reply that does not parse. The whole reply is still bounded by
+//! `http.max_response_bytes` only after it is read, as before (the gateway's check).
 
 use std::collections::VecDeque;
 use std::io;
@@ -255,6 +262,8 @@ impl Reader {
         let timer = tokio::time::sleep(Duration::ZERO);
         let mut timer = std::pin::pin!(timer);
         let mut armed = false;
+        // Made once, not per read: a fresh `Notified` joins the waiter list under its lock.
+        let mut rearm = std::pin::pin!(shared.wake_reader.notified());
         loop {
             if !self.drain(&mut buf) {
                 break;
@@ -267,7 +276,8 @@ impl Reader {
                     Ok(_) => {}
                 },
                 () = &mut timer, if armed => armed = self.expire(timer.as_mut()),
-                () = shared.wake_reader.notified() => {
+                () = rearm.as_mut() => {
+                    rearm.set(shared.wake_reader.notified());
                     if let Some(at) = shared.queue.lock().expect("mux queue lock").timer_at {
                         timer.as_mut().reset(at);
                         armed = true;
