@@ -11,9 +11,10 @@
 //! was a fifth of a GET's cost in the gateway), producing exactly the [`Value`]s the crate
 //! produces for RESP2, so callers and the SDKs' shapes see no difference.
 //!
-//! Timeouts: each slot carries its deadline; the reader keeps one timer, at the earliest
-//! deadline it knows of, instead of one timer per request. An expired slot is answered with a
-//! timeout and stays in the FIFO to absorb its late reply. When the connection breaks (end of
+//! Timeouts: each slot carries its deadline; a third task keeps one timer, at the earliest
+//! deadline it knows of, instead of one timer per request, and is woken only when a request
+//! brings an earlier one (in steady use: about once per `response_timeout`). An expired slot is
+//! answered with a timeout and stays in the FIFO to absorb its late reply. When the connection breaks (end of
 //! stream, an I/O error, a reply that does not parse), every pending request fails with a
 //! connection-dropped error, later ones fail at once, and [`Mux::closed`] resolves: nothing is
 //! re-sent. Dropping the last handle (or stopping the backend) stops both tasks and closes the
@@ -64,17 +65,32 @@ struct Handle(Arc<Shared>);
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.0.closed.cancel();
+        self.0.close();
     }
 }
 
+/// What the tasks share. Each task waits on its own `Notify` besides its socket half, so the
+/// hot path polls one future per task; closing is a flag (`Queue::broken`) and a wake of all.
 struct Shared {
     queue: Mutex<Queue>,
     wake_writer: Notify,
-    /// The reader must look at `Queue::timer_at` again: a slot with an earlier deadline came.
+    /// Only to close: the reader otherwise waits on its socket.
     wake_reader: Notify,
-    /// Fired when the connection is broken, the last handle dropped or its backend stopped.
+    /// A slot with an earlier deadline than `Queue::timer_at` came, or closing.
+    wake_timer: Notify,
+    /// Fired once the connection is closed (broken, the last handle dropped, or its backend
+    /// stopped), for [`Mux::closed`].
     closed: CancellationToken,
+}
+
+impl Shared {
+    fn close(&self) {
+        self.queue.lock().expect("mux queue lock").broken = true;
+        self.wake_writer.notify_one();
+        self.wake_reader.notify_one();
+        self.wake_timer.notify_one();
+        self.closed.cancel();
+    }
 }
 
 #[derive(Default)]
@@ -83,8 +99,9 @@ struct Queue {
     out: Vec<u8>,
     /// Their reply slots, in the same order.
     slots: VecDeque<Slot>,
-    /// The earliest deadline the reader's timer is set for.
+    /// The earliest deadline the timer is set for.
     timer_at: Option<Instant>,
+    /// Closed: no new request is taken.
     broken: bool,
 }
 
@@ -134,7 +151,7 @@ fn timed_out() -> RedisError {
 
 impl Mux {
     /// Serves `session` (set up, see [`super::set_up`]) with requests answered within
-    /// `timeout`; its two tasks run on `tracker` and end, closing it, when `stop` fires.
+    /// `timeout`; its tasks run on `tracker` and end, closing it, when `stop` fires.
     pub fn start(
         session: Session,
         timeout: Duration,
@@ -149,13 +166,12 @@ impl Mux {
             queue: Mutex::new(Queue::default()),
             wake_writer: Notify::new(),
             wake_reader: Notify::new(),
-            closed: stop.child_token(),
+            wake_timer: Notify::new(),
+            closed: CancellationToken::new(),
         });
         tracker.spawn(write_all(Arc::clone(&shared), write));
-        tracker.spawn(
-            Reader { shared: Arc::clone(&shared), parser: Parser::default(), slots: VecDeque::new() }
-                .run(read, buf),
-        );
+        tracker.spawn(read_all(Arc::clone(&shared), read, buf));
+        tracker.spawn(deadlines(Arc::clone(&shared), stop.clone()));
         Mux { conn: Arc::new(Handle(shared)), timeout }
     }
 
@@ -164,7 +180,7 @@ impl Mux {
         self.timeout = timeout;
     }
 
-    /// Resolves once the connection is broken (or closed).
+    /// Resolves once the connection is closed (broken, or stopped).
     pub async fn closed(&self) {
         self.conn.0.closed.cancelled().await;
     }
@@ -210,7 +226,7 @@ impl Mux {
             shared.wake_writer.notify_one();
         }
         if earlier {
-            shared.wake_reader.notify_one();
+            shared.wake_timer.notify_one();
         }
         Ok(())
     }
@@ -219,25 +235,27 @@ impl Mux {
 /// The writer task: everything pending in one write, until the connection closes.
 async fn write_all(shared: Arc<Shared>, mut io: WriteHalf<Box<dyn crate::egress::Io>>) {
     let mut out = Vec::new();
-    let mut closed = std::pin::pin!(shared.closed.cancelled());
     loop {
-        tokio::select! {
-            biased;
-            () = &mut closed => return,
-            () = shared.wake_writer.notified() => {}
+        shared.wake_writer.notified().await;
+        {
+            let mut q = shared.queue.lock().expect("mux queue lock");
+            if q.broken {
+                return;
+            }
+            std::mem::swap(&mut q.out, &mut out);
         }
-        std::mem::swap(&mut shared.queue.lock().expect("mux queue lock").out, &mut out);
         if out.is_empty() {
             continue;
         }
+        // The write first: while it completes at once, the close is never polled.
         let written = tokio::select! {
             biased;
-            () = &mut closed => return,
             r = async { io.write_all(&out).await?; io.flush().await } => r,
+            () = shared.closed.cancelled() => return,
         };
         if written.is_err() {
-            // The reader fails what is pending: it owns the slots.
-            shared.closed.cancel();
+            // The reader fails what is pending when it sees the close.
+            shared.close();
             return;
         }
         out.clear();
@@ -248,122 +266,122 @@ async fn write_all(shared: Arc<Shared>, mut io: WriteHalf<Box<dyn crate::egress:
     }
 }
 
-struct Reader {
-    shared: Arc<Shared>,
-    parser: Parser,
-    /// Slots taken from the queue, oldest first.
-    slots: VecDeque<Slot>,
+/// The reader task: every reply to its slot, until the stream ends or the connection closes;
+/// then every pending request fails (none is re-sent).
+async fn read_all(shared: Arc<Shared>, mut io: ReadHalf<Box<dyn crate::egress::Io>>, mut buf: BytesMut) {
+    let mut parser = Parser::default();
+    let mut values = Vec::new();
+    // Made once, not per read: a fresh `Notified` joins the waiter list under its lock.
+    let mut close = std::pin::pin!(shared.wake_reader.notified());
+    loop {
+        if !read_replies(&shared, &mut parser, &mut buf, &mut values) {
+            break;
+        }
+        buf.reserve(READ_CHUNK.max(parser.need.saturating_sub(buf.len())));
+        tokio::select! {
+            biased;
+            r = io.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            () = close.as_mut() => break,
+        }
+    }
+    let pending = {
+        let mut q = shared.queue.lock().expect("mux queue lock");
+        q.broken = true;
+        std::mem::take(&mut q.slots)
+    };
+    shared.close();
+    for mut slot in pending {
+        slot.reply.fail(dropped);
+    }
 }
 
-impl Reader {
-    async fn run(mut self, mut io: ReadHalf<Box<dyn crate::egress::Io>>, mut buf: BytesMut) {
-        let shared = Arc::clone(&self.shared);
-        let mut closed = std::pin::pin!(shared.closed.cancelled());
-        let timer = tokio::time::sleep(Duration::ZERO);
-        let mut timer = std::pin::pin!(timer);
-        let mut armed = false;
-        // Made once, not per read: a fresh `Notified` joins the waiter list under its lock.
-        let mut rearm = std::pin::pin!(shared.wake_reader.notified());
-        loop {
-            if !self.drain(&mut buf) {
+/// Hands every complete reply in `buf` to its slot (under one lock for all of them); `false`
+/// when the stream cannot go on: a reply that does not parse, or that nothing asked for.
+fn read_replies(shared: &Shared, parser: &mut Parser, buf: &mut BytesMut, values: &mut Vec<Value>) -> bool {
+    let mut ok = true;
+    while buf.len() >= parser.need {
+        match parser.parse(buf) {
+            Ok(Some(value)) => values.push(value),
+            Ok(None) => break,
+            Err(_) => {
+                ok = false;
                 break;
             }
-            buf.reserve(READ_CHUNK.max(self.parser.need.saturating_sub(buf.len())));
-            tokio::select! {
-                biased;
-                r = io.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                },
-                () = &mut timer, if armed => armed = self.expire(timer.as_mut()),
-                () = rearm.as_mut() => {
-                    rearm.set(shared.wake_reader.notified());
-                    if let Some(at) = shared.queue.lock().expect("mux queue lock").timer_at {
-                        timer.as_mut().reset(at);
-                        armed = true;
-                    }
-                }
-                () = &mut closed => break,
-            }
-        }
-        // Broken (or closed: then nothing is pending). No request is re-sent.
-        let pending = {
-            let mut q = self.shared.queue.lock().expect("mux queue lock");
-            q.broken = true;
-            std::mem::take(&mut q.slots)
-        };
-        self.shared.closed.cancel();
-        for mut slot in self.slots.drain(..).chain(pending) {
-            slot.reply.fail(dropped);
         }
     }
-
-    /// Hands every complete reply in `buf` to its slot; `false` when the stream cannot go on.
-    fn drain(&mut self, buf: &mut BytesMut) -> bool {
-        while buf.len() >= self.parser.need {
-            match self.parser.parse(buf) {
-                Ok(Some(value)) => {
-                    if !self.deliver(value) {
-                        return false;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => return false,
-            }
-        }
-        true
+    if values.is_empty() {
+        return ok;
     }
-
-    /// `false` for a reply nothing asked for.
-    fn deliver(&mut self, value: Value) -> bool {
-        if self.slots.is_empty() {
-            let mut q = self.shared.queue.lock().expect("mux queue lock");
-            std::mem::swap(&mut self.slots, &mut q.slots);
-        }
-        let Some(slot) = self.slots.front_mut() else { return false };
-        match &mut slot.reply {
-            Reply::One(to) => {
-                if let Some(to) = to.take() {
-                    let _ = to.send(Ok(value));
-                }
-            }
-            Reply::Many { left, values, to } => {
-                values.push(value);
-                *left -= 1;
-                if *left > 0 {
-                    return true;
-                }
-                if let Some(to) = to.take() {
-                    let _ = to.send(Ok(std::mem::take(values)));
-                }
-            }
-        }
-        self.slots.pop_front();
-        true
+    let mut q = shared.queue.lock().expect("mux queue lock");
+    for value in values.drain(..) {
+        ok &= deliver(&mut q.slots, value);
     }
+    ok
+}
 
-    /// Answers the slots past their deadline with a timeout; sets the timer for the next
-    /// deadline and returns whether it is set.
-    fn expire(&mut self, timer: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
+/// `false` for a reply nothing asked for.
+fn deliver(slots: &mut VecDeque<Slot>, value: Value) -> bool {
+    let Some(slot) = slots.front_mut() else { return false };
+    match &mut slot.reply {
+        Reply::One(to) => {
+            if let Some(to) = to.take() {
+                let _ = to.send(Ok(value));
+            }
+        }
+        Reply::Many { left, values, to } => {
+            values.push(value);
+            *left -= 1;
+            if *left > 0 {
+                return true;
+            }
+            if let Some(to) = to.take() {
+                let _ = to.send(Ok(std::mem::take(values)));
+            }
+        }
+    }
+    slots.pop_front();
+    true
+}
+
+/// The timer task: answers the slots past their deadline with a timeout, and closes the
+/// connection when `stop` fires.
+async fn deadlines(shared: Arc<Shared>, stop: CancellationToken) {
+    let timer = tokio::time::sleep(Duration::ZERO);
+    let mut timer = std::pin::pin!(timer);
+    let mut armed = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                shared.close();
+                return;
+            }
+            () = &mut timer, if armed => {}
+            () = shared.wake_timer.notified() => {}
+        }
         let now = Instant::now();
-        let mut q = self.shared.queue.lock().expect("mux queue lock");
-        self.slots.extend(q.slots.drain(..));
-        let mut next: Option<Instant> = None;
-        for slot in self.slots.iter_mut().filter(|s| s.reply.is_waited_for()) {
-            if slot.deadline <= now {
-                slot.reply.fail(timed_out);
-            } else {
-                next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+        let next = {
+            let mut q = shared.queue.lock().expect("mux queue lock");
+            if q.broken {
+                return;
             }
-        }
-        q.timer_at = next;
-        drop(q);
-        match next {
-            Some(at) => {
-                timer.reset(at);
-                true
+            let mut next: Option<Instant> = None;
+            for slot in q.slots.iter_mut().filter(|s| s.reply.is_waited_for()) {
+                if slot.deadline <= now {
+                    slot.reply.fail(timed_out);
+                } else {
+                    next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+                }
             }
-            None => false,
+            q.timer_at = next;
+            next
+        };
+        armed = next.is_some();
+        if let Some(at) = next {
+            timer.as_mut().reset(at);
         }
     }
 }
