@@ -28,13 +28,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use futures_util::task::AtomicWaker;
 use redis::{RedisError, RedisResult, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
@@ -72,16 +69,13 @@ impl Drop for Handle {
     }
 }
 
-/// What the tasks share. The writer and the reader are woken through an `AtomicWaker` each
-/// (a `Notify` costs a lock and a waiter list per wait, on every request); closing is a flag
-/// and a wake of all.
+/// What the tasks share. Each task waits on its own `Notify` besides its socket half, so the
+/// hot path polls one future per task; closing is a flag (`Queue::broken`) and a wake of all.
 struct Shared {
     queue: Mutex<Queue>,
-    /// Woken when the write buffer stops being empty, or to close.
-    writer: AtomicWaker,
-    /// Woken only to close: the reader otherwise waits on its socket.
-    reader: AtomicWaker,
-    closing: AtomicBool,
+    wake_writer: Notify,
+    /// Only to close: the reader otherwise waits on its socket.
+    wake_reader: Notify,
     /// A slot with an earlier deadline than `Queue::timer_at` came, or closing.
     wake_timer: Notify,
     /// Fired once the connection is closed (broken, the last handle dropped, or its backend
@@ -92,9 +86,8 @@ struct Shared {
 impl Shared {
     fn close(&self) {
         self.queue.lock().expect("mux queue lock").broken = true;
-        self.closing.store(true, Ordering::Release);
-        self.writer.wake();
-        self.reader.wake();
+        self.wake_writer.notify_one();
+        self.wake_reader.notify_one();
         self.wake_timer.notify_one();
         self.closed.cancel();
     }
@@ -171,9 +164,8 @@ impl Mux {
         let (read, write) = tokio::io::split(session.into_inner());
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
-            writer: AtomicWaker::new(),
-            reader: AtomicWaker::new(),
-            closing: AtomicBool::new(false),
+            wake_writer: Notify::new(),
+            wake_reader: Notify::new(),
             wake_timer: Notify::new(),
             closed: CancellationToken::new(),
         });
@@ -231,7 +223,7 @@ impl Mux {
             (first, earlier)
         };
         if first {
-            shared.writer.wake();
+            shared.wake_writer.notify_one();
         }
         if earlier {
             shared.wake_timer.notify_one();
@@ -244,22 +236,16 @@ impl Mux {
 async fn write_all(shared: Arc<Shared>, mut io: WriteHalf<Box<dyn crate::egress::Io>>) {
     let mut out = Vec::new();
     loop {
-        // Registered before the buffer is looked at, so a request's wake cannot be missed.
-        let taken = std::future::poll_fn(|cx| {
-            shared.writer.register(cx.waker());
+        shared.wake_writer.notified().await;
+        {
             let mut q = shared.queue.lock().expect("mux queue lock");
             if q.broken {
-                return Poll::Ready(false);
-            }
-            if q.out.is_empty() {
-                return Poll::Pending;
+                return;
             }
             std::mem::swap(&mut q.out, &mut out);
-            Poll::Ready(true)
-        })
-        .await;
-        if !taken {
-            return;
+        }
+        if out.is_empty() {
+            continue;
         }
         // The write first: while it completes at once, the close is never polled.
         let written = tokio::select! {
@@ -285,22 +271,20 @@ async fn write_all(shared: Arc<Shared>, mut io: WriteHalf<Box<dyn crate::egress:
 async fn read_all(shared: Arc<Shared>, mut io: ReadHalf<Box<dyn crate::egress::Io>>, mut buf: BytesMut) {
     let mut parser = Parser::default();
     let mut values = Vec::new();
+    // Made once, not per read: a fresh `Notified` joins the waiter list under its lock.
+    let mut close = std::pin::pin!(shared.wake_reader.notified());
     loop {
         if !read_replies(&shared, &mut parser, &mut buf, &mut values) {
             break;
         }
         buf.reserve(READ_CHUNK.max(parser.need.saturating_sub(buf.len())));
-        // The socket first; the close only while it has nothing (read_buf is cancel-safe).
-        let read = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = std::pin::pin!(io.read_buf(&mut buf)).poll(cx) {
-                return Poll::Ready(r.ok().filter(|&n| n > 0));
-            }
-            shared.reader.register(cx.waker());
-            if shared.closing.load(Ordering::Acquire) { Poll::Ready(None) } else { Poll::Pending }
-        })
-        .await;
-        if read.is_none() {
-            break;
+        tokio::select! {
+            biased;
+            r = io.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            () = close.as_mut() => break,
         }
     }
     let pending = {
