@@ -31,6 +31,7 @@
 //! call goes to the plain backends of the servers [`ha`] picks, under the same rules.
 
 pub mod ha;
+pub mod mux;
 pub mod script;
 
 // The connection metrics' names: this module's own, listed with the others in
@@ -47,8 +48,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use redis::aio::{MultiplexedConnection, PubSub};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::aio::PubSub;
+use redis::{Client, Value};
 use redisgate_core::provision::UNREACHABLE;
 use redisgate_provision::SharedResolver;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -59,6 +60,7 @@ use tokio_util::task::TaskTracker;
 use redisgate_core::policy::Access;
 
 use self::ha::Routed;
+use self::mux::Mux;
 use self::script::{Kinds, ScopeError, ScopeUsers};
 use crate::config::BackendSettings;
 
@@ -88,7 +90,7 @@ pub(super) enum State {
     /// No connection and no supervisor: the next request starts one ([`Hold::OnDemand`]).
     Idle,
     Connecting,
-    Up(MultiplexedConnection),
+    Up(Mux),
     Down(Arc<str>),
 }
 
@@ -414,23 +416,11 @@ impl Backend {
         self.record_check(answered);
     }
 
-    /// The shared connection's settings (timeouts; a tenant's server resolves through the
-    /// egress policy).
-    fn connection_config(&self) -> AsyncConnectionConfig {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.cfg.connect_timeout))
-            .set_response_timeout(Some(self.cfg.response_timeout));
-        match &self.egress {
-            Some(egress) => cfg.set_dns_resolver(egress.clone()),
-            None => cfg,
-        }
-    }
-
     fn unavailable(&self, reason: Arc<str>) -> BackendError {
         BackendError::Unavailable { reason, retry_after: self.cfg.retry_delay }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
+    async fn connection(&self) -> Result<Mux, BackendError> {
         if let State::Up(conn) = &*self.state.borrow() {
             self.used.store(true, Ordering::Relaxed);
             return Ok(conn.clone());
@@ -504,8 +494,8 @@ impl Backend {
         if let Some(routed) = &self.routed {
             return Box::pin(routed.run(cmd, None)).await;
         }
-        let mut conn = self.connection().await?;
-        self.answer(conn.send_packed_command(cmd).await)
+        let conn = self.connection().await?;
+        self.answer(conn.send(cmd).await)
     }
 
     /// Sends a pipeline as one contiguous write and returns all `count` replies, error replies
@@ -516,8 +506,8 @@ impl Backend {
         if let Some(routed) = &self.routed {
             return Box::pin(routed.run_batch(pipe, count, None)).await;
         }
-        let mut conn = self.connection().await?;
-        let values = self.answer(conn.send_packed_commands(pipe, 0, count).await)?;
+        let conn = self.connection().await?;
+        let values = self.answer(conn.send_batch(pipe).await)?;
         if values.len() != count {
             return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
         }
@@ -546,8 +536,8 @@ impl Backend {
         if let Some(routed) = &self.routed {
             return Box::pin(routed.run(cmd, Some((access, kinds)))).await;
         }
-        let mut conn = self.script_connection(access).await?;
-        self.bounded(conn.send_packed_command(cmd), access, kinds).await
+        let conn = self.script_connection(access).await?;
+        self.bounded(conn.send(cmd), access, kinds).await
     }
 
     /// [`Backend::run_batch`] for a batch holding scripts: all of it goes over the script
@@ -562,8 +552,8 @@ impl Backend {
         if let Some(routed) = &self.routed {
             return Box::pin(routed.run_batch(pipe, count, Some((access, kinds)))).await;
         }
-        let mut conn = self.script_connection(access).await?;
-        let values = self.bounded(conn.send_packed_commands(pipe, 0, count), access, kinds).await?;
+        let conn = self.script_connection(access).await?;
+        let values = self.bounded(conn.send_batch(pipe), access, kinds).await?;
         if values.len() != count {
             return Err(BackendError::Protocol(format!("expected {count} replies, got {}", values.len())));
         }
@@ -572,13 +562,13 @@ impl Backend {
 
     /// The connection scripts of `access` run on: the scope user's on local instances, the
     /// shared one otherwise. Its response timeout leaves room for the kill and the reply after.
-    async fn script_connection(&self, access: Access) -> Result<MultiplexedConnection, BackendError> {
-        let mut shared = self.connection().await?;
+    async fn script_connection(&self, access: Access) -> Result<Mux, BackendError> {
+        let shared = self.connection().await?;
         let mut conn = match self.scope_users.get() {
             None => shared,
             Some(users) => {
                 let opened = users
-                    .connection(access, &self.client(), &mut shared, self.state.subscribe(), |c| {
+                    .connection(access, &self.client(), &shared, self.state.subscribe(), |c| {
                         self.connect_script_user(c)
                     })
                     .await;
@@ -600,11 +590,9 @@ impl Backend {
         self.cfg.script_timeout + self.cfg.response_timeout
     }
 
-    async fn connect_script_user(&self, client: Client) -> Result<MultiplexedConnection, BackendError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.cfg.connect_timeout))
-            .set_response_timeout(Some(self.script_response_timeout()));
-        self.connect_dedicated(client.get_multiplexed_async_connection_with_config(&cfg)).await
+    async fn connect_script_user(&self, client: Client) -> Result<Mux, BackendError> {
+        let session = self.connect_dedicated(self.open_session(client.get_connection_info(), None)).await?;
+        Ok(Mux::start(session, self.script_response_timeout(), &self.tracker, &self.stop))
     }
 
     /// Awaits a script's reply; past `script_timeout`, kills the script and awaits the reply
@@ -647,17 +635,14 @@ impl Backend {
     /// carried the script waits behind it), as this backend's (default or URL) user.
     async fn kill_scripts(&self, kinds: Kinds) -> script::Killed {
         tracing::info!(backend = %self.label, "script exceeded backend.script_timeout; killing it");
-        let info = self.client().get_connection_info().clone();
-        // A busy server answers only a few commands (AUTH, HELLO, the kills): no CLIENT SETINFO.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let Ok(client) = Client::open(info.set_redis_settings(settings)) else {
-            return script::Killed::No("the kill could not be delivered");
-        };
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.cfg.connect_timeout))
-            .set_response_timeout(Some(self.cfg.response_timeout));
-        match self.connect_dedicated(client.get_multiplexed_async_connection_with_config(&cfg)).await {
-            Ok(mut conn) => script::kill(&mut conn, kinds).await,
+        // A busy server answers only a few commands (AUTH, the kills), which is all a session
+        // of ours sends before them.
+        let client = self.client();
+        match self.connect_dedicated(self.open_session(client.get_connection_info(), None)).await {
+            Ok(session) => {
+                let conn = Mux::start(session, self.cfg.response_timeout, &self.tracker, &self.stop);
+                script::kill(&conn, kinds).await
+            }
             Err(_) => script::Killed::No("the kill could not be delivered"),
         }
     }
@@ -798,14 +783,18 @@ impl Backend {
             Hold::OnDemand => 0,
         };
         loop {
-            let cfg = self.connection_config();
             let client = self.client();
+            let open = tokio::time::timeout(
+                self.cfg.connect_timeout,
+                self.open_session(client.get_connection_info(), None),
+            );
             let attempt = tokio::select! {
-                r = client.get_multiplexed_async_connection_with_config(&cfg) => r,
+                r = open => r.unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
                 () = cancel.cancelled() => return false,
             };
             match attempt {
-                Ok(conn) => {
+                Ok(session) => {
+                    let conn = Mux::start(session, self.cfg.response_timeout, &self.tracker, &self.stop);
                     tracing::info!(backend = %self.label, "connected to Redis");
                     if lost_before {
                         metrics::counter!(REDIS_RECONNECTS).increment(1);
@@ -863,16 +852,16 @@ impl Backend {
 
     /// Checks the shared connection every `health_check_interval`, and at once when a request
     /// reports a failure: by the replies since the last check, else (or when a failure was
-    /// reported) by a PING. Ends when the connection is found broken, when it has not been
-    /// used for `idle_timeout` ([`Hold::OnDemand`]), or at shutdown.
-    /// (The redis crate only reports disconnects by push message on RESP3 connections, and we
-    /// speak RESP2 so replies keep the exact shapes the SDKs expect.)
-    async fn watch(&self, mut conn: MultiplexedConnection, cancel: &CancellationToken) -> Watched {
+    /// reported) by a PING. Ends when the connection breaks (at once: [`Mux::closed`]) or is
+    /// found broken, when it has not been used for `idle_timeout` ([`Hold::OnDemand`]), or at
+    /// shutdown.
+    async fn watch(&self, conn: Mux, cancel: &CancellationToken) -> Watched {
         let mut last_used = tokio::time::Instant::now();
         loop {
             let reported = tokio::select! {
                 () = crate::beat::sleep(self.cfg.health_check_interval) => false,
                 () = self.check_now.notified() => true,
+                () = conn.closed() => return Watched::Broken,
                 () = cancel.cancelled() => return Watched::Stopped,
             };
             let now = tokio::time::Instant::now();
@@ -886,7 +875,7 @@ impl Backend {
                 self.record_check(true);
                 continue;
             }
-            match conn.send_packed_command(&redis::cmd("PING")).await {
+            match conn.send(&redis::cmd("PING")).await {
                 Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() => {
                     return Watched::Broken;
                 }

@@ -24,12 +24,13 @@
 //! random, live only in this process, and are never logged or shown. External instances run
 //! scripts with the rights of their URL's user: the owner's own server, the owner's rules.
 
-use redis::aio::MultiplexedConnection;
 use redis::{Client, Value};
 use redisgate_core::command::Command;
 use redisgate_core::policy::{self, Access};
 use redisgate_provision::local::generate_password;
 use tokio::sync::{Mutex, watch};
+
+use super::mux::Mux;
 
 /// Which kill command ends the scripts of a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,9 +69,9 @@ pub enum Killed {
 }
 
 /// Sends SCRIPT KILL / FUNCTION KILL over `conn`, a connection of its own.
-pub async fn kill(conn: &mut MultiplexedConnection, kinds: Kinds) -> Killed {
+pub async fn kill(conn: &Mux, kinds: Kinds) -> Killed {
     for kill in kinds.kills() {
-        match conn.send_packed_command(redis::cmd(kill).arg("KILL")).await {
+        match conn.send(redis::cmd(kill).arg("KILL")).await {
             Ok(Value::ServerError(e)) if e.code() == "NOTBUSY" => continue,
             Ok(Value::ServerError(e)) if e.code() == "UNKILLABLE" => {
                 return Killed::No("it has already written, so killing it would leave half its writes");
@@ -175,7 +176,7 @@ struct ScopeUser {
 }
 
 struct OpenConnection {
-    conn: MultiplexedConnection,
+    conn: Mux,
     opened_in: watch::Receiver<super::State>,
     _active: super::ActiveConnection,
 }
@@ -204,12 +205,12 @@ impl ScopeUsers {
         &self,
         access: Access,
         base: &Client,
-        shared: &mut MultiplexedConnection,
+        shared: &Mux,
         state: watch::Receiver<super::State>,
         open: impl FnOnce(Client) -> F,
-    ) -> Result<MultiplexedConnection, ScopeError>
+    ) -> Result<Mux, ScopeError>
     where
-        F: Future<Output = Result<MultiplexedConnection, super::BackendError>>,
+        F: Future<Output = Result<Mux, super::BackendError>>,
     {
         // The policy refuses scripts of read-only keys before they get here.
         let user = self.user(access).ok_or(ScopeError::Setup("read-only keys run no scripts"))?;
@@ -220,7 +221,7 @@ impl ScopeUsers {
             return Ok(open.conn.clone());
         }
         *slot = None;
-        let commands = match shared.send_packed_command(&redis::cmd("COMMAND")).await {
+        let commands = match shared.send(&redis::cmd("COMMAND")).await {
             Ok(reply) => server_commands(reply).ok_or(ScopeError::Setup("unexpected COMMAND reply"))?,
             Err(_) => return Err(ScopeError::Setup("COMMAND failed")),
         };
@@ -228,17 +229,13 @@ impl ScopeUsers {
         for a in setuser_args(user.name, &user.password, access, &commands) {
             setuser.arg(a.as_ref());
         }
-        match shared.send_packed_command(&setuser).await {
+        match shared.send(&setuser).await {
             Ok(Value::Okay) => {}
             _ => return Err(ScopeError::Setup("ACL SETUSER failed")),
         }
         let info = base.get_connection_info().clone();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_username(user.name)
-            .set_password(&user.password)
-            .set_skip_set_lib_name();
+        let redis_settings =
+            info.redis_settings().clone().set_username(user.name).set_password(&user.password);
         let client = Client::open(info.set_redis_settings(redis_settings))
             .map_err(|_| ScopeError::Setup("unusable connection info"))?;
         let conn = open(client).await.map_err(ScopeError::Backend)?;

@@ -108,3 +108,60 @@ async fn rediss_backend_over_tls() {
     assert_eq!(status_of(&g, r#"["SET","tls","yes"]"#).await.0, 200);
     assert_eq!(status_of(&g, r#"["GET","tls"]"#).await.2["result"], "yes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_when_redis_dies_all_fail_and_none_hangs() {
+    let mut redis = Redis::start().await;
+    let mut s = settings(&redis);
+    // Long enough that only the lost connection can end the requests.
+    s.backend.response_timeout = Duration::from_secs(20);
+    let g = Gate::start(s).await;
+    assert_eq!(status_of(&g, r#"["SET","k","v"]"#).await.0, 200);
+    // Redis holds the shared connection's first write; the others queue behind it.
+    redis.cmd::<()>(&["CLIENT", "PAUSE", "20000", "WRITE"]).await;
+    let singles = (0..20).map(|i| {
+        let g = &g;
+        async move { g.post_json("/", &format!(r#"["INCR","n{i}"]"#)).await }
+    });
+    let pipelines = (0..5).map(|i| {
+        let g = &g;
+        async move { g.post_json("/pipeline", &format!(r#"[["INCR","p{i}"],["GET","k"]]"#)).await }
+    });
+    let all = async {
+        futures_util::future::join(
+            futures_util::future::join_all(singles),
+            futures_util::future::join_all(pipelines),
+        )
+        .await
+    };
+    // Once every request is in Redis' query buffer (the 25 requests pack to 660 bytes, of which
+    // the paused first command holds at most 23), all of them are in flight.
+    let killer = async {
+        redis.wait_blocked(1).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while queued(&redis).await < 660 - 23 {
+            assert!(Instant::now() < deadline, "the requests never reached Redis");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        redis.kill();
+    };
+    let started = Instant::now();
+    let ((singles, pipelines), ()) =
+        tokio::time::timeout(Duration::from_secs(10), futures_util::future::join(all, killer))
+            .await
+            .expect("requests hung after Redis died");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for (status, body) in singles.into_iter().chain(pipelines) {
+        assert_eq!(status, 503, "{body}");
+        let error = body["error"].as_str().unwrap();
+        // Every one was in flight (sent, or queued to be) when the connection broke.
+        assert!(error.contains("lost with the request in flight"), "{body}");
+    }
+}
+
+/// The longest query buffer among the server's clients: what it has read and not yet run.
+async fn queued(redis: &Redis) -> usize {
+    let clients = redis.cmd::<String>(&["CLIENT", "LIST"]).await;
+    let qbuf = |field: &str| field.strip_prefix("qbuf=").and_then(|n| n.parse().ok());
+    clients.split_whitespace().filter_map(qbuf).max().unwrap_or(0)
+}
