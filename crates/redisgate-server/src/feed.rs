@@ -88,11 +88,20 @@ pub async fn follow(
 ) {
     let mut cursor = Cursor::new(start);
     let mut pruned_at: Option<Instant> = None;
+    let mut behind = false;
     loop {
-        tokio::select! {
-            () = crate::beat::sleep(POLL) => {}
-            () = cancel.cancelled() => return,
+        // A full batch means more are waiting: read on at once, so a burst of changes (an
+        // organization creating thousands of instances) is followed within the second too,
+        // not at one batch per poll.
+        if !behind {
+            tokio::select! {
+                () = crate::beat::sleep(POLL) => {}
+                () = cancel.cancelled() => return,
+            }
+        } else if cancel.is_cancelled() {
+            return;
         }
+        behind = false;
         let changes = match store.changes_after(cursor.through, BATCH).await {
             Ok(Some(changes)) => changes,
             Ok(None) => {
@@ -104,7 +113,10 @@ pub async fn follow(
                 continue;
             }
         };
+        let (full, before) = (changes.len() >= BATCH as usize, cursor.through);
         apply(&mut cursor, changes, &instances, &keys).await;
+        // (Not when waiting at a gap: the same rows would come back at once.)
+        behind = full && cursor.through > before;
         if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             pruned_at = Some(Instant::now());
             if let Err(e) = store.prune_changes(OffsetDateTime::now_utc() - RETENTION).await {

@@ -498,6 +498,17 @@ impl Backend {
         self.answer(conn.send(cmd).await)
     }
 
+    /// [`Backend::run`] for a command given as its arguments (the data plane's): a plain
+    /// backend writes them to Redis as they are; a routed one builds the command its router
+    /// reads keys from.
+    pub async fn run_args(&self, args: &[Vec<u8>]) -> Result<Value, BackendError> {
+        if self.routed.is_some() {
+            return self.run(&packed(args)).await;
+        }
+        let conn = self.connection().await?;
+        self.answer(conn.send_args(args).await)
+    }
+
     /// Sends a pipeline as one contiguous write and returns all `count` replies, error replies
     /// included as values. Because the write is contiguous and Redis serves one connection in
     /// order, a MULTI … EXEC batch sent this way cannot interleave with other requests on the
@@ -887,6 +898,16 @@ impl Backend {
             }
         }
     }
+}
+
+/// `args` as a `redis::Cmd`, sized once: growing its argument and data buffers part by part
+/// cost more than copying.
+pub fn packed(args: &[Vec<u8>]) -> redis::Cmd {
+    let mut c = redis::Cmd::with_capacity(args.len(), args.iter().map(Vec::len).sum());
+    for arg in args {
+        c.arg(arg.as_slice());
+    }
+    c
 }
 
 /// A time kept as unix ms (0: never).

@@ -11,18 +11,8 @@ use tracing::{Instrument as _, Span};
 use redisgate_core::policy::Access;
 
 use crate::backend::script::Kinds;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, packed};
 use crate::ops::metrics::command_label;
-
-fn packed(cmd: &Command) -> redis::Cmd {
-    // Sized once: growing the argument and data buffers part by part cost more than copying.
-    let parts = cmd.parts();
-    let mut c = redis::Cmd::with_capacity(parts.len(), parts.iter().map(Vec::len).sum());
-    for part in cmd.parts() {
-        c.arg(part.as_slice());
-    }
-    c
-}
 
 /// The client span of one call to Redis: the operation is a command name from the closed set
 /// of [`command_label`], `PIPELINE` or `MULTI`; never a key or a value. `operation` runs only
@@ -61,9 +51,9 @@ pub async fn single(backend: &Backend, cmd: Command, access: Access) -> Result<V
             // Boxed: the script path's future (time bound, SCRIPT KILL, scope user) is several
             // KB, and inline it would be moved with every plain command's future.
             (Plan::Forward(cmd), Some(kinds)) => {
-                Box::pin(backend.run_script(&packed(&cmd), access, kinds)).await
+                Box::pin(backend.run_script(&packed(cmd.parts()), access, kinds)).await
             }
-            (Plan::Forward(cmd), None) => backend.run(&packed(&cmd)).await,
+            (Plan::Forward(cmd), None) => backend.run_args(cmd.parts()).await,
         }
     };
     let result = run.instrument(span.clone()).await;
@@ -81,7 +71,7 @@ fn plan_batch(cmds: Vec<Command>) -> (redis::Pipeline, Vec<Result<usize, Value>>
         match compat::plan(cmd) {
             Plan::Reply(v) => slots.push(Err(v)),
             Plan::Forward(cmd) => {
-                pipe.add_command(packed(&cmd));
+                pipe.add_command(packed(cmd.parts()));
                 slots.push(Ok(sent));
                 sent += 1;
             }
