@@ -52,8 +52,11 @@ for (const [name, limiter] of Object.entries({
   assert.equal(remaining, 0, `multi-region ${name}: getRemaining`);
   await rl.resetUsedTokens("user-multi");
   // ratelimit 2.2.0's multi-region reset does not wait for its scripts (the promises are not
-  // returned to Promise.all): wait until they have run, as a caller of the library must.
-  for (let i = 0; (await rl.getRemaining("user-multi")).remaining !== 3; i++) {
+  // returned to Promise.all): wait until they have run in every region, as a caller of the
+  // library must (getRemaining alone can say 3 while one region still holds the old count,
+  // and the next limit() reads both).
+  const cleared = async (r) => (await r.scan(0, { match: `rg-multi-${name}:user-multi*`, count: 1000 }))[1].length === 0;
+  for (let i = 0; !((await cleared(first)) && (await cleared(second))) || (await rl.getRemaining("user-multi")).remaining !== 3; i++) {
     assert.ok(i < 100, `multi-region ${name}: the reset never reached the regions`);
     await new Promise((r) => setTimeout(r, 20));
   }
