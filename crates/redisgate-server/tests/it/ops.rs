@@ -190,9 +190,11 @@ async fn label_sets_stay_bounded() {
     }
     let after_text = scrape(&g).await;
     let after = series(&after_text);
-    // Background work (the once-a-second key-usage flush, status writes) may add a few
-    // series from closed sets meanwhile; 11,000 distinct keys, names and ids must add none.
-    let new: Vec<&String> = after.difference(&before).collect();
+    // Background work (the once-a-second key-usage flush, the change feed and its pruning,
+    // status writes) may add series from closed sets meanwhile, the store's query names above
+    // all (one histogram of 20 series each, whenever a task first runs: not counted here);
+    // 11,000 distinct keys, names and ids must add none.
+    let new: Vec<&String> = after.difference(&before).filter(|s| !s.starts_with("database_")).collect();
     assert!(new.len() < 60, "series grew by {}: {new:#?}", new.len());
     for line in &after {
         assert!(!line.contains("key:") && !line.contains("CMD") && !line.contains("/random/"), "{line}");
