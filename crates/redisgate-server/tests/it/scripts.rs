@@ -129,7 +129,9 @@ async fn an_endless_script_is_killed_and_never_stalls_another_tenant() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Script killed by user with SCRIPT KILL"), "{body}");
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "answered after {took:?}");
-    assert!(slowest < Duration::from_millis(100), "B's slowest PING took {slowest:?} ({count} PINGs)");
+    // A stall would last until the kill (backend.script_timeout, 1 s); the bound stays well
+    // below that but above what a loaded 2-core CI machine shows (one run: 103 ms).
+    assert!(slowest < Duration::from_millis(500), "B's slowest PING took {slowest:?} ({count} PINGs)");
     // A's instance (and its shared connection) serves again.
     assert_eq!(redis_cmd(&g, &a.instance, &a_key, json!(["PING"])).await, (200, json!({"result": "PONG"})));
     assert_eq!(
