@@ -602,8 +602,14 @@ impl Backend {
     }
 
     async fn connect_script_user(&self, client: Client) -> Result<Mux, BackendError> {
+        self.connect_own(&client, self.script_response_timeout()).await
+    }
+
+    /// A connection of its own as `client`'s user (a script user's, a kill's), its requests
+    /// answered within `response_timeout`; it closes when dropped or when the backend stops.
+    async fn connect_own(&self, client: &Client, response_timeout: Duration) -> Result<Mux, BackendError> {
         let session = self.connect_dedicated(self.open_session(client.get_connection_info(), None)).await?;
-        Ok(Mux::start(session, self.script_response_timeout(), &self.tracker, &self.stop))
+        Ok(Mux::start(session, response_timeout, &self.tracker, &self.stop))
     }
 
     /// Awaits a script's reply; past `script_timeout`, kills the script and awaits the reply
@@ -648,12 +654,8 @@ impl Backend {
         tracing::info!(backend = %self.label, "script exceeded backend.script_timeout; killing it");
         // A busy server answers only a few commands (AUTH, the kills), which is all a session
         // of ours sends before them.
-        let client = self.client();
-        match self.connect_dedicated(self.open_session(client.get_connection_info(), None)).await {
-            Ok(session) => {
-                let conn = Mux::start(session, self.cfg.response_timeout, &self.tracker, &self.stop);
-                script::kill(&conn, kinds).await
-            }
+        match self.connect_own(&self.client(), self.cfg.response_timeout).await {
+            Ok(conn) => script::kill(&conn, kinds).await,
             Err(_) => script::Killed::No("the kill could not be delivered"),
         }
     }

@@ -260,25 +260,16 @@ fn record_commands(
     usage.request(elapsed);
     // A run of the same command (a batch of GETs) is recorded at once: the same counts and
     // samples as one by one, with one series lookup.
-    let mut run: Option<(Option<usize>, u64, u64)> = None;
-    for (i, command) in commands.iter().enumerate() {
-        let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
-        usage.command(crate::usage::is_read(*command), failed);
-        match &mut run {
-            Some((c, n, errors)) if c == command => {
-                *n += 1;
-                *errors += u64::from(failed);
-            }
-            _ => {
-                if let Some((c, n, errors)) = run {
-                    crate::ops::metrics::redis_commands(c, n, errors, share);
-                }
-                run = Some((*command, 1, u64::from(failed)));
-            }
+    let mut first = 0;
+    for run in commands.chunk_by(|a, b| a == b) {
+        let mut errors = 0;
+        for i in first..first + run.len() {
+            let failed = outcomes.is_none_or(|vs| matches!(vs.get(i), Some(Value::ServerError(_)) | None));
+            usage.command(crate::usage::is_read(run[0]), failed);
+            errors += u64::from(failed);
         }
-    }
-    if let Some((c, n, errors)) = run {
-        crate::ops::metrics::redis_commands(c, n, errors, share);
+        crate::ops::metrics::redis_commands(run[0], run.len() as u64, errors, share);
+        first += run.len();
     }
 }
 
